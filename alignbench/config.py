@@ -1,0 +1,172 @@
+"""Typed run configuration: budgets, method specs with overrides, the RunSpec and its id.
+
+A run is a pure function of its RunSpec and the cached features, so the
+spec's hash is the run id: the planner skips runs whose result exists, and
+local, debug and SLURM execution run the same function.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignbench.errors import BudgetError, ConfigError
+
+DEFAULT_PAIR = "effnet-lite0+minilm-l6"
+OFFLINE_PAIRS = ("effnet-lite0+minilm-l6", "dinov2-s14+minilm-l6")
+MAX = "max"
+
+_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+
+
+def parse_budget(text: str | int) -> int | str:
+    """'1k' → 1000, '2.5k' → 2500, '10000' → 10000, 'max' → 'max'.
+
+    Raises BudgetError for anything else, zero or negative budgets.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        s = str(text).strip()
+        if s.lower() == MAX:
+            return MAX
+        m = _BUDGET_RE.match(s)
+        if not m:
+            raise BudgetError(
+                f"cannot read budget {s!r}: use a pair count such as 1000, 1k, 2.5k, 10k or 'max'"
+            )
+        num, unit = float(m.group(1)), m.group(2).lower()
+        value_f = num * {"": 1, "k": 1_000, "m": 1_000_000}[unit]
+        if value_f != int(value_f):
+            raise BudgetError(f"budget {s!r} is not a whole number of pairs")
+        value = int(value_f)
+    if value <= 0:
+        raise BudgetError(f"budget must be a positive number of pairs, got {value}")
+    return value
+
+
+def parse_budgets(text: str | list) -> list[int | str]:
+    items = text if isinstance(text, list) else [t for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise BudgetError("no budget given")
+    return [parse_budget(t) for t in items]
+
+
+def resolve_budget(budget: int | str, available: int) -> int:
+    """Turn 'max' into the number of available pairs; refuse budgets above it."""
+    if budget == MAX:
+        return available
+    if budget > available:  # type: ignore[operator]
+        raise BudgetError(
+            f"budget {budget} pairs is more than the {available} pairs available in the training split; "
+            f"use --budget max or at most {available}"
+        )
+    return int(budget)  # type: ignore[arg-type]
+
+
+def split_list(text: str | list | None) -> list[str]:
+    if text is None:
+        return []
+    if isinstance(text, list):
+        return [str(t).strip() for t in text if str(t).strip()]
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def parse_seeds(text: str | list | int) -> list[int]:
+    if isinstance(text, int):
+        return [text]
+    out = []
+    for t in split_list(text):
+        if "-" in t[1:]:
+            a, b = t.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            try:
+                out.append(int(t))
+            except ValueError as exc:
+                raise ConfigError(f"cannot read seed {t!r}: use integers such as 0,1,2 or 0-4") from exc
+    return out
+
+
+def parse_method_spec(text: str) -> tuple[str, dict[str, str]]:
+    """'pal:K=128:tau_p=0.05' or 'pal:K=128,tau_p=0.05' → ('pal', {'K': '128', 'tau_p': '0.05'})."""
+    name, _, rest = text.partition(":")
+    overrides: dict[str, str] = {}
+    for item in re.split(r"[:;]", rest) if rest else []:
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"method option {item!r} in {text!r} is not KEY=VALUE (e.g. pal:K=128)")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    return name.strip(), overrides
+
+
+def split_methods(text: str | list) -> list[str]:
+    """Split '--methods pal:K=128,asif,csa' at commas that start a new method.
+
+    A comma followed by KEY=VALUE continues the previous method's options
+    ('pal:K=128,tau_p=0.05,asif' → ['pal:K=128:tau_p=0.05', 'asif']).
+    """
+    if isinstance(text, list):
+        return text
+    out: list[str] = []
+    for tok in [t.strip() for t in str(text).split(",") if t.strip()]:
+        if "=" in tok and ":" not in tok and out:
+            out[-1] = f"{out[-1]}:{tok}"
+        else:
+            out.append(tok)
+    return out
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """Options that change the vectors (part of the feature-cache key)."""
+
+    image_layer: int | None = None
+    text_layer: int | None = None
+    dtype: str = "fp32"
+
+
+@dataclass
+class RunSpec:
+    """Everything that determines one run's numbers."""
+
+    method: str
+    pair: str = DEFAULT_PAIR
+    budget: int | str = 10_000
+    seed: int = 0
+    method_options: dict[str, Any] = field(default_factory=dict)
+    train: str = "flickr8k:train"
+    val: str | None = "flickr8k:dev"
+    evals: tuple[str, ...] = (
+        "retrieval:flickr8k:test",
+        "classification:cifar10:test",
+        "classification:fashion-mnist:test",
+        "segmentation:camvid:test",
+    )
+    encoder: EncoderOptions = field(default_factory=EncoderOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["evals"] = list(self.evals)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        d = dict(d)
+        d["evals"] = tuple(d.get("evals", ()))
+        d["encoder"] = EncoderOptions(**d.get("encoder", {}))
+        return cls(**d)
+
+    @property
+    def run_id(self) -> str:
+        """Stable hash of the spec; readable prefix for humans browsing results/."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        h = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        opts = "".join(f"-{k}{v}" for k, v in sorted(self.method_options.items()))
+        safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{self.method}{opts}-{self.pair}-b{self.budget}-s{self.seed}")
+        return f"{safe}-{h}"

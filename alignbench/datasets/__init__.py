@@ -1,0 +1,1 @@
+"""Datasets, one file per family; discovered by ``alignbench.registry.DATASETS``."""

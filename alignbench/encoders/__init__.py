@@ -1,0 +1,1 @@
+"""Encoders, one file per family; discovered by ``alignbench.registry.ENCODERS``."""

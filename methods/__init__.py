@@ -1,0 +1,1 @@
+"""Alignment methods, one file each; discovered by ``alignbench.registry.METHODS``."""

@@ -1,0 +1,156 @@
+"""The one interface every alignment method implements.
+
+A method sees only frozen features.  ``fit`` on paired features (with an
+optional validation split for early stopping / tuning), then embed images and
+texts into a shared space where ``similarity`` ranks them.  ``patch_scores``
+gives per-patch class scores for zero-shot segmentation; global methods map
+each patch token through their image side.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from alignbench.errors import ConfigError
+from alignbench.features import ImageFeatures, Pairs, TextFeatures
+from alignbench.registry import register_method  # noqa: F401  (re-exported for method files)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MethodConfig:
+    """Base hyperparameters; each method subclasses this with its own fields."""
+
+    def update(self, overrides: dict[str, Any]) -> "MethodConfig":
+        """Return a copy with ``overrides`` applied (strings coerced to the field type)."""
+        known = {f.name: f for f in fields(self)}
+        kw = {}
+        for k, v in overrides.items():
+            if k not in known:
+                import difflib
+
+                close = difflib.get_close_matches(k, list(known), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(
+                    f"{type(self).__name__} has no hyperparameter {k!r}{hint} (known: {', '.join(known)})"
+                )
+            kw[k] = _coerce(v, getattr(self, k), k)
+        cfg = dataclasses.replace(self, **kw)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Raise ConfigError for impossible values; subclasses extend."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(v: Any, default: Any, name: str) -> Any:
+    if not isinstance(v, str):
+        return v
+    try:
+        if isinstance(default, bool):
+            if v.lower() in ("1", "true", "yes", "on"):
+                return True
+            if v.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(v)
+        if isinstance(default, int):
+            return int(float(v)) if v.lower().endswith("k") is False else int(float(v[:-1]) * 1000)
+        if isinstance(default, float):
+            return float(v)
+        if default is None:
+            for cast in (int, float):
+                try:
+                    return cast(v)
+                except ValueError:
+                    pass
+            return None if v.lower() == "none" else v
+    except ValueError as exc:
+        raise ConfigError(f"hyperparameter {name}={v!r}: expected {type(default).__name__}") from exc
+    return v
+
+
+class Method(ABC):
+    """Base class: subclasses set ``level``, ``Config`` and implement the hooks.
+
+    ``level`` is "global" (consumes pooled features) or "token" (consumes
+    tokens with padding masks).  Everything returned is float32 on CPU unless
+    ``device`` says otherwise.
+    """
+
+    level: ClassVar[Literal["global", "token"]] = "global"
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, config: MethodConfig | None = None, **overrides: Any):
+        cfg = config if config is not None else self.Config()
+        self.config = cfg.update(overrides) if overrides else cfg
+        self.config.check()
+        self.device = torch.device("cpu")
+        self.fit_info: dict[str, Any] = {}  # epochs, best val loss, deviations… recorded in results
+
+    # -- fitting --------------------------------------------------------------
+    @abstractmethod
+    def fit(self, train: Pairs, val: Pairs | None = None, *, seed: int = 0) -> None:
+        """Fit on paired features; ``val`` only for early stopping / tuning."""
+
+    # -- embedding ------------------------------------------------------------
+    @abstractmethod
+    def embed_image(self, f: ImageFeatures) -> torch.Tensor:
+        """(N, D) image embeddings in the aligned space."""
+
+    @abstractmethod
+    def embed_text(self, f: TextFeatures) -> torch.Tensor:
+        """(N, D) text embeddings in the aligned space."""
+
+    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(Na, Nb) scores, higher = more similar. Default: cosine."""
+        a = torch.nn.functional.normalize(a.float(), dim=-1)
+        b = torch.nn.functional.normalize(b.float(), dim=-1)
+        return a @ b.T
+
+    def class_embeddings(self, prompts: TextFeatures, n_classes: int, n_templates: int) -> torch.Tensor:
+        """(C, D) class embeddings from C×T prompt texts (class-major order).
+
+        Each template's embedding normalised, averaged over templates,
+        re-normalised (CLIP's recipe, METHODS.md).
+        """
+        e = torch.nn.functional.normalize(self.embed_text(prompts).float(), dim=-1)
+        e = e.reshape(n_classes, n_templates, -1).mean(1)
+        return torch.nn.functional.normalize(e, dim=-1)
+
+    def patch_scores(self, f: ImageFeatures, classes: torch.Tensor) -> torch.Tensor:
+        """(B, P, C) class scores per patch; default maps patches through the image side."""
+        patches = f.patch_tensor(normed=True)  # B×P×d in the space of the global feature
+        B, P, d = patches.shape
+        flat = ImageFeatures(pooled=patches.reshape(B * P, d).numpy())
+        emb = self.embed_image(flat)
+        return self.similarity(emb, classes).reshape(B, P, -1)
+
+    # -- persistence ------------------------------------------------------------
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to reproduce the embeddings (tensors + plain values)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+    def num_parameters(self) -> int:
+        """Trainable (or stored) parameters; reported in results."""
+        return int(sum(v.numel() for v in self.state_dict().values() if isinstance(v, torch.Tensor)))
+
+    def to(self, device: str | torch.device) -> "Method":
+        self.device = torch.device(device)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.registry_name, "level": self.level, "config": self.config.to_dict(), **self.fit_info}
