@@ -5,6 +5,15 @@ optional validation split for early stopping / tuning), then embed images and
 texts into a shared space where ``similarity`` ranks them.  ``patch_scores``
 gives per-patch class scores for zero-shot segmentation; global methods map
 each patch token through their image side.
+
+Test convention: a method may define ``test_overrides: ClassVar[dict]``, config
+overrides (e.g. ``{"max_epochs": 30}``) that the conformance suite
+(tests/test_methods_conformance.py) applies so each method's fit on the small
+synthetic data takes a few seconds.  They never affect real runs.
+
+Shared input checks for methods: ``check_pairs`` (budget > 0, finite features,
+val dims equal train dims) and ``check_dim`` (embedding inputs must have the dims
+seen at fit time).
 """
 from __future__ import annotations
 
@@ -16,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from alignbench.errors import ConfigError
+from alignbench.errors import BudgetError, ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.registry import register_method  # noqa: F401  (re-exported for method files)
 
@@ -89,6 +98,7 @@ class Method(ABC):
     level: ClassVar[Literal["global", "token"]] = "global"
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     registry_name: ClassVar[str] = ""
+    test_overrides: ClassVar[dict[str, Any]] = {}  # conformance-suite speed-ups only
 
     def __init__(self, config: MethodConfig | None = None, **overrides: Any):
         cfg = config if config is not None else self.Config()
@@ -154,3 +164,33 @@ class Method(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.registry_name, "level": self.level, "config": self.config.to_dict(), **self.fit_info}
+
+
+def check_pairs(train: Pairs, val: Pairs | None = None, *, tokens: bool = False) -> None:
+    """Validate fitting inputs: budget > 0, finite global features, val dims = train dims.
+
+    ``tokens=True`` also requires token features on both sides.  Raises
+    BudgetError (no pairs) or FeatureError (anything unusable).
+    """
+    if len(train) == 0:
+        raise BudgetError("no training pairs to fit on (budget 0); use a positive budget such as 1k")
+    train.validate()
+    if tokens:
+        _ = train.images.token_dim, train.texts.token_dim  # raise FeatureError if absent
+    if val is not None and len(val):
+        val.validate()
+        for side, a, b in (("image", train.images.dim, val.images.dim), ("text", train.texts.dim, val.texts.dim)):
+            if a != b:
+                raise FeatureError(f"validation {side} features are {b}-d but training ones are {a}-d")
+
+
+def check_dim(f: ImageFeatures | TextFeatures, expected: int | None, side: str, *, what: str = "dim") -> None:
+    """Raise FeatureError when features to embed do not have the dims seen at fit time."""
+    if expected is None:
+        raise FeatureError(f"the method is not fitted yet: call fit() or load_state_dict() before embedding {side}s")
+    got = f.token_dim if what == "token_dim" else f.dim
+    if got != expected:
+        raise FeatureError(
+            f"{side} features are {got}-d but the method was fitted on {expected}-d {side} features "
+            "(same encoder and layer as at fit time?)"
+        )

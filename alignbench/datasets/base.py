@@ -117,12 +117,17 @@ class Dataset(ABC):
     kind: ClassVar[str] = ""  # "captions" | "classification" | "segmentation"
     registry_name: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("test",)
+    # Other names accepted for a split, e.g. {"val": "dev"} (Flickr8k) or
+    # {"test": "val"} where the test annotations are private (ImageNet, VOC, ADE20K).
+    split_aliases: ClassVar[dict[str, str]] = {}
 
     def __init__(self, root: str | os.PathLike | None = None, **options):
         self.root = data_root(root)
         self.options = options
 
     def check_split(self, split: str) -> str:
+        """Return the canonical split name (resolving ``split_aliases``) or raise DataError."""
+        split = self.split_aliases.get(split, split)
         if split not in self.splits:
             raise DataError(f"dataset {self.registry_name!r} has no split {split!r} (it has {', '.join(self.splits)})")
         return split

@@ -88,6 +88,21 @@ class Encoder(ABC):
 
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype]
 
+    def autocast(self):
+        """Mixed precision for ``dtype`` on ``device`` (no-op for fp32).
+
+        Why autocast rather than casting the weights: LayerNorm, softmax and
+        reductions stay in fp32, so bf16 features stay closest to fp32 ones.
+        """
+        import contextlib
+
+        import torch
+
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        kind = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        return torch.autocast(kind, dtype=self.torch_dtype())
+
 
 class ImageEncoder(Encoder):
     """Image side: ``transform`` (PIL → C×H×W float tensor, picklable) and ``encode``."""

@@ -1,0 +1,54 @@
+"""``alignbench report``: tables (Markdown, LaTeX, CSV) and budget curves from the result store."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "turn stored results into tables (markdown, latex, csv) and metric-vs-budget plots"
+EXAMPLES = [
+    "alignbench report --format markdown",
+    "alignbench report --format latex --by pair --out table.tex",
+    "alignbench report --metric i2t_R@1,segmentation/mIoU_fg --plot --plot-dir results/figures",
+    "alignbench report --format csv --metric all --results results/runs",
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default="markdown", choices=("markdown", "latex", "csv"), help="output format")
+    p.add_argument("--by", default="budget", choices=("budget", "pair"), help="group rows by budget or by encoder pair")
+    p.add_argument(
+        "--metric",
+        "--metrics",
+        dest="metrics",
+        default=None,
+        help="comma list of metrics (METRIC, TASK/METRIC or TASK/DATASET/METRIC) or 'all'; default: headline metrics",
+    )
+    p.add_argument("--results", default="results/runs", help="result folder (default: results/runs)")
+    p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
+    p.add_argument("--plot", action="store_true", help="also draw metric-vs-budget curves (PNG + PDF)")
+    p.add_argument("--plot-dir", default="results/figures", help="where --plot writes (default: results/figures)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from alignbench.config import split_list
+    from alignbench.report import render
+    from alignbench.results import ResultStore, require_results
+
+    records = require_results(args.results)
+    frame = ResultStore(args.results).to_frame(records)
+    metrics = split_list(args.metrics) or None
+    text = render(frame, fmt=args.format, by=args.by, metrics=metrics)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out} ({len(records)} runs)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        from alignbench.plots import plot_budget_curves
+
+        for path in plot_budget_curves(frame, args.plot_dir, metrics=metrics):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,175 @@
+"""``alignbench run``: methods × pairs × budgets × seeds in this process, then a summary table.
+
+The same spec expansion as ``alignbench sweep`` (so run ids match and a sweep
+skips what ``run`` already did) and the same ``runner.run_one`` that SLURM
+jobs call.  Every name, hyperparameter and budget is checked before anything
+is encoded; finished runs are kept when interrupted (rerun to continue).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+HELP = "fit and evaluate methods on cached features (encodes on first use), then print a summary"
+EXAMPLES = [
+    "alignbench run --methods pal,asif,csa --budget 10k",
+    "alignbench run --methods pal:K=128,linear --budget 1k,10k --seeds 0,1,2",
+    "alignbench run --methods cca --pair all --tasks retrieval",
+    "alignbench run --methods asif --budget max --datasets flickr8k,voc --data-root /data",
+]
+DEFAULT_METHODS = "pal,asif,csa"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", "--method", dest="methods", default=DEFAULT_METHODS,
+                   help=f"comma-separated methods with options, e.g. pal:K=128,asif (default: {DEFAULT_METHODS})")
+    p.add_argument("--budget", "--budgets", dest="budget", default="10k",
+                   help="paired-data budget(s): 1000, 1k, 2.5k, 10k, max, or a comma list (default: 10k)")
+    p.add_argument("--pair", "--pairs", dest="pair", default=None,
+                   help="encoder pair VISION+TEXT, a comma list, or 'all' (default: effnet-lite0+minilm-l6)")
+    p.add_argument("--seeds", "--seed", dest="seeds", default="0", help="seeds, e.g. 0,1,2 or 0-4 (default: 0)")
+    p.add_argument("--tasks", default=None, help="keep only these tasks: retrieval,classification,segmentation")
+    p.add_argument("--datasets", default=None,
+                   help="evaluate these datasets (each with its kind's task), e.g. flickr8k,cifar10,voc")
+    p.add_argument("--evals", default=None, help="explicit evaluations TASK:DATASET[:SPLIT], comma-separated")
+    p.add_argument("--train", default=None, help="training pairs DATASET:SPLIT (default: flickr8k:train)")
+    p.add_argument("--val", default=None, help="validation pairs DATASET:SPLIT or 'none' (default: flickr8k:dev)")
+    p.add_argument("--results", default="results/runs", help="folder for result JSONs (default: results/runs)")
+    p.add_argument("--data-root", default=None, help="datasets folder (default: $ALIGNBENCH_DATA)")
+    p.add_argument("--cache", default=None, help="feature cache folder (default: $ALIGNBENCH_CACHE)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder precision")
+    p.add_argument("--image-layer", type=int, default=None, help="image encoder block (default: last)")
+    p.add_argument("--text-layer", type=int, default=None, help="text encoder layer (default: last)")
+    p.add_argument("--device", default="auto", help="device for fitting: cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--overwrite", action="store_true", help="redo runs whose result already exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_specs(args: argparse.Namespace) -> list:
+    """The RunSpecs of this command, every name and hyperparameter checked (no data read)."""
+    import dataclasses
+
+    from alignbench.config import EncoderOptions
+    from alignbench.runner import validate_spec
+    from alignbench.sweep_config import build_config, expand
+
+    _check_task_dataset_kinds(args.tasks, args.datasets)
+    cfg = build_config(
+        methods=args.methods, pairs=args.pair, budgets=args.budget, seeds=args.seeds, tasks=args.tasks,
+        datasets=args.datasets, evals=args.evals, train=args.train, val=args.val, executor="debug",
+    )  # fmt: skip
+    enc = EncoderOptions(image_layer=args.image_layer, text_layer=args.text_layer, dtype=args.dtype)
+    specs = [dataclasses.replace(s, encoder=enc) for s in expand(cfg)]
+    checked = set()
+    for s in specs:
+        key = (s.method, tuple(sorted(s.method_options.items())), s.pair)
+        if key not in checked:
+            checked.add(key)
+            validate_spec(s)
+    return specs
+
+
+def _check_task_dataset_kinds(tasks: str | None, datasets: str | None) -> None:
+    """'--tasks segmentation --datasets flickr8k' → "flickr8k has no segmentation masks; …"."""
+    if not tasks or not datasets:
+        return
+    from alignbench.config import split_list
+    from alignbench.registry import DATASETS, TASKS
+    from alignbench.tasks.base import dataset_kind
+
+    task_objs = [TASKS.get(t)() for t in split_list(tasks)]
+    for name in split_list(datasets):
+        ds = DATASETS.canonical(name.split(":")[0])
+        kind = dataset_kind(ds)
+        if not any(t.kind == kind for t in task_objs):
+            task_objs[0].check_dataset(ds, kind)
+
+
+def check_budgets(specs: list, data_root: str | None) -> None:
+    """Refuse budgets above the available pairs before any encoding (BudgetError says how many exist)."""
+    from alignbench.config import resolve_budget
+    from alignbench.runner import available_pairs
+
+    counts: dict[str, int] = {}
+    for s in specs:
+        if s.train not in counts:
+            counts[s.train] = available_pairs(s.train, data_root)
+        resolve_budget(s.budget, counts[s.train])
+
+
+def main(args: argparse.Namespace) -> int:
+    from alignbench.errors import AlignbenchError, TrainingDivergedError
+    from alignbench.report import format_budget
+    from alignbench.runner import plan, run_one
+
+    specs = build_specs(args)
+    check_budgets(specs, args.data_root)
+    todo, done = (specs, []) if args.overwrite else plan(specs, args.results)
+    device = _device(args.device)
+    print(f"{len(specs)} run(s): {len(todo)} to do, {len(done)} already done in {args.results}"
+          + (" (--overwrite redoes them)" if done else ""), file=sys.stderr)
+    failed = []
+    t_all = time.perf_counter()
+    for i, spec in enumerate(todo, 1):
+        label = f"[{i}/{len(todo)}] {_method_label(spec)} {spec.pair} budget {format_budget(spec.budget)} seed {spec.seed}"
+        print(f"{label}: running", file=sys.stderr)
+        t = time.perf_counter()
+        try:
+            path = run_one(spec, results_dir=args.results, store_root=args.cache, data_root=args.data_root,
+                           overwrite=args.overwrite, device=device, progress=not args.no_progress)
+        except TrainingDivergedError as exc:
+            failed.append((spec, exc))
+            print(f"{label}: FAILED ({exc})", file=sys.stderr)
+            continue
+        except AlignbenchError:
+            raise  # a user/data error would repeat for every run: stop and say it once
+        except Exception as exc:
+            failed.append((spec, exc))
+            print(f"{label}: FAILED ({type(exc).__name__}: {exc}); traceback in "
+                  f"{args.results}/{spec.run_id}.failed.json", file=sys.stderr)
+            continue
+        print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}", file=sys.stderr)
+    if todo:
+        print(f"finished {len(todo) - len(failed)}/{len(todo)} run(s) in {time.perf_counter() - t_all:.1f} s",
+              file=sys.stderr)
+    _print_summary(specs, args.results)
+    return 1 if failed else 0
+
+
+def _device(text: str) -> str:
+    if text != "auto":
+        return text
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _method_label(spec) -> str:
+    from alignbench.results import method_label
+
+    return method_label(spec.method, spec.method_options)
+
+
+def _timings(path) -> str:
+    import json
+
+    try:
+        t = json.loads(open(path, encoding="utf-8").read())["timings"]
+        ev = sum(t.get("eval", {}).values())
+        return f"(encode {t['encode']:.1f} s, fit {t['fit']:.1f} s, eval {ev:.1f} s)"
+    except (OSError, KeyError, ValueError, TypeError):
+        return ""
+
+
+def _print_summary(specs: list, results: str) -> None:
+    """Method × headline-metric table of this command's runs (finished ones)."""
+    from alignbench.report import render
+    from alignbench.results import ResultStore
+
+    store = ResultStore(results)
+    records = [r for r in (store.load(s) for s in specs) if r is not None]
+    if not records:
+        return
+    print()
+    print(render(store.to_frame(records), fmt="markdown"))

@@ -1,0 +1,240 @@
+"""The result store: one JSON file per run, written atomically, read back as a table.
+
+Why one file per run: sweep workers never share a file, so a crashed or
+duplicated job cannot corrupt anyone else's numbers, and "is this run done?"
+is a file-exists check.  Files are written to a temporary name in the same
+folder and ``os.replace``d into place, so a reader never sees half a result.
+
+A record (schema version 1) looks like::
+
+    {"schema_version": 1, "status": "ok", "run_id": ..., "spec": {...RunSpec...},
+     "budget": {"requested": "10k"|10000|"max", "pairs": 10000, "available": 30000},
+     "evals": [{"key": "retrieval/flickr8k", "task": ..., "dataset": ..., "split": ...}],
+     "metrics": {"retrieval/flickr8k": {"i2t_R@1": 12.3, ...}, ...},
+     "timings": {"encode": s, "fit": s, "eval": {"retrieval/flickr8k": s}, "total": s},
+     "method": {"name": ..., "config": {...}, "fit_info": {...}, "num_parameters": n},
+     "provenance": {...}, "started_at": iso, "finished_at": iso}
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from alignbench.config import RunSpec
+from alignbench.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+REQUIRED_KEYS = ("schema_version", "run_id", "spec", "metrics")
+FAILED_SUFFIX = ".failed.json"
+FRAME_COLUMNS = (
+    "run_id", "method", "method_label", "pair", "budget", "seed",
+    "task", "dataset", "split", "eval", "metric", "value",
+)  # fmt: skip
+
+
+def method_label(method: str, options: dict[str, Any] | None) -> str:
+    """'pal' or 'pal:K=128' — how a method variant is named in tables."""
+    opts = ":".join(f"{k}={v}" for k, v in sorted((options or {}).items()))
+    return f"{method}:{opts}" if opts else method
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) by None, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        return _json_safe(obj.item())
+    return obj
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` to ``path`` via a unique temp file + ``os.replace`` (never a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(_json_safe(obj), f, indent=2, sort_keys=False, default=str, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+class ResultStore:
+    """Result files under ``root`` (default ``results/runs``); sub-folders are read too."""
+
+    def __init__(self, root: str | os.PathLike = "results/runs"):
+        self.root = Path(root)
+
+    # -- paths -------------------------------------------------------------------
+    def path_for(self, spec: RunSpec) -> Path:
+        return self.root / f"{spec.run_id}.json"
+
+    def failed_path_for(self, spec: RunSpec) -> Path:
+        return self.root / f"{spec.run_id}{FAILED_SUFFIX}"
+
+    def exists(self, spec: RunSpec) -> bool:
+        return self.path_for(spec).is_file()
+
+    # -- writing -----------------------------------------------------------------
+    def write(self, record: dict[str, Any]) -> Path:
+        spec = RunSpec.from_dict(record["spec"])
+        path = atomic_write_json(self.path_for(spec), record)
+        stale = self.failed_path_for(spec)
+        if stale.exists():  # this run has now succeeded: its old failure no longer applies
+            stale.unlink()
+        return path
+
+    def write_failure(self, record: dict[str, Any]) -> Path:
+        spec = RunSpec.from_dict(record["spec"])
+        return atomic_write_json(self.failed_path_for(spec), record)
+
+    # -- reading -----------------------------------------------------------------
+    def _files(self, failed: bool) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.rglob("*.json")):
+            if p.name.startswith("."):
+                continue
+            if p.name.endswith(FAILED_SUFFIX) == failed:
+                out.append(p)
+        return out
+
+    def load_all(self) -> list[dict[str, Any]]:
+        """Every valid result; corrupted or foreign files are skipped with a warning naming them."""
+        records = []
+        for path in self._files(failed=False):
+            rec = self._load(path)
+            if rec is not None:
+                rec["_file"] = str(path)
+                records.append(rec)
+        return records
+
+    def load(self, spec: RunSpec) -> dict[str, Any] | None:
+        """The result of ``spec`` if it exists and is valid (a bad file is warned about)."""
+        path = self.path_for(spec)
+        return self._load(path) if path.is_file() else None
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Failure records (``<run_id>.failed.json``) whose run has no result yet."""
+        out = []
+        for path in self._files(failed=True):
+            try:
+                rec = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("skipping unreadable failure record %s: %s", path, exc)
+                continue
+            if not (self.root / path.name.replace(FAILED_SUFFIX, ".json")).exists():
+                rec["_file"] = str(path)
+                out.append(rec)
+        return out
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any] | None:
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            log.warning("skipping corrupted result file %s: %s", path, exc)
+            return None
+        problem = validate_record(rec)
+        if problem:
+            log.warning("skipping %s: %s", path, problem)
+            return None
+        return rec
+
+    def to_frame(self, records: Iterable[dict[str, Any]] | None = None) -> "pd.DataFrame":
+        """One row per run × metric (columns ``FRAME_COLUMNS``)."""
+        return records_to_frame(self.load_all() if records is None else records)
+
+
+def validate_record(rec: Any) -> str | None:
+    """Why ``rec`` is not a usable result, or None if it is."""
+    if not isinstance(rec, dict):
+        return f"not an alignbench result (a JSON {type(rec).__name__}, expected an object)"
+    missing = [k for k in REQUIRED_KEYS if k not in rec]
+    if missing:
+        return f"not an alignbench result (missing {', '.join(missing)})"
+    version = rec["schema_version"]
+    if not isinstance(version, int) or version < 1:
+        return f"unknown result schema version {version!r}"
+    if version > SCHEMA_VERSION:
+        return f"written by a newer alignbench (schema {version} > {SCHEMA_VERSION}); upgrade to read it"
+    if rec.get("status", "ok") != "ok":
+        return f"run status is {rec.get('status')!r}, not 'ok'"
+    if not isinstance(rec["metrics"], dict) or not isinstance(rec["spec"], dict) or "method" not in rec["spec"]:
+        return "malformed result (spec or metrics are not objects)"
+    return None
+
+
+def records_to_frame(records: Iterable[dict[str, Any]]) -> "pd.DataFrame":
+    """Flatten result records to a tidy frame: one row per run × metric."""
+    import pandas as pd
+
+    rows = []
+    for rec in records:
+        spec = rec["spec"]
+        evals = {e["key"]: e for e in rec.get("evals", []) if isinstance(e, dict) and "key" in e}
+        budget = rec.get("budget", {}).get("pairs", spec.get("budget"))
+        for key, metrics in rec["metrics"].items():
+            if not isinstance(metrics, dict):
+                continue
+            ev = evals.get(key) or _parse_eval_key(key)
+            for metric, value in metrics.items():
+                if value is None or not isinstance(value, (int, float)):
+                    continue
+                rows.append(
+                    {
+                        "run_id": rec["run_id"],
+                        "method": spec["method"],
+                        "method_label": method_label(spec["method"], spec.get("method_options")),
+                        "pair": spec.get("pair"),
+                        "budget": budget,
+                        "seed": spec.get("seed"),
+                        "task": ev.get("task"),
+                        "dataset": ev.get("dataset"),
+                        "split": ev.get("split"),
+                        "eval": key,
+                        "metric": metric,
+                        "value": float(value),
+                    }
+                )
+    return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+
+
+def _parse_eval_key(key: str) -> dict[str, Any]:
+    task, _, rest = key.partition("/")
+    dataset, _, split = rest.partition(":")
+    return {"task": task, "dataset": dataset, "split": split or None}
+
+
+def require_results(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """All valid results under ``root``, or a DataError saying why there are none."""
+    store = ResultStore(root)
+    if not store.root.is_dir():
+        raise DataError(f"results folder {str(store.root)!r} does not exist; run `alignbench run` first or pass --results")
+    records = store.load_all()
+    if not records:
+        n = len(store._files(failed=False))
+        what = f"none of its {n} JSON files is an alignbench result (see warnings above)" if n else "it has no result files"
+        raise DataError(f"no alignbench results in {str(store.root)!r}: {what}; run `alignbench run` first")
+    return records

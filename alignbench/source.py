@@ -1,0 +1,101 @@
+"""FeatureSource: the features of one encoder pair, as the runner and the tasks ask for them.
+
+Why a thin object: tasks should say *what* they need ("the test images of
+flickr8k", "the prompts of cifar10") and never which encoder, layer, dtype or
+cache folder — those are fixed once per run here and forwarded to the store.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from alignbench.features import ImageFeatures, Pairs, TextFeatures
+from alignbench.store import FeatureStore
+
+
+def split_pair(pair: str) -> tuple[str, str]:
+    """'VISION+TEXT' → (vision, text), via the encoders package when it offers a parser."""
+    try:
+        from alignbench.encoders import parse_pair
+    except ImportError:
+        from alignbench.errors import ConfigError
+
+        vision, sep, text = pair.partition("+")
+        if not sep or not vision.strip() or not text.strip():
+            raise ConfigError(f"encoder pair {pair!r} is not VISION+TEXT (e.g. effnet-lite0+minilm-l6)") from None
+        return vision.strip(), text.strip()
+    return parse_pair(pair)
+
+
+class FeatureSource:
+    """Cached features of ``pair`` ("VISION+TEXT") with fixed layers and dtype."""
+
+    def __init__(self, pair: str, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
+                 image_layer: int | None = None, text_layer: int | None = None, dtype: str = "fp32",
+                 progress: bool = True, encoder_options: dict[str, dict] | None = None):
+        self.pair = pair
+        self.image_encoder, self.text_encoder = split_pair(pair)
+        self.store = store if store is not None else FeatureStore()
+        self.data_root = data_root
+        self.image_layer, self.text_layer = image_layer, text_layer
+        self.dtype = dtype
+        self.progress = progress
+        opts = encoder_options or {}
+        self._image_opts = {"layer": image_layer, "dtype": dtype, "data_root": data_root,
+                            "encoder_options": opts.get("image"), "progress": progress}
+        self._text_opts = {"layer": text_layer, "dtype": dtype, "data_root": data_root,
+                           "encoder_options": opts.get("text"), "progress": progress}
+        self._cache: dict[Any, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"FeatureSource({self.pair!r}, store={self.store!r})"
+
+    def _memo(self, key: Any, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def dataset(self, name: str):
+        """The dataset object (loaded once)."""
+        return self.store.dataset(name, self.data_root)
+
+    def images(self, dataset: str, split: str) -> ImageFeatures:
+        return self._memo(("images", dataset, split), lambda: self.store.image_features(
+            self.image_encoder, self.dataset(dataset), split, **self._image_opts))
+
+    def dense_images(self, dataset: str, split: str) -> ImageFeatures:
+        """Image features for dense tasks: the WHOLE image resized to the encoder's input (``resize=squash``).
+
+        Why: the default centre crop leaves mask pixels without a patch (CamVid
+        frames are 4:3), so segmentation asks for this instead.  Encoders that
+        know no ``resize`` option give their default images.
+        """
+        from alignbench.errors import ConfigError
+
+        def make():
+            opts = dict(self._image_opts)
+            opts["encoder_options"] = {**(opts.get("encoder_options") or {}), "resize": "squash"}
+            try:
+                return self.store.image_features(self.image_encoder, self.dataset(dataset), split, **opts)
+            except ConfigError as exc:
+                if "resize" not in str(exc):
+                    raise
+                return self.images(dataset, split)
+
+        return self._memo(("dense_images", dataset, split), make)
+
+    def texts(self, dataset: str, split: str) -> TextFeatures:
+        return self._memo(("texts", dataset, split), lambda: self.store.text_features(
+            self.text_encoder, self.dataset(dataset), split, **self._text_opts))
+
+    def prompts(self, dataset: str) -> tuple[TextFeatures, int, int]:
+        """(features, n_classes, n_templates); row ``c * n_templates + t`` is template t of class c."""
+        return self._memo(("prompts", dataset), lambda: self.store.prompt_features(
+            self.text_encoder, self.dataset(dataset), **self._text_opts))
+
+    def pairs(self, dataset: str, split: str) -> Pairs:
+        """Every caption of the split paired with its image."""
+        index = np.asarray(self.dataset(dataset).caption_image_index(split), dtype=np.int64)
+        return Pairs(self.images(dataset, split), self.texts(dataset, split), index, np.arange(len(index)))

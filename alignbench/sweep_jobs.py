@@ -1,0 +1,132 @@
+"""What a sweep job runs on the worker: encode one feature set, or a pack of runs.
+
+Why a separate module: these callables are pickled by reference by submitit
+and imported inside the job, so they must live in the installed package (not
+in a test or the planner), and they subclass
+``submitit.helpers.Checkpointable``: a job that is preempted or hits its time
+limit is requeued with the same arguments.  That is safe because everything
+here is idempotent — ``run_one`` skips a run whose result exists and the
+feature store reuses (or resumes) an entry — so a requeued pack simply does
+what is left.
+
+Workers write their own results (``run_one`` writes the result JSON, or
+``<run_id>.failed.json`` with the traceback); the planner never depends on
+``job.result()``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+log = logging.getLogger("alignbench.sweep")
+
+
+def _worker_setup(store_root: str | None, threads: int | None) -> None:
+    """Logging to the job log, the feature cache location and the CPU thread budget."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if store_root:
+        # FeatureStore() reads $ALIGNBENCH_CACHE: the same store whatever run_one does with its argument.
+        os.environ["ALIGNBENCH_CACHE"] = str(store_root)
+    n = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
+    if n > 0:
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+        import torch
+
+        torch.set_num_threads(n)
+
+
+class RunPack(submitit.helpers.Checkpointable):
+    """Run several specs one after the other in one job (cheap closed-form runs share a job).
+
+    A failing run does not stop the pack: its failure record is written by
+    ``run_one`` and the next run starts.  The job fails at the end if any run
+    failed, so the scheduler's state reflects it too.
+    """
+
+    def __call__(self, specs: list[dict[str, Any]], runs_dir: str, store_root: str | None = None,
+                 data_root: str | None = None, threads: int | None = None) -> dict[str, Any]:
+        from alignbench.config import RunSpec
+        from alignbench.runner import run_one
+
+        _worker_setup(store_root, threads)
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+        done, failed = [], []
+        for d in specs:
+            spec = RunSpec.from_dict(d)
+            t0 = time.perf_counter()
+            log.info("job %s: run %s", job, spec.run_id)
+            try:
+                run_one(spec, results_dir=runs_dir, data_root=data_root, progress=False)
+                done.append(spec.run_id)
+                log.info("job %s: run %s finished in %.1f s", job, spec.run_id, time.perf_counter() - t0)
+            except Exception as exc:  # recorded in <run_id>.failed.json by run_one; keep going
+                log.exception("job %s: run %s failed: %s", job, spec.run_id, exc)
+                _ensure_failure_record(spec, exc, runs_dir)
+                failed.append(spec.run_id)
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(specs)} runs failed: {', '.join(failed)} "
+                               f"(tracebacks in {runs_dir}/<run_id>.failed.json)")
+        return {"done": done}
+
+
+def _ensure_failure_record(spec: Any, exc: Exception, runs_dir: str) -> None:
+    """run_one writes the failure record; write one only if it could not (e.g. it failed to import)."""
+    import traceback
+
+    from alignbench.results import ResultStore
+
+    store = ResultStore(runs_dir)
+    if store.failed_path_for(spec).exists():
+        return
+    try:
+        store.write_failure({
+            "schema_version": 1, "status": "failed", "run_id": spec.run_id, "spec": spec.to_dict(),
+            "error": {"type": type(exc).__name__, "message": str(exc), "user_error": False,
+                      "traceback": traceback.format_exc()},
+            "phase": "start",
+        })
+    except OSError as write_exc:
+        log.error("cannot write the failure record of %s: %s", spec.run_id, write_exc)
+
+
+class EncodeJob(submitit.helpers.Checkpointable):
+    """Encode one (encoder, dataset, split) into the feature store (stage 1 of a sweep).
+
+    The store checkpoints as it encodes, so a requeued job resumes where it stopped.
+    """
+
+    def __call__(self, what: str, encoder: str, dataset: str, split: str | None, *, layer: int | None = None,
+                 dtype: str = "fp32", store_root: str | None = None, data_root: str | None = None,
+                 threads: int | None = None) -> str:
+        from alignbench.store import FeatureStore
+
+        _worker_setup(store_root, threads)
+        store = FeatureStore(store_root)
+        kw = {"layer": layer, "dtype": dtype, "data_root": data_root, "progress": False}
+        t0 = time.perf_counter()
+        if what == "images":
+            store.image_features(encoder, dataset, split, **kw)
+        elif what == "texts":
+            store.text_features(encoder, dataset, split, **kw)
+        elif what == "prompts":
+            store.prompt_features(encoder, dataset, **kw)
+        else:
+            raise ValueError(f"unknown feature kind {what!r}")
+        log.info("%s %s %s:%s: %s in %.1f s", what, encoder, dataset, split, store.last_action,
+                 time.perf_counter() - t0)
+        return store.last_action
+
+
+def probe(path: str, text: str = "ok") -> dict[str, Any]:
+    """A trivial job for checking the submit/ledger plumbing: write ``text`` and report the job's view."""
+    Path(path).write_text(text)
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "CUDA_VISIBLE_DEVICES",
+            "SLURM_JOB_GPUS", "SLURM_CPUS_PER_TASK")
+    return {k: os.environ.get(k) for k in keys}

@@ -1,0 +1,368 @@
+"""The one contrastive training loop shared by Linear, FuseMix, STRUCTURE and PAL.
+
+Why one loop: METHODS.md fixes the recipe (symmetric InfoNCE, AdamW with betas
+(0.9, 0.95), cosine schedule, gradient clipping at 1.0, early stopping on the
+validation loss, optional LR range test).  Methods differ only in how a batch
+becomes a loss, so they hand the trainer a ``step_loss(batch_indices, step)``
+closure and load their own batches (global features in memory, or token
+batches streamed from a memmap).
+
+Conventions for callers:
+
+* ``step_loss`` is called in training mode; ``val_loss`` should switch its
+  modules to eval mode (dropout off) and back itself.  The trainer wraps
+  ``val_loss`` in ``torch.no_grad()``.
+* ``state``/``load_state`` snapshot and restore everything the best epoch
+  needs; without them the trainer snapshots the parameters it optimises.
+* Patience counts validation checks (one per ``val_every`` epochs).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from alignbench.errors import ConfigError, TrainingDivergedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser / schedule / stopping settings of the shared trainer."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    batch_size: int = 4096
+    max_epochs: int = 200
+    patience: int = 10
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    lr_range_test: bool = False
+    val_every: int = 1
+    temperature: float = 0.05
+    dtype: str = "fp32"  # fp32 | bf16 (autocast)
+
+    def check(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_epochs < 1:
+            raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.patience < 1:
+            raise ConfigError(f"patience must be >= 1, got {self.patience}")
+        if self.val_every < 1:
+            raise ConfigError(f"val_every must be >= 1, got {self.val_every}")
+        if self.warmup_steps < 0 or self.min_lr < 0 or self.weight_decay < 0:
+            raise ConfigError("warmup_steps, min_lr and weight_decay must be >= 0")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE ½[CE(S/τ, I) + CE(Sᵀ/τ, I)], S = norm(a)·norm(b)ᵀ (row i of a pairs row i of b)."""
+    a = torch.nn.functional.normalize(a.float(), dim=-1)
+    b = torch.nn.functional.normalize(b.float(), dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a), device=a.device)
+    ce = torch.nn.functional.cross_entropy
+    return 0.5 * (ce(logits, target) + ce(logits.T, target))
+
+
+def progress_enabled() -> bool:
+    """Progress bars on a TTY unless ALIGNBENCH_PROGRESS=0 (=1 forces them on)."""
+    env = os.environ.get("ALIGNBENCH_PROGRESS")
+    if env is not None:
+        return env.strip().lower() not in ("0", "false", "no", "off", "")
+    return sys.stderr.isatty()
+
+
+def epoch_batches(n_train: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A fresh permutation split into ceil(n / batch) near-equal batches.
+
+    Near-equal rather than "full batches + a remainder": every pair is used each
+    epoch and no batch is so small that InfoNCE becomes trivial.
+    """
+    perm = rng.permutation(n_train)
+    n_batches = max(1, math.ceil(n_train / max(1, min(batch_size, n_train))))
+    return np.array_split(perm, n_batches)
+
+
+def _param_list(params: Iterable[torch.nn.Parameter] | list[dict]) -> tuple[list, list[torch.Tensor]]:
+    """(what AdamW gets, flat list of the tensors) from parameters or param groups."""
+    items = list(params)
+    if items and isinstance(items[0], dict):
+        flat = [p for g in items for p in g["params"]]
+        groups = [dict(g, params=list(g["params"])) for g in items]
+        return groups, flat
+    return items, items
+
+
+def _autocast(config: TrainConfig, tensors: list[torch.Tensor]):
+    device_type = tensors[0].device.type if tensors else "cpu"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.dtype == "bf16")
+
+
+def _schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at a step: linear warmup, then cosine to min_lr."""
+    warm = min(config.warmup_steps, max(total_steps - 1, 0))
+    floor = min(config.min_lr / config.lr, 1.0)
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        span = max(total_steps - warm, 1)
+        t = min(max(step - warm, 0) / span, 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+def _snapshot(flat: list[torch.Tensor]) -> Callable[[], dict]:
+    def state() -> dict:
+        return {i: p.detach().clone() for i, p in enumerate(flat)}
+
+    return state
+
+
+def _restore(flat: list[torch.Tensor]) -> Callable[[dict], None]:
+    def load(s: dict) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(flat):
+                p.copy_(s[i])
+
+    return load
+
+
+def _deep_clone(obj: Any) -> Any:
+    """Copy tensors inside a (nested) state so later steps do not mutate the best state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _deep_clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_deep_clone(v) for v in obj)
+    return obj
+
+
+def _diverged(where: str, step: int, epoch: int, lr: float, value: float, desc: str) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"{desc}: training diverged at step {step} (epoch {epoch}) with learning rate {lr:.3g}: "
+        f"{where} is {value}. Lower the learning rate (e.g. {desc}:lr={lr / 10:.3g}) "
+        f"or enable the LR range test ({desc}:lr_range_test=true)."
+    )
+
+
+def lr_range_test(
+    params: Iterable[torch.nn.Parameter] | list[dict],
+    step_loss: Callable[[np.ndarray, int], torch.Tensor],
+    n_train: int,
+    *,
+    config: TrainConfig,
+    seed: int,
+    state: Callable[[], dict] | None = None,
+    load_state: Callable[[dict], None] | None = None,
+    n_steps: int = 100,
+    lr_start: float = 1e-7,
+    lr_end: float = 10.0,
+    max_samples: int = 5000,
+    smooth: float = 0.05,
+) -> dict[str, Any]:
+    """LR range test (METHODS.md): exponential lr sweep, pick steepest descent ÷ 5 (floor 1e-6).
+
+    Runs on ≤ ``max_samples`` training pairs, then restores the model state, so
+    the subsequent training starts from the same initialisation.  Returns
+    {"lr", "lrs", "losses" (smoothed), "steepest_lr"}.
+    """
+    groups, flat = _param_list(params)
+    state = state or _snapshot(flat)
+    load_state = load_state or _restore(flat)
+    saved = _deep_clone(state())
+    rng = np.random.default_rng(seed + 7919)
+    subset = rng.permutation(n_train)[: min(n_train, max_samples)]
+    opt = torch.optim.AdamW(groups, lr=lr_start, betas=config.betas, weight_decay=config.weight_decay)
+    # Keep per-group lr ratios (e.g. a faster temperature) while sweeping the base lr.
+    base = [g.get("lr", config.lr) / config.lr if isinstance(g, dict) else 1.0 for g in groups]
+    if not (groups and isinstance(groups[0], dict)):
+        base = [1.0]
+    mult = (lr_end / lr_start) ** (1.0 / max(n_steps - 1, 1))
+    lrs, smoothed = [], []
+    avg, best = 0.0, math.inf
+    batches: list[np.ndarray] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(n_steps):
+            lr = lr_start * mult**i
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = lr * b
+            if not batches:
+                batches = [subset[bi] for bi in epoch_batches(len(subset), config.batch_size, rng)]
+            idx = batches.pop()
+            opt.zero_grad(set_to_none=True)
+            with _autocast(config, flat):
+                loss = step_loss(idx, i)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                break
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(flat, config.grad_clip)
+            opt.step()
+            avg = value if i == 0 else smooth * value + (1 - smooth) * avg
+            lrs.append(lr)
+            smoothed.append(avg)
+            best = min(best, avg)
+            if avg > 4 * best and i > 10:
+                break
+    load_state(saved)
+    if len(smoothed) < 3:
+        chosen, steepest = max(lr_start, 1e-6), lr_start
+    else:
+        grad = np.gradient(np.asarray(smoothed), np.log(np.asarray(lrs)))
+        steepest = lrs[int(np.argmin(grad))]
+        chosen = max(steepest / 5.0, 1e-6)
+    log.info("LR range test: steepest descent at lr=%.3g → using lr=%.3g", steepest, chosen)
+    return {"lr": float(chosen), "steepest_lr": float(steepest), "lrs": lrs, "losses": smoothed}
+
+
+def train_contrastive(
+    params: Iterable[torch.nn.Parameter] | list[dict],
+    step_loss: Callable[[np.ndarray, int], torch.Tensor],
+    n_train: int,
+    *,
+    val_loss: Callable[[], float] | None,
+    config: TrainConfig,
+    seed: int,
+    state: Callable[[], dict] | None = None,
+    load_state: Callable[[dict], None] | None = None,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Train with AdamW + warmup/cosine + clipping, early stopping on ``val_loss``.
+
+    ``step_loss(batch_indices, global_step)`` returns one batch's loss
+    (indices into the ``n_train`` training pairs).  The best state by
+    validation loss is restored at the end.  Without ``val_loss`` all
+    ``max_epochs`` run and the final state is kept.
+
+    Returns {epochs, steps, best_epoch, best_val_loss, final_train_loss, lr,
+    time_s, early_stopped, batch_size, steps_per_epoch, [lr_range_test], [note]}.
+    Raises TrainingDivergedError on a non-finite loss or gradient.
+    """
+    config.check()
+    if n_train < 1:
+        from alignbench.errors import BudgetError
+
+        raise BudgetError(f"{desc}: no training pairs (budget 0); use a positive budget")
+    t0 = time.perf_counter()
+    groups, flat = _param_list(params)
+    if not flat:
+        raise ConfigError(f"{desc}: nothing to train (no parameters)")
+    state = state or _snapshot(flat)
+    load_state = load_state or _restore(flat)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    info: dict[str, Any] = {}
+
+    lr = config.lr
+    if config.lr_range_test:
+        rt = lr_range_test(groups, step_loss, n_train, config=config, seed=seed, state=state, load_state=load_state)
+        lr = rt["lr"]
+        info["lr_range_test"] = {"steepest_lr": rt["steepest_lr"], "chosen_lr": lr}
+        if isinstance(groups[0], dict):  # scale every group's lr by the same factor
+            groups = [dict(g, lr=g.get("lr", config.lr) * lr / config.lr) for g in groups]
+
+    opt = torch.optim.AdamW(groups, lr=lr, betas=config.betas, weight_decay=config.weight_decay)
+    bs = min(config.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / bs)
+    total = config.max_epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config, total))
+
+    best_val, best_epoch, best_state, bad = math.inf, 0, None, 0
+    step, epoch, train_loss, early = 0, 0, math.nan, False
+    show = progress_enabled()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.max_epochs, desc=desc, unit="ep", disable=not show, leave=False)
+    try:
+        for epoch in range(1, config.max_epochs + 1):
+            running, count = 0.0, 0
+            for idx in epoch_batches(n_train, bs, rng):
+                opt.zero_grad(set_to_none=True)
+                with _autocast(config, flat):
+                    loss = step_loss(idx, step)
+                value = float(loss.detach())
+                cur_lr = opt.param_groups[0]["lr"]
+                if not math.isfinite(value):
+                    raise _diverged("the loss", step, epoch, cur_lr, value, desc)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(flat, config.grad_clip if config.grad_clip else math.inf)
+                if not math.isfinite(float(norm)):
+                    raise _diverged("the gradient norm", step, epoch, cur_lr, float(norm), desc)
+                opt.step()
+                sched.step()
+                step += 1
+                running += value * len(idx)
+                count += len(idx)
+            train_loss = running / count
+            post = {"loss": f"{train_loss:.4f}"}
+            if val_loss is not None and (epoch % config.val_every == 0 or epoch == config.max_epochs):
+                with torch.no_grad():
+                    v = float(val_loss())
+                if not math.isfinite(v):
+                    raise _diverged("the validation loss", step, epoch, opt.param_groups[0]["lr"], v, desc)
+                post["val"] = f"{v:.4f}"
+                if v < best_val:
+                    best_val, best_epoch, bad = v, epoch, 0
+                    best_state = _deep_clone(state())
+                else:
+                    bad += 1
+                log.debug("%s epoch %d: train %.4f val %.4f", desc, epoch, train_loss, v)
+                if bad >= config.patience:
+                    early = True
+                    bar.set_postfix(post)
+                    bar.update(1)
+                    break
+            else:
+                log.debug("%s epoch %d: train %.4f", desc, epoch, train_loss)
+            bar.set_postfix(post)
+            bar.update(1)
+    finally:
+        bar.close()
+    if best_state is not None:
+        load_state(best_state)
+    info.update(
+        epochs=epoch,
+        steps=step,
+        best_epoch=best_epoch if val_loss is not None else epoch,
+        best_val_loss=best_val if val_loss is not None else None,
+        final_train_loss=train_loss,
+        lr=lr,
+        time_s=time.perf_counter() - t0,
+        early_stopped=early,
+        batch_size=bs,
+        steps_per_epoch=steps_per_epoch,
+    )
+    if val_loss is None:
+        info["note"] = "no validation split: no early stopping, ran max_epochs and kept the final state"
+    log.info(
+        "%s: %d epochs (%d steps), best epoch %s, best val %s, lr %.3g, %.1fs",
+        desc, epoch, step, info["best_epoch"], info["best_val_loss"], lr, info["time_s"],
+    )
+    return info
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain dict of a TrainConfig (for results)."""
+    return asdict(config)

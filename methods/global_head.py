@@ -1,0 +1,222 @@
+"""Shared machinery of the global-feature contrastive heads (Linear, FuseMix, STRUCTURE, random).
+
+Why a base: these methods differ only in the head modules and the batch loss;
+fitting (shared trainer, early stopping on the validation InfoNCE), embedding,
+input checks and persistence are the same, and keeping them in one place keeps
+the methods comparable.  No method is registered here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from alignbench.errors import ConfigError
+from alignbench.features import ImageFeatures, Pairs, TextFeatures
+from alignbench.training import TrainConfig, info_nce, train_contrastive
+from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs
+
+log = logging.getLogger(__name__)
+
+EMBED_CHUNK = 8192  # rows per forward when embedding (bounds memory for patch tokens)
+
+
+@dataclass
+class HeadConfig(MethodConfig):
+    """Trainer hyperparameters shared by the contrastive heads (METHODS.md defaults)."""
+
+    dim: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 4096
+    max_epochs: int = 200
+    patience: int = 10
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    lr_range_test: bool = False
+    temperature: float = 0.05
+    grad_clip: float = 1.0
+    val_every: int = 1
+    dtype: str = "fp32"
+
+    def check(self) -> None:
+        if self.dim < 1:
+            raise ConfigError(f"dim must be >= 1, got {self.dim}")
+        self.train_config().check()
+
+    def train_config(self) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+class GlobalHeadMethod(Method):
+    """A pair of heads on global features trained with the shared contrastive trainer.
+
+    Subclasses implement ``build_heads``; they may override ``batch_loss``
+    (training loss of one batch), ``temperature`` and ``param_groups``.
+    """
+
+    level = "global"
+    Config: ClassVar[type[MethodConfig]] = HeadConfig
+    # Deviations from the reference recipe that hold whatever the config says.
+    inherent_deviations: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: MethodConfig | None = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        self.image_head: nn.Module | None = None
+        self.text_head: nn.Module | None = None
+        self.d_image: int | None = None
+        self.d_text: int | None = None
+
+    # -- hooks ----------------------------------------------------------------
+    def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Other trainable modules saved in the state dict (e.g. a temperature)."""
+        return {}
+
+    def temperature(self) -> float | torch.Tensor:
+        return self.config.temperature
+
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        return info_nce(self.image_head(x), self.text_head(y), self.temperature())
+
+    def param_groups(self) -> list[dict]:
+        params = [p for m in self.modules().values() for p in m.parameters() if p.requires_grad]
+        return [{"params": params}]
+
+    # -- plumbing ---------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        mods = {"image": self.image_head, "text": self.text_head, **self.extra_modules()}
+        return {k: m for k, m in mods.items() if m is not None}
+
+    def _train_mode(self, on: bool) -> None:
+        for m in self.modules().values():
+            m.train(on)
+
+    def _init(self, d_image: int, d_text: int, seed: int) -> None:
+        self.d_image, self.d_text = int(d_image), int(d_text)
+        torch.manual_seed(seed)
+        self.image_head, self.text_head = self.build_heads(self.d_image, self.d_text)
+        for m in self.modules().values():
+            m.to(self.device)
+
+    def deviations(self) -> list[str]:
+        """Every difference from the faithful default config, plus inherent ones."""
+        default = type(self.config)()
+        out = list(self.inherent_deviations)
+        for f in fields(self.config):
+            v, d = getattr(self.config, f.name), getattr(default, f.name)
+            if v != d:
+                out.append(f"{f.name}={v!r} (faithful default {d!r})")
+        return out
+
+    def fit(self, train: Pairs, val: Pairs | None = None, *, seed: int = 0) -> None:
+        check_pairs(train, val)
+        self._init(train.images.dim, train.texts.dim, seed)
+        x = train.image().global_tensor().to(self.device)
+        y = train.text().global_tensor().to(self.device)
+        cfg = self.train_config(len(train))
+        self._train_mode(True)
+
+        def step_loss(idx: np.ndarray, step: int) -> torch.Tensor:
+            i = torch.from_numpy(idx).to(self.device)
+            return self.batch_loss(x[i], y[i], step)
+
+        val_loss = None
+        if val is not None and len(val):
+            xv = val.image().global_tensor().to(self.device)
+            yv = val.text().global_tensor().to(self.device)
+            val_loss = lambda: self.validation_loss(xv, yv, cfg.batch_size)  # noqa: E731
+
+        info = train_contrastive(
+            self.param_groups(), step_loss, len(train), val_loss=val_loss, config=cfg, seed=seed,
+            state=self._state_tensors, load_state=self._load_tensors, desc=self.registry_name or type(self).__name__,
+        )
+        self._train_mode(False)
+        self.fit_info = {**info, "n_train": len(train), "n_val": len(val) if val is not None else 0,
+                         "deviations": self.deviations() + ([info["note"]] if "note" in info else [])}
+
+    def train_config(self, n_train: int) -> TrainConfig:
+        return self.config.train_config()
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+        """Plain InfoNCE of the heads in eval mode, in fixed batches of the training batch size."""
+        self._train_mode(False)
+        try:
+            total, n = 0.0, len(x)
+            bs = min(batch_size, n)
+            chunks = np.array_split(np.arange(n), max(1, -(-n // bs)))
+            for c in chunks:
+                if len(c) < 2:
+                    continue
+                i = torch.from_numpy(c).to(self.device)
+                total += float(info_nce(self.image_head(x[i]), self.text_head(y[i]), self.temperature())) * len(c)
+            return total / n
+        finally:
+            self._train_mode(True)
+
+    # -- embedding --------------------------------------------------------------
+    @torch.no_grad()
+    def _embed(self, head: nn.Module | None, f: ImageFeatures | TextFeatures, expected: int | None, side: str):
+        check_dim(f, expected, side)
+        f.validate(f"{side} features")
+        head.eval()
+        x = f.global_tensor()
+        out = [head(x[i : i + EMBED_CHUNK].to(self.device)).float() for i in range(0, len(x), EMBED_CHUNK)]
+        z = torch.cat(out) if out else torch.zeros(0, self.config.dim)
+        return nn.functional.normalize(z, dim=-1).cpu()
+
+    def embed_image(self, f: ImageFeatures) -> torch.Tensor:
+        return self._embed(self.image_head, f, self.d_image, "image")
+
+    def embed_text(self, f: TextFeatures) -> torch.Tensor:
+        return self._embed(self.text_head, f, self.d_text, "text")
+
+    # -- persistence --------------------------------------------------------------
+    def _state_tensors(self) -> dict:
+        return {k: m.state_dict() for k, m in self.modules().items()}
+
+    def _load_tensors(self, s: dict) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(s[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"d_image": self.d_image, "d_text": self.d_text}
+        for k, m in self.modules().items():
+            for name, t in m.state_dict().items():
+                out[f"{k}.{name}"] = t.detach().cpu().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._init(int(state["d_image"]), int(state["d_text"]), seed=0)
+        for k, m in self.modules().items():
+            prefix = f"{k}."
+            m.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
+            m.eval()
+
+    def to(self, device: str | torch.device) -> "GlobalHeadMethod":
+        super().to(device)
+        for m in self.modules().values():
+            m.to(self.device)
+        return self
+
+
+def linear_head(d_in: int, d_out: int) -> nn.Module:
+    """``Linear(d_in, d_out)`` with bias, PyTorch's default init."""
+    return nn.Linear(d_in, d_out)
+
+
+def mlp_head(d_in: int, d_out: int, n_layers: int = 2) -> nn.Module:
+    """STRUCTURE's MLP option: Linear(d_in, d_out) then (ReLU, Linear(d_out, d_out)) × (n_layers − 1)."""
+    layers: list[nn.Module] = [nn.Linear(d_in, d_out)]
+    for _ in range(n_layers - 1):
+        layers += [nn.ReLU(), nn.Linear(d_out, d_out)]
+    return nn.Sequential(*layers)

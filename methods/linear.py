@@ -1,0 +1,26 @@
+"""Linear: one contrastive linear map per modality (STRUCTURE's baseline recipe)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from alignbench.methods.base import register_method
+from alignbench.methods.global_head import GlobalHeadMethod, HeadConfig, linear_head
+
+
+@dataclass
+class LinearConfig(HeadConfig):
+    """METHODS.md: Linear(d, 512) + bias per modality, shared trainer, InfoNCE τ = 0.05."""
+
+
+@register_method("linear", aliases=("linear-map",))
+class Linear(GlobalHeadMethod):
+    """Contrastive Linear(d, 512) per modality on global features (Merullo et al. idea, STRUCTURE recipe)."""
+
+    Config = LinearConfig
+    inherent_deviations = ("fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",)
+    test_overrides = {"max_epochs": 60, "batch_size": 256, "lr": 3e-3}
+
+    def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
+        return linear_head(d_image, self.config.dim), linear_head(d_text, self.config.dim)

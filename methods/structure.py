@@ -1,0 +1,106 @@
+"""STRUCTURE (Gröger, Wen, Le, Brbić, NeurIPS 2025): a contrastive head + a structure-preserving regulariser.
+
+Loss = InfoNCE + λ_t · ½[R_S(x, f(x)) + R_S(y, g(y))], λ_t warmed up linearly
+to λ over the first ``lambda_warmup_steps`` steps.  R_S compares the
+neighbourhood structure of a batch before and after the head: both sides are
+L2-normalised and mean-centred within the batch (the authors' order), row
+softmax of the pairwise similarities / τ, Jensen–Shannon divergence between the
+two transition matrices, summed over levels l = 1..L (P^l = l-step walks).
+The paper's second ingredient, layer selection, is
+``alignbench.layer_selection``; it acts on which features are cached, not here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alignbench.errors import ConfigError
+from alignbench.methods.base import register_method
+from alignbench.methods.global_head import GlobalHeadMethod, HeadConfig, linear_head, mlp_head
+from alignbench.training import info_nce
+
+
+def transition_matrix(u: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row-softmax of the batch's pairwise similarities of normalised, centred features."""
+    u = nn.functional.normalize(u.float(), dim=-1)
+    u = u - u.mean(0, keepdim=True)
+    return torch.softmax(u @ u.T / temperature, dim=-1)
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Jensen–Shannon divergence ½[KL(p‖m) + KL(q‖m)], m = ½(p+q), rows are distributions; mean over rows."""
+    m = 0.5 * (p + q)
+    log_m = (m + eps).log()
+    kl_pm = (p * ((p + eps).log() - log_m)).sum(-1)
+    kl_qm = (q * ((q + eps).log() - log_m)).sum(-1)
+    return (0.5 * (kl_pm + kl_qm)).mean()
+
+
+def structure_regulariser(original: torch.Tensor, aligned: torch.Tensor, *, levels: int = 1,
+                          temperature: float = 0.05) -> torch.Tensor:
+    """R_S(u, v) = Σ_{l=1..L} JS(P_u^l, P_v^l); 0 when the batch geometry is preserved."""
+    p, q = transition_matrix(original, temperature), transition_matrix(aligned, temperature)
+    total = p.new_zeros(())
+    pl, ql = p, q
+    for level in range(1, levels + 1):
+        if level > 1:
+            pl, ql = pl @ p, ql @ q
+        total = total + js_divergence(pl, ql)
+    return total
+
+
+@dataclass
+class StructureConfig(HeadConfig):
+    """METHODS.md: Linear head, λ = 10 warmed up over 1000 steps, L = 1 level, τ = 0.05."""
+
+    head: str = "linear"  # linear | mlp
+    mlp_layers: int = 2
+    lam: float = 10.0
+    lambda_warmup_steps: int = 1000
+    levels: int = 1
+    structure_temperature: float = 0.05
+
+    def check(self) -> None:
+        super().check()
+        if self.head not in ("linear", "mlp"):
+            raise ConfigError(f"head must be 'linear' or 'mlp', got {self.head!r}")
+        if self.levels < 1 or self.lam < 0 or self.lambda_warmup_steps < 0 or self.mlp_layers < 1:
+            raise ConfigError("need levels >= 1, lam >= 0, lambda_warmup_steps >= 0, mlp_layers >= 1")
+        if not self.structure_temperature > 0:
+            raise ConfigError("structure_temperature must be > 0")
+
+
+@register_method("structure")
+class Structure(GlobalHeadMethod):
+    """STRUCTURE: contrastive Linear (or MLP) head + neighbourhood-structure regulariser (JS of batch softmax)."""
+
+    Config = StructureConfig
+    inherent_deviations = (
+        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
+        "early stopping on the validation InfoNCE without the regulariser",
+    )
+    test_overrides = {"max_epochs": 60, "batch_size": 256, "lr": 3e-3, "lambda_warmup_steps": 20}
+
+    def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
+        c = self.config
+        if c.head == "mlp":
+            return mlp_head(d_image, c.dim, c.mlp_layers), mlp_head(d_text, c.dim, c.mlp_layers)
+        return linear_head(d_image, c.dim), linear_head(d_text, c.dim)
+
+    def lambda_at(self, step: int) -> float:
+        c = self.config
+        if c.lambda_warmup_steps == 0:
+            return c.lam
+        return c.lam * min(1.0, step / c.lambda_warmup_steps)
+
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        fx, gy = self.image_head(x), self.text_head(y)
+        loss = info_nce(fx, gy, self.temperature())
+        lam = self.lambda_at(step)
+        if lam > 0:
+            kw = {"levels": self.config.levels, "temperature": self.config.structure_temperature}
+            reg = 0.5 * (structure_regulariser(x, fx, **kw) + structure_regulariser(y, gy, **kw))
+            loss = loss + lam * reg
+        return loss

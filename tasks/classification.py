@@ -1,0 +1,64 @@
+"""Zero-shot classification: images scored against prompt-averaged class embeddings.
+
+Class embeddings follow CLIP's recipe (``Method.class_embeddings``: each
+template's text embedding normalised, averaged, re-normalised); logits are the
+method's own ``similarity`` so methods with a non-cosine score (CSA, ASIF) are
+judged by it.  Reports top-1 accuracy and mean per-class accuracy (the latter
+is insensitive to class imbalance).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from alignbench.errors import DataError
+from alignbench.tasks.base import FeatureNeed, Task, check_finite, embed_in_batches, register_task
+
+
+def classification_metrics(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Top-1 and mean per-class accuracy (%, over classes that occur in ``labels``)."""
+    pred, labels = np.asarray(pred, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    if pred.shape != labels.shape or labels.size == 0:
+        raise DataError(f"need one prediction per label, got {pred.shape} predictions for {labels.shape} labels")
+    correct = pred == labels
+    per_class_total = np.bincount(labels, minlength=n_classes)
+    per_class_hit = np.bincount(labels[correct], minlength=n_classes)
+    present = per_class_total > 0
+    return {
+        "top1": 100.0 * float(correct.mean()),
+        "mean_per_class": 100.0 * float((per_class_hit[present] / per_class_total[present]).mean()),
+    }
+
+
+@register_task("classification", aliases=("zeroshot", "zero-shot"))
+class ClassificationTask(Task):
+    """Zero-shot classification from prompt templates: top-1 and mean per-class accuracy."""
+
+    kind = "classification"
+    headline = ("top1",)
+    metric_labels = {"top1": "top-1", "mean_per_class": "mean per-class"}
+
+    def needs(self, dataset: str, split: str) -> list[FeatureNeed]:
+        return [FeatureNeed("images", dataset, split), FeatureNeed("prompts", dataset)]
+
+    def evaluate(self, method: Any, source: Any, dataset: Any, split: str) -> dict[str, float]:
+        import torch
+
+        self.check_dataset(dataset)
+        name = dataset.registry_name
+        prompts, n_classes, n_templates = source.prompts(name)
+        with torch.no_grad():
+            classes = method.class_embeddings(prompts, n_classes, n_templates)
+            images = source.images(name, split)
+            labels = np.asarray(dataset.labels(split), dtype=np.int64)
+            if len(labels) != len(images):
+                raise DataError(f"{name}:{split} has {len(labels)} labels for {len(images)} encoded images")
+            preds = []
+            for start in range(0, len(images), self.batch_size):
+                idx = np.arange(start, min(start + self.batch_size, len(images)))
+                emb = embed_in_batches(method.embed_image, images.subset(idx), self.batch_size)
+                logits = method.similarity(emb, classes)
+                check_finite(logits, "class scores")
+                preds.append(logits.argmax(1).cpu().numpy())
+        return classification_metrics(np.concatenate(preds), labels, n_classes)

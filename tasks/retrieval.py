@@ -1,0 +1,116 @@
+"""Image↔text retrieval with Recall@K, the protocol METHODS.md fixes.
+
+Two details that published numbers often get wrong, done right here:
+
+* an image query is a hit if ANY of its captions is in the top K;
+* the text→image gallery holds each image ONCE (a gallery with one copy per
+  caption deflates R@5/10).
+
+Ties are counted against the query (a negative scoring equal to the positive
+ranks above it), so a collapsed method that scores everything alike gets
+chance-level recall, not 100 %.  Similarities are computed in chunks: memory
+stays at chunk × gallery whatever the split size.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from alignbench.errors import DataError
+from alignbench.tasks.base import FeatureNeed, Task, check_finite, embed_in_batches, register_task
+
+KS = (1, 5, 10)
+
+
+def retrieval_ranks(
+    image_emb: Any,
+    text_emb: Any,
+    caption_image: np.ndarray,
+    similarity: Callable[[Any, Any], Any],
+    *,
+    chunk: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks of the best positive: (per image with ≥1 caption, per caption).
+
+    ``caption_image[j]`` is the index (into ``image_emb``) of caption j's image.
+    ``similarity(images, texts)`` returns an (n_images, n_texts) score matrix;
+    it is always called with images first, so asymmetric scores stay correct.
+    """
+    import torch
+
+    caption_image = torch.as_tensor(np.asarray(caption_image, dtype=np.int64))
+    n_img, n_txt = len(image_emb), len(text_emb)
+    if len(caption_image) != n_txt:
+        raise DataError(f"{n_txt} captions but {len(caption_image)} caption→image indices")
+    if n_txt and (int(caption_image.min()) < 0 or int(caption_image.max()) >= n_img):
+        raise DataError(f"caption→image index out of range for {n_img} images")
+
+    # image → text: rank of the best-scoring own caption among all captions.
+    i2t = []
+    for start in range(0, n_img, chunk):
+        rows = torch.arange(start, min(start + chunk, n_img))
+        sim = similarity(image_emb[rows], text_emb).float()
+        check_finite(sim, "similarities")
+        pos = caption_image[None, :] == rows[:, None]
+        best_pos = torch.where(pos, sim, torch.full_like(sim, -torch.inf)).amax(1)
+        rank = ((sim >= best_pos[:, None]) & ~pos).sum(1)
+        i2t.append(torch.where(pos.any(1), rank, torch.full_like(rank, -1)))
+    i2t_ranks = torch.cat(i2t).numpy() if i2t else np.zeros(0, dtype=np.int64)
+
+    # text → image: gallery of unique images; rank of the caption's own image.
+    t2i = []
+    for start in range(0, n_txt, chunk * 4):
+        cols = torch.arange(start, min(start + chunk * 4, n_txt))
+        sim = similarity(image_emb, text_emb[cols]).float().T  # (chunk, n_img)
+        check_finite(sim, "similarities")
+        pos_score = sim.gather(1, caption_image[cols][:, None])
+        t2i.append((sim >= pos_score).sum(1) - 1)
+    t2i_ranks = torch.cat(t2i).numpy() if t2i else np.zeros(0, dtype=np.int64)
+    return i2t_ranks[i2t_ranks >= 0], t2i_ranks
+
+
+def recall_at(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[int, float]:
+    """Recall@K in percent from 0-based ranks."""
+    if len(ranks) == 0:
+        raise DataError("no retrieval queries (empty split?)")
+    return {k: 100.0 * float((ranks < k).mean()) for k in ks}
+
+
+def retrieval_metrics(image_emb, text_emb, caption_image, similarity, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """``i2t_R@K`` and ``t2i_R@K`` for every K in ``ks``."""
+    i2t, t2i = retrieval_ranks(image_emb, text_emb, caption_image, similarity)
+    out = {f"i2t_R@{k}": v for k, v in recall_at(i2t, ks).items()}
+    out.update({f"t2i_R@{k}": v for k, v in recall_at(t2i, ks).items()})
+    return out
+
+
+@register_task("retrieval", aliases=("image-text-retrieval",))
+class RetrievalTask(Task):
+    """Image→text and text→image Recall@1/5/10 (any-caption hits, unique-image gallery)."""
+
+    kind = "captions"
+    headline = ("i2t_R@1", "t2i_R@1")
+    metric_labels = {f"{d}_R@{k}": f"{lab} R@{k}" for d, lab in (("i2t", "I→T"), ("t2i", "T→I")) for k in KS}
+
+    def needs(self, dataset: str, split: str) -> list[FeatureNeed]:
+        return [FeatureNeed("pairs", dataset, split)]
+
+    def evaluate(self, method: Any, source: Any, dataset: Any, split: str) -> dict[str, float]:
+        import torch
+
+        self.check_dataset(dataset)
+        pairs = source.pairs(dataset.registry_name, split)
+        # Every caption of the split, mapped to its image (pairs may list captions in any order).
+        n_txt = len(pairs.texts)
+        caption_image = np.full(n_txt, -1, dtype=np.int64)
+        caption_image[pairs.text_index] = pairs.image_index
+        if (caption_image < 0).any():
+            keep = np.flatnonzero(caption_image >= 0)
+            texts, caption_image = pairs.texts.subset(keep), caption_image[keep]
+        else:
+            texts = pairs.texts
+        with torch.no_grad():
+            img = embed_in_batches(method.embed_image, pairs.images, self.batch_size)
+            txt = embed_in_batches(method.embed_text, texts, self.batch_size)
+            return retrieval_metrics(img, txt, caption_image, method.similarity)

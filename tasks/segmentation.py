@@ -1,0 +1,174 @@
+"""Zero-shot semantic segmentation from patch-level class scores.
+
+Protocol (METHODS.md): one forward at the encoder's native resolution, the
+method's ``patch_scores`` (B, P, C) reshaped to the patch grid, upsampled
+bilinearly (``align_corners=False``) to each mask's own size, argmax, and ONE
+confusion matrix accumulated over the whole dataset (ignore label excluded).
+mIoU is dominated by large classes on CamVid, so frequency-weighted IoU and
+pixel accuracy are reported too.
+
+Where the dataset has a background class, two "without background" numbers
+are given beside the all-class mIoU:
+
+* ``mIoU_fg``: the mean over foreground classes of the same confusion matrix;
+* ``mIoU_nobg``: the VOC-20 style protocol of the zero-shot literature —
+  background pixels are ignored and the argmax runs over foreground classes
+  only.
+
+Memory: score maps are upsampled one image at a time and reduced to a
+confusion matrix at once; nothing of mask size is kept.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from alignbench.errors import DataError, FeatureError
+from alignbench.tasks.base import FeatureNeed, Task, check_finite, dense_images, register_task
+
+log = logging.getLogger(__name__)
+
+
+def confusion_update(conf: np.ndarray, gt: np.ndarray, pred: np.ndarray, ignore_index: int | None) -> int:
+    """Add one image to ``conf`` (C×C, rows = ground truth); return the count of stray labels.
+
+    Pixels with the ignore label are excluded; labels outside [0, C) that are
+    not the ignore label are excluded too and counted, so the caller can warn.
+    """
+    n = conf.shape[0]
+    gt = np.asarray(gt, dtype=np.int64).ravel()
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    if gt.shape != pred.shape:
+        raise DataError(f"mask has {gt.size} pixels but the prediction has {pred.size}")
+    valid = (gt >= 0) & (gt < n)
+    stray = int((~valid & (gt != (ignore_index if ignore_index is not None else -1))).sum())
+    conf += np.bincount(n * gt[valid] + pred[valid], minlength=n * n).reshape(n, n)
+    return stray
+
+
+def iou_per_class(conf: np.ndarray) -> np.ndarray:
+    """IoU per class; NaN where the class is neither in the ground truth nor predicted."""
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def segmentation_metrics(
+    conf: np.ndarray, classnames: list[str] | None = None, background_index: int | None = None
+) -> dict[str, float]:
+    """mIoU, frequency-weighted IoU, pixel and mean class accuracy (%) from a confusion matrix.
+
+    Classes absent from both ground truth and prediction are left out of the
+    means (their IoU is undefined).  With ``background_index``, ``mIoU_fg`` is
+    the mean over the other classes.  Per-class IoUs come as ``IoU/<name>``.
+    """
+    conf = np.asarray(conf, dtype=np.int64)
+    total = conf.sum()
+    if total == 0:
+        raise DataError("no labelled pixels to evaluate (every pixel has the ignore label?)")
+    iou = iou_per_class(conf)
+    gt_count = conf.sum(1)
+    freq = gt_count / total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        class_acc = np.where(gt_count > 0, np.diag(conf) / np.maximum(gt_count, 1), np.nan)
+    out = {
+        "mIoU": 100.0 * float(np.nanmean(iou)),
+        "fwIoU": 100.0 * float(np.nansum(freq * np.nan_to_num(iou))),
+        "pixel_acc": 100.0 * float(np.trace(conf) / total),
+        "mean_acc": 100.0 * float(np.nanmean(class_acc)),
+    }
+    if background_index is not None:
+        fg = np.delete(iou, background_index)
+        out["mIoU_fg"] = 100.0 * float(np.nanmean(fg)) if np.isfinite(fg).any() else float("nan")
+    names = classnames or [str(c) for c in range(len(iou))]
+    for name, v in zip(names, iou):
+        if np.isfinite(v):
+            out[f"IoU/{name}"] = 100.0 * float(v)
+    return out
+
+
+def upsample_argmax(scores: Any, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) scores → (H, W) class ids via bilinear upsampling (align_corners=False)."""
+    import torch.nn.functional as F
+
+    up = F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return up.argmax(0).numpy()
+
+
+@register_task("segmentation", aliases=("seg", "semantic-segmentation"))
+class SegmentationTask(Task):
+    """Zero-shot semantic segmentation: mIoU (with/without background), fwIoU, pixel accuracy."""
+
+    kind = "segmentation"
+    headline = ("mIoU",)
+    metric_labels = {
+        "mIoU": "mIoU",
+        "mIoU_fg": "mIoU (fg)",
+        "mIoU_nobg": "mIoU (no bg)",
+        "fwIoU": "fwIoU",
+        "pixel_acc": "pixel acc.",
+        "mean_acc": "mean acc.",
+    }
+    batch_size: int = 16  # images per patch_scores call
+
+    def needs(self, dataset: str, split: str) -> list[FeatureNeed]:
+        return [FeatureNeed("dense_images", dataset, split), FeatureNeed("prompts", dataset)]
+
+    def evaluate(self, method: Any, source: Any, dataset: Any, split: str) -> dict[str, float]:
+        import torch
+
+        self.check_dataset(dataset)
+        name = dataset.registry_name
+        classnames = list(dataset.classnames)
+        n_cls = len(classnames)
+        ignore = getattr(dataset, "ignore_index", None)
+        bg = getattr(dataset, "background_index", None)
+        prompts, n_classes, n_templates = source.prompts(name)
+        if n_classes != n_cls:
+            raise DataError(f"{name}: {n_classes} prompt classes but {n_cls} class names")
+        images = dense_images(source, name, split)
+        if images.grid is None or images.tokens is None:
+            raise FeatureError(f"{name}:{split} image features have no patch tokens; segmentation needs them")
+        gh, gw = images.grid
+
+        conf = np.zeros((n_cls, n_cls), dtype=np.int64)
+        conf_nobg = np.zeros((n_cls - 1, n_cls - 1), dtype=np.int64) if bg is not None else None
+        fg = [c for c in range(n_cls) if c != bg]
+        stray = 0
+        with torch.no_grad():
+            classes = method.class_embeddings(prompts, n_classes, n_templates)
+            for start in range(0, len(images), self.batch_size):
+                idx = np.arange(start, min(start + self.batch_size, len(images)))
+                scores = method.patch_scores(images.subset(idx), classes).float()
+                if scores.shape != (len(idx), gh * gw, n_cls):
+                    raise FeatureError(
+                        f"patch_scores returned shape {tuple(scores.shape)}, expected "
+                        f"({len(idx)}, {gh * gw}, {n_cls}) for a {gh}×{gw} grid"
+                    )
+                check_finite(scores, "patch scores")
+                maps = scores.reshape(len(idx), gh, gw, n_cls).permute(0, 3, 1, 2)
+                for b, i in enumerate(idx):
+                    gt = np.asarray(dataset.mask(split, int(i)))
+                    pred = upsample_argmax(maps[b], gt.shape[-2:])
+                    stray += confusion_update(conf, gt, pred, ignore)
+                    if conf_nobg is not None:
+                        gt_fg = _remap_foreground(gt, fg, bg)
+                        pred_fg = upsample_argmax(maps[b, fg], gt.shape[-2:])
+                        confusion_update(conf_nobg, gt_fg, pred_fg, -1)
+        if stray:
+            log.warning("%s:%s: %d pixels had labels outside 0..%d and were ignored", name, split, stray, n_cls - 1)
+        out = segmentation_metrics(conf, classnames, bg)
+        if conf_nobg is not None and conf_nobg.sum() > 0:
+            out["mIoU_nobg"] = 100.0 * float(np.nanmean(iou_per_class(conf_nobg)))
+        return out
+
+
+def _remap_foreground(gt: np.ndarray, fg: list[int], bg: int) -> np.ndarray:
+    """Ground truth in foreground-only ids (0..C-2); background and ignore → -1."""
+    lut = np.full(max(int(gt.max(initial=0)), max(fg)) + 1, -1, dtype=np.int64)
+    lut[fg] = np.arange(len(fg))
+    g = np.asarray(gt, dtype=np.int64)
+    return np.where((g >= 0) & (g < len(lut)), lut[np.clip(g, 0, len(lut) - 1)], -1)

@@ -1,0 +1,169 @@
+"""``alignbench run`` end to end on the tiny encoders over small generated datasets.
+
+The datasets are written in exactly the layouts of the real loaders
+(Flickr8k CSV + split lists, CIFAR-10 ImageFolder, CamVid SegNet folders) so
+the whole path — loaders, feature store, methods, tasks, result store,
+summary table and ``alignbench report`` — runs for real in seconds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alignbench.cli import main as cli
+from alignbench.config import RunSpec
+from alignbench.errors import BudgetError
+from alignbench.runner import plan, run_one, subsample_indices
+
+PAIR = "tiny-vit+tiny-text"
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+SHAPES = ["square", "circle", "stripe", "cross", "dot"]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CAMVID = ["sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian",
+          "bicyclist"]  # fmt: skip
+
+
+def _image(rng, size=(40, 40)):
+    from PIL import Image
+
+    return Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8))
+
+
+def make_tiny_data(root: Path, n_images: int = 30) -> Path:
+    """Flickr8k (30 images × 5 captions, 18/6/6 split), CIFAR-10 (2 per class) and CamVid (3 scenes)."""
+    rng = np.random.default_rng(0)
+    fl = root / "flickr8k"
+    (fl / "images").mkdir(parents=True)
+    (fl / "splits").mkdir()
+    names = [f"{1000 + i}_tiny.jpg" for i in range(n_images)]
+    rows = ["image,caption"]
+    for i, name in enumerate(names):
+        _image(rng).save(fl / "images" / name, quality=90)
+        for k in range(5):
+            rows.append(f'{name},"A {COLOURS[i % 6]} {SHAPES[(i + k) % 5]} number {i} , take {k} ."')
+    (fl / "captions.txt").write_text("\n".join(rows) + "\n")
+    cut = [int(n_images * 0.6), int(n_images * 0.8)]
+    for split, part in zip(("train", "dev", "test"), np.split(np.array(names), cut)):
+        (fl / "splits" / f"{split}.txt").write_text("\n".join(part) + "\n")
+
+    for c in CIFAR10:
+        d = root / "cifar10" / "test" / c
+        d.mkdir(parents=True)
+        for k in range(2):
+            _image(rng, (32, 32)).save(d / f"{c}_{k}.jpg")
+
+    from PIL import Image
+
+    cv = root / "camvid"
+    for sub in ("test", "testannot"):
+        (cv / sub).mkdir(parents=True)
+    ids = [f"0001TP_00{i}" for i in range(3)]
+    for i in ids:
+        _image(rng, (48, 36)).save(cv / "test" / f"{i}.jpg")
+        mask = rng.integers(0, 12, (36, 48), dtype=np.uint8)  # 11 = void
+        Image.fromarray(mask).save(cv / "testannot" / f"{i}.png")
+    (cv / "test.txt").write_text("\n".join(ids) + "\n")
+    (cv / "classes.txt").write_text("\n".join(CAMVID) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    return make_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def dirs(tmp_path, tiny_root, monkeypatch):
+    cache = tmp_path / "features"
+    monkeypatch.setenv("ALIGNBENCH_CACHE", str(cache))
+    return {"data": tiny_root, "cache": cache, "results": tmp_path / "runs"}
+
+
+def _run(dirs, *extra):
+    return cli([
+        "run", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]),
+        "--results", str(dirs["results"]), "--no-progress", "--device", "cpu",
+        "--datasets", "flickr8k,cifar10,camvid", *extra,
+    ])  # fmt: skip
+
+
+def test_run_then_report_end_to_end(dirs, capsys):
+    assert _run(dirs, "--methods", "asif,random", "--budget", "40,max", "--seeds", "0,1") == 0
+    out = capsys.readouterr()
+    assert "8 run(s): 8 to do" in out.err
+    assert "| budget" in out.out and "asif" in out.out and "random" in out.out  # the summary table
+    files = sorted(dirs["results"].glob("*.json"))
+    assert len(files) == 8
+    rec = json.loads(files[0].read_text())
+    assert rec["status"] == "ok" and rec["schema_version"] == 1
+    assert set(rec["metrics"]) == {"retrieval/flickr8k", "classification/cifar10", "segmentation/camvid"}
+    assert rec["budget"]["available"] == 18 * 5
+    assert rec["provenance"]["packages"]["torch"] and "dtype" in rec["provenance"]
+    assert {"encode", "fit", "eval", "total"} <= set(rec["timings"])
+    for key, metrics in rec["metrics"].items():
+        assert all(0.0 <= v <= 100.0 for k, v in metrics.items()), key
+
+    # a second identical command skips every run (nothing is lost or redone)
+    mtimes = {f: f.stat().st_mtime_ns for f in files}
+    assert _run(dirs, "--methods", "asif,random", "--budget", "40,max", "--seeds", "0,1") == 0
+    assert "8 run(s): 0 to do, 8 already done" in capsys.readouterr().err
+    assert {f: f.stat().st_mtime_ns for f in files} == mtimes
+
+    out_md = dirs["results"].parent / "table.md"
+    assert cli(["report", "--results", str(dirs["results"]), "--out", str(out_md)]) == 0
+    table = out_md.read_text()
+    assert "flickr8k I→T R@1" in table and "camvid mIoU" in table and "± " in table
+    assert cli(["report", "--results", str(dirs["results"]), "--plot", "--plot-dir", str(dirs["results"].parent / "fig"),
+                "--format", "csv"]) == 0
+    assert (dirs["results"].parent / "fig" / "budget_curves.png").stat().st_size > 0
+
+
+def test_run_one_directly_and_failure_record(dirs):
+    spec = RunSpec(method="csa", pair=PAIR, budget=30, seed=0, train="flickr8k:train", val="flickr8k:dev",
+                   evals=("retrieval:flickr8k:test",))
+    path = run_one(spec, results_dir=dirs["results"], store_root=dirs["cache"], data_root=dirs["data"], progress=False)
+    assert path.exists() and plan([spec], dirs["results"]) == ([], [spec])
+
+    # a budget above what exists fails before encoding, says how many exist, and leaves a failure record
+    big = RunSpec(method="csa", pair=PAIR, budget=1000, seed=0, evals=("retrieval:flickr8k:test",))
+    with pytest.raises(BudgetError, match="90 pairs available"):
+        run_one(big, results_dir=dirs["results"], store_root=dirs["cache"], data_root=dirs["data"], progress=False)
+    failed = json.loads((dirs["results"] / f"{big.run_id}.failed.json").read_text())
+    assert failed["status"] == "failed" and "BudgetError" in failed["error"]["traceback"]
+    assert not (dirs["results"] / f"{big.run_id}.json").exists()
+
+
+def test_subsample_is_nested_by_seed():
+    small, large = subsample_indices(1000, 100, seed=3), subsample_indices(1000, 400, seed=3)
+    assert set(small) <= set(large) and len(set(large)) == 400
+    assert not np.array_equal(subsample_indices(1000, 100, seed=4), small)
+    assert len(subsample_indices(1000, "max", seed=0)) == 1000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budget", "10q"], "cannot read budget '10q'"),
+        (["--budget", "0"], "positive number of pairs"),
+        (["--budget", "-1"], "cannot read budget '-1'"),
+        (["--budget", "200"], "more than the 90 pairs available"),
+        (["--methods", "asiff"], "did you mean 'asif'"),
+        (["--methods", "asif:kk=3"], "no hyperparameter 'kk'"),
+        (["--tasks", "retrievl"], "did you mean 'retrieval'"),
+        (["--datasets", "flickr8"], "did you mean 'flickr8k'"),
+        (["--tasks", "segmentation", "--datasets", "flickr8k"], "flickr8k has no segmentation masks"),
+        (["--evals", "segmentation:flickr8k"], "flickr8k has no segmentation masks"),
+        (["--pair", "tiny-vit+tiny-txt"], "did you mean"),
+    ],
+)
+def test_bad_input_is_refused_before_any_encoding(dirs, capsys, args, message):
+    base = ["run", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]),
+            "--results", str(dirs["results"]), "--methods", "asif", "--budget", "10"]
+    assert cli(base + args) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not dirs["cache"].exists() or not any(dirs["cache"].rglob("meta.json"))  # nothing was encoded
+    assert not dirs["results"].exists() or not any(dirs["results"].glob("*.json"))

@@ -1,0 +1,473 @@
+"""Feature store: round trip, cache keys, corruption, interruption, ragged texts, FeatureSource.
+
+Runs on the tiny random encoders and small datasets written here, so it is fast.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alignbench.datasets.base import (
+    CaptionDataset,
+    ClassificationDataset,
+    FileImageLoader,
+    ImageList,
+    files_fingerprint,
+)
+from alignbench.errors import ConfigError, DataError
+from alignbench.store import FeatureStore
+
+WORDS = "a dog runs on the grass while two children play with red ball near lake at sunset".split()
+
+
+def write_images(folder: Path, n: int, seed: int = 0, size=(40, 30)) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+class SlowLoader(FileImageLoader):
+    """A file loader that takes its time, so a test can interrupt an encode midway."""
+
+    def __init__(self, paths, delay: float):
+        super().__init__(paths)
+        self.delay = delay
+
+    def __call__(self, i):
+        time.sleep(self.delay)
+        return super().__call__(i)
+
+
+class TinyCaptions(CaptionDataset):
+    """Generated images with 1–3 captions each, of varied lengths."""
+
+    registry_name = "tinycaps"
+    splits = ("train", "test")
+
+    def __init__(self, root, n: int = 12, delay: float = 0.0, **options):
+        super().__init__(root, **options)
+        self.n, self.delay = n, delay
+        self.paths = {s: sorted((self.root / s).glob("*.png")) for s in self.splits}
+
+    @classmethod
+    def create(cls, root: Path, n: int = 12, **kw) -> "TinyCaptions":
+        write_images(root / "train", n, seed=0)
+        write_images(root / "test", max(2, n // 2), seed=1)
+        return cls(root, n=n, **kw)
+
+    def images(self, split):
+        paths = self.paths[self.check_split(split)]
+        loader = SlowLoader(paths, self.delay) if self.delay else FileImageLoader(paths)
+        return ImageList([p.name for p in paths], loader, files_fingerprint(paths))
+
+    def caption_image_index(self, split):
+        n = len(self.paths[self.check_split(split)])
+        return np.repeat(np.arange(n), [1 + i % 3 for i in range(n)])
+
+    def captions(self, split):
+        idx = self.caption_image_index(split)
+        return [" ".join(WORDS[: 2 + (7 * k + 3 * i) % (len(WORDS) - 2)]) + f" {split}" for k, i in enumerate(idx)]
+
+
+class TinyClasses(ClassificationDataset):
+    registry_name = "tinyclasses"
+    classnames = ["cat", "dog", "traffic light"]
+    templates = ["a photo of a {}.", "a drawing of the {}."]
+
+    def __init__(self, root, **options):
+        super().__init__(root, **options)
+        self.paths = sorted((self.root / "test").glob("*.png"))
+
+    def images(self, split):
+        self.check_split(split)
+        return ImageList([p.name for p in self.paths], FileImageLoader(self.paths), files_fingerprint(self.paths))
+
+    def labels(self, split):
+        return np.arange(len(self.paths)) % 3
+
+
+@pytest.fixture
+def caps(tmp_path) -> TinyCaptions:
+    return TinyCaptions.create(tmp_path / "data")
+
+
+@pytest.fixture
+def store(tmp_cache) -> FeatureStore:
+    return FeatureStore(tmp_cache, checkpoint_seconds=0)
+
+
+def _encode_direct(enc_name, images, layer=None):
+    """Reference: the encoder applied to each image alone, without the store."""
+    import torch
+
+    from alignbench.registry import ENCODERS
+
+    enc = ENCODERS.get(enc_name)(layer=layer)
+    x = torch.stack([enc.transform(images[i]) for i in range(len(images))])
+    with torch.inference_mode():
+        out = enc.encode(x)
+    return out.pooled.numpy(), out.tokens.numpy()
+
+
+def test_image_round_trip_matches_direct_encoding(store, caps):
+    f = store.image_features("tiny-vit", caps, "train", progress=False, batch_size=5)
+    assert store.last_action == "encoded"
+    pooled, tokens = _encode_direct("tiny-vit", caps.images("train"))
+    assert f.pooled.dtype == np.float32 and f.pooled.shape == (12, 32)
+    assert f.tokens.dtype == np.float16 and f.tokens.shape == (12, 17, 32)
+    assert isinstance(f.tokens, np.memmap)
+    np.testing.assert_allclose(f.pooled, pooled, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(f.tokens, tokens, rtol=2e-3, atol=2e-3)
+    assert f.grid == (4, 4) and f.n_prefix == 1
+    # the stored final norm maps the CLS token onto the pooled feature
+    cls_normed = f.patch_tensor(normed=False)  # patches only; check the CLS path by hand
+    w, b, eps = f.final_norm
+    cls = f.token_array()[:, 0].astype(np.float32)
+    normed = (cls - cls.mean(1, keepdims=True)) / np.sqrt(cls.var(1, keepdims=True) + eps) * w + b
+    np.testing.assert_allclose(normed, f.pooled, atol=2e-2)
+    assert cls_normed.shape == (12, 16, 32)
+
+    again = store.image_features("tiny-vit", caps, "train", progress=False)
+    assert store.last_action == "reused"
+    np.testing.assert_array_equal(again.pooled, f.pooled)
+    assert Path(again.meta["path"]) == Path(f.meta["path"])
+
+
+def test_image_encode_with_workers_matches(store, caps):
+    a = store.image_features("tiny-vit", caps, "train", progress=False, batch_size=4, num_workers=2)
+    b = FeatureStore(store.root / "other").image_features("tiny-vit", caps, "train", progress=False,
+                                                          batch_size=12, num_workers=0)
+    np.testing.assert_allclose(a.pooled, b.pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_entry_layout_and_meta(store, caps):
+    f = store.image_features("tiny-vit", caps, "test", progress=False)
+    path = Path(f.meta["path"])
+    assert path.parent == store.root / "tiny-vit"
+    assert path.name.startswith("tinycaps-test-L1-fp32-")
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["count"] == 6 and meta["kind"] == "images"
+    assert meta["key"]["encoder"]["layer"] == 1 and meta["key"]["dataset"] == "tinycaps"
+    for name in ("pooled.npy", "tokens.npy", "final_norm.npz"):
+        assert meta["files"][name]["size"] == (path / name).stat().st_size
+        assert len(meta["files"][name]["sha256"]) == 64
+    assert not list(store.root.glob("*/.tmp-*"))
+    rows = store.status()["entries"]
+    assert [(r["kind"], r["dataset"], r["split"], r["count"]) for r in rows] == [("images", "tinycaps", "test", 6)]
+
+
+def test_cache_key_changes_with_layer_dtype_dataset_and_content(store, caps, tmp_path):
+    paths = set()
+    for kw in ({}, {"layer": 0}, {"dtype": "bf16"}):
+        paths.add(store.image_features("tiny-vit", caps, "train", progress=False, **kw).meta["path"])
+        assert store.last_action == "encoded"
+    paths.add(store.image_features("tiny-vit", caps, "test", progress=False).meta["path"])
+    other = TinyCaptions.create(tmp_path / "other", n=12)
+    other.registry_name = "othercaps"
+    paths.add(store.image_features("tiny-vit", other, "train", progress=False).meta["path"])
+    assert len(paths) == 5
+    # layer -1 is the last layer: the same vectors, the same entry
+    store.image_features("tiny-vit", caps, "train", progress=False, layer=-1)
+    assert store.last_action == "reused"
+    # rewriting an image changes the content fingerprint, hence the key
+    write_images(tmp_path / "data" / "train", 1, seed=5, size=(50, 50))
+    changed = TinyCaptions(tmp_path / "data")
+    f = store.image_features("tiny-vit", changed, "train", progress=False)
+    assert store.last_action == "encoded" and f.meta["path"] not in paths
+
+
+def test_layers_differ(store, caps):
+    a = store.image_features("tiny-vit", caps, "train", progress=False, layer=0)
+    b = store.image_features("tiny-vit", caps, "train", progress=False, layer=1)
+    assert not np.allclose(a.token_array(), b.token_array())
+
+
+def test_bad_layer_and_wrong_modality(store, caps):
+    with pytest.raises(ConfigError, match="out of range"):
+        store.image_features("tiny-vit", caps, "train", progress=False, layer=5)
+    with pytest.raises(ConfigError, match="text encoder"):
+        store.image_features("tiny-text", caps, "train", progress=False)
+    with pytest.raises(DataError, match="no split"):
+        store.image_features("tiny-vit", caps, "val", progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate-tokens", "delete-meta", "flip-pooled", "garble-meta",
+                                    "zero-tokens-block"])
+def test_corrupted_entry_is_recomputed_with_warning(store, caps, caplog, damage):
+    f = store.image_features("tiny-vit", caps, "train", progress=False)
+    ref = np.array(f.pooled)
+    path = Path(f.meta["path"])
+    del f
+    if damage == "truncate-tokens":
+        with open(path / "tokens.npy", "r+b") as fh:
+            fh.truncate((path / "tokens.npy").stat().st_size - 100)
+    elif damage == "delete-meta":
+        (path / "meta.json").unlink()
+    elif damage == "flip-pooled":
+        data = bytearray((path / "pooled.npy").read_bytes())
+        data[200] ^= 0xFF
+        (path / "pooled.npy").write_bytes(bytes(data))
+    elif damage == "garble-meta":
+        (path / "meta.json").write_text("{not json")
+    else:  # same size, first block zeroed: caught by the sampled checksum
+        with open(path / "tokens.npy", "r+b") as fh:
+            fh.seek(128)
+            fh.write(b"\0" * 256)
+    assert not store.has_images("tiny-vit", caps, "train")
+    with caplog.at_level(logging.WARNING, logger="alignbench.store"):
+        g = store.image_features("tiny-vit", caps, "train", progress=False)
+    assert store.last_action == "encoded"
+    assert any("damaged" in r.message and str(path) in r.message for r in caplog.records)
+    np.testing.assert_array_equal(g.pooled, ref)
+    assert store.has_images("tiny-vit", caps, "train")
+
+
+def test_verify_hashes_big_files(store, caps, monkeypatch):
+    import alignbench.store as st
+
+    monkeypatch.setattr(st, "SMALL_FILE", 10)  # treat every file as big: only sampled checks by default
+    monkeypatch.setattr(st, "SAMPLE_BLOCKS", 2)
+    monkeypatch.setattr(st, "SAMPLE_SIZE", 64)
+    f = store.image_features("tiny-vit", caps, "train", progress=False)
+    path = Path(f.meta["path"])
+    size = (path / "tokens.npy").stat().st_size
+    with open(path / "tokens.npy", "r+b") as fh:  # damage a byte between the two sampled blocks
+        fh.seek(size // 2)
+        b = fh.read(1)
+        fh.seek(size // 2)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    store.image_features("tiny-vit", caps, "train", progress=False)
+    assert store.last_action == "reused"  # the cheap check cannot see it ...
+    store.image_features("tiny-vit", caps, "train", progress=False, verify=True)
+    assert store.last_action == "encoded"  # ... a full verify does
+
+
+def test_unreadable_image_names_the_file(store, caps, tmp_path):
+    bad = caps.paths["train"][3]
+    bad.write_bytes(b"this is not a png")
+    broken = TinyCaptions(tmp_path / "data")
+    for workers in (0, 2):
+        with pytest.raises(DataError, match=bad.name):
+            store.image_features("tiny-vit", broken, "train", progress=False, batch_size=2, num_workers=workers)
+    assert not store.entries()
+
+
+def test_text_features_ragged_offsets(store, caps):
+    f = store.text_features("tiny-text", caps, "train", progress=False, batch_size=4)
+    texts = caps.captions("train")
+    assert f.texts == texts
+    assert f.pooled.shape == (len(texts), 32) and f.pooled.dtype == np.float32
+    assert f.offsets.shape == (len(texts) + 1,) and f.offsets[0] == 0
+    assert f.tokens.dtype == np.float16 and f.tokens.shape == (f.offsets[-1], 32)
+    from alignbench.registry import ENCODERS
+
+    enc = ENCODERS.get("tiny-text")()
+    lens = [len(enc.tokenizer(t)["input_ids"]) for t in texts]
+    np.testing.assert_array_equal(f.lengths(), lens)
+    assert len(set(lens)) > 3  # lengths really vary, so the sort-and-restore is exercised
+    import torch
+
+    with torch.inference_mode():
+        for i in (0, 5, len(texts) - 1):  # each text alone: no padding at all
+            one = enc.encode([texts[i]])
+            np.testing.assert_allclose(f.pooled[i], one.pooled[0].numpy(), rtol=1e-3, atol=1e-4)
+            got = f.tokens[f.offsets[i] : f.offsets[i + 1]]
+            np.testing.assert_allclose(got, one.tokens[0].numpy(), rtol=3e-3, atol=3e-3)
+    tok, mask = f.token_batch([0, 1, 2])
+    assert mask.sum(1).tolist() == lens[:3]
+
+
+def test_text_chunks_restore_order(tmp_cache, caps):
+    """Small chunks and batches: sorted within chunks, written in the original order."""
+    a = FeatureStore(tmp_cache / "a", text_chunk=5).text_features("tiny-text", caps, "train", progress=False,
+                                                                  batch_size=2)
+    b = FeatureStore(tmp_cache / "b").text_features("tiny-text", caps, "train", progress=False, batch_size=64)
+    np.testing.assert_allclose(a.pooled, b.pooled, rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    np.testing.assert_allclose(a.tokens, b.tokens, rtol=3e-3, atol=3e-3)
+
+
+def test_text_features_need_captions(store, tmp_path):
+    write_images(tmp_path / "cls" / "test", 3)
+    ds = TinyClasses(tmp_path / "cls")
+    with pytest.raises(ConfigError, match="no captions"):
+        store.text_features("tiny-text", ds, "test", progress=False)
+
+
+def test_prompt_features_class_major(store, tmp_path):
+    write_images(tmp_path / "cls" / "test", 3)
+    ds = TinyClasses(tmp_path / "cls")
+    f, n_classes, n_templates = store.prompt_features("tiny-text", ds, progress=False)
+    assert (n_classes, n_templates) == (3, 2)
+    assert f.texts == ["a photo of a cat.", "a drawing of the cat.", "a photo of a dog.", "a drawing of the dog.",
+                       "a photo of a traffic light.", "a drawing of the traffic light."]
+    assert len(f) == 6
+    g, *_ = store.prompt_features("tiny-text", ds, progress=False)
+    assert store.last_action == "reused"
+    assert store.has_prompts("tiny-text", ds)
+
+
+def test_text_list_features(store):
+    texts = ["one", "two words", "three words here"]
+    f = store.text_list_features("tiny-text", texts, tag="my list", progress=False)
+    assert f.texts == texts and len(f) == 3
+    assert Path(f.meta["path"]).name.startswith("my_list-")
+    store.text_list_features("tiny-text", texts, tag="my list", progress=False)
+    assert store.last_action == "reused"
+    store.text_list_features("tiny-text", texts[:2], tag="my list", progress=False)
+    assert store.last_action == "encoded"
+
+
+def test_no_tokens_option(store, caps):
+    f = store.image_features("tiny-vit", caps, "train", progress=False, tokens=False)
+    assert f.tokens is None and f.final_norm is None and f.pooled.shape == (12, 32)
+    t = store.text_features("tiny-text", caps, "train", progress=False, tokens=False)
+    assert t.tokens is None and t.offsets is None
+
+
+def test_entries_remove_and_has(store, caps):
+    assert not store.has_texts("tiny-text", caps, "train")
+    store.text_features("tiny-text", caps, "train", progress=False)
+    store.image_features("tiny-vit", caps, "train", progress=False)
+    assert store.has_texts("tiny-text", caps, "train") and store.has_images("tiny-vit", caps, "train")
+    assert {e.kind for e in store.entries()} == {"texts", "images"}
+    assert store.status()["size_bytes"] > 0
+    assert store.remove(encoder="tiny-text") == 1
+    assert not store.has_texts("tiny-text", caps, "train") and store.has_images("tiny-vit", caps, "train")
+
+
+def test_default_root_from_env(tmp_cache):
+    assert FeatureStore().root == tmp_cache
+
+
+def test_feature_source_pairs(tmp_cache, caps):
+    from alignbench.features import Pairs
+    from alignbench.source import FeatureSource
+
+    src = FeatureSource("tiny-vit+tiny-text", store=FeatureStore(tmp_cache), progress=False)
+    assert (src.image_encoder, src.text_encoder) == ("tiny-vit", "tiny-text")
+    src._cache.clear()
+    src.store._datasets[("tinycaps", None)] = caps  # a dataset not in the registry
+    p = src.pairs("tinycaps", "train")
+    assert isinstance(p, Pairs) and len(p) == len(caps.captions("train"))
+    np.testing.assert_array_equal(p.image_index, caps.caption_image_index("train"))
+    np.testing.assert_array_equal(p.text_index, np.arange(len(p)))
+    assert p.image().global_array().shape == (len(p), 32)
+    assert src.images("tinycaps", "train") is src.images("tinycaps", "train")
+
+
+# -- interruption -------------------------------------------------------------------
+SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_store import TinyCaptions
+from alignbench.store import FeatureStore
+ds = TinyCaptions({data!r}, delay={delay})
+store = FeatureStore({cache!r}, checkpoint_seconds=0, text_chunk=4)
+if {what!r} == "images":
+    store.image_features("tiny-vit", ds, "train", progress=False, batch_size=4, num_workers=0)
+else:
+    store.text_features("tiny-text", ds, "train", progress=False, batch_size=2)
+print("finished")
+"""
+
+
+def _progress_done(cache: Path) -> int:
+    for p in cache.glob("*/.tmp-*/progress.json"):
+        try:
+            return json.loads(p.read_text())["done"]
+        except (OSError, ValueError, KeyError):
+            return 0
+    return 0
+
+
+@pytest.mark.parametrize("what", ["images", "texts"])
+def test_interrupted_encode_resumes(tmp_path, what):
+    data = tmp_path / "data"
+    TinyCaptions.create(data, n=60)
+    cache = tmp_path / "cache"
+    delay = 0.05 if what == "images" else 0.0
+    script = SCRIPT.format(tests=str(Path(__file__).parent), data=str(data), cache=str(cache), delay=delay,
+                           what=what)
+    if what == "texts":  # slow the text model down instead of the image loader
+        script = script.replace("from alignbench.store", "import alignbench.encoders.tiny as t, time\n"
+                                "_enc = t.TinyText.encode\n"
+                                "t.TinyText.encode = lambda s, x, **k: (time.sleep(0.05), _enc(s, x, **k))[1]\n"
+                                "from alignbench.store")
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _progress_done(cache) < 8 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"encode finished or died before it could be interrupted: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = _progress_done(cache)
+    assert 0 < done
+    store = FeatureStore(cache)
+    assert not store.entries() and len(store.partial()) == 1  # nothing half-written is listed as cached
+
+    ds = TinyCaptions(data)
+    if what == "images":
+        f = store.image_features("tiny-vit", ds, "train", progress=False, batch_size=4, num_workers=0)
+        ref = FeatureStore(tmp_path / "ref").image_features("tiny-vit", ds, "train", progress=False)
+    else:
+        f = store.text_features("tiny-text", ds, "train", progress=False, batch_size=2)
+        ref = FeatureStore(tmp_path / "ref").text_features("tiny-text", ds, "train", progress=False)
+        np.testing.assert_array_equal(f.offsets, ref.offsets)
+    assert store.last_action == "resumed"
+    np.testing.assert_allclose(f.pooled, ref.pooled, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(f.tokens, ref.tokens, rtol=3e-3, atol=3e-3)
+    assert not store.partial() and len(store.entries()) == 1
+    # and the resumed entry passes a full verification
+    assert FeatureStore(cache)._try_load(Path(f.meta["path"]), f.meta["key"], verify=True) is not None
+
+
+def test_stale_partial_with_other_key_is_replaced(store, caps):
+    f = store.image_features("tiny-vit", caps, "train", progress=False)
+    path = Path(f.meta["path"])
+    tmp = path.parent / f".tmp-{path.name}"
+    tmp.mkdir()
+    (tmp / "progress.json").write_text(json.dumps({"key": {"other": 1}, "done": 4}))
+    store.remove(encoder="tiny-vit")
+    store.image_features("tiny-vit", caps, "train", progress=False)
+    assert store.last_action == "encoded" and not tmp.exists()
+
+
+def test_concurrent_writers_share_one_entry(tmp_path):
+    """Two processes asking for the same entry: one encodes, the other waits and reuses it."""
+    data = tmp_path / "data"
+    TinyCaptions.create(data, n=24)
+    cache = tmp_path / "cache"
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_store import TinyCaptions
+        from alignbench.store import FeatureStore
+        s = FeatureStore({str(cache)!r})
+        s.image_features("tiny-vit", TinyCaptions({str(data)!r}, delay=0.02), "train", progress=False,
+                         num_workers=0)
+        print(s.last_action)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    actions = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    assert actions == ["encoded", "reused"]
+    assert len(FeatureStore(cache).entries()) == 1 and not FeatureStore(cache).partial()

@@ -1,0 +1,214 @@
+"""The shared contrastive trainer: loss, schedule, batching, early stopping, divergence, LR range test."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alignbench.errors import BudgetError, ConfigError, TrainingDivergedError
+from alignbench.training import (
+    TrainConfig,
+    _schedule,
+    epoch_batches,
+    info_nce,
+    lr_range_test,
+    train_contrastive,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """2 shared cores: one intra-op thread avoids oversubscription stalls."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def naive_info_nce(a, b, tau):
+    a = a / a.norm(dim=1, keepdim=True)
+    b = b / b.norm(dim=1, keepdim=True)
+    s = (a @ b.T) / tau
+    i2t = -torch.log(torch.exp(s).diag() / torch.exp(s).sum(1)).mean()
+    t2i = -torch.log(torch.exp(s).diag() / torch.exp(s).sum(0)).mean()
+    return 0.5 * (i2t + t2i)
+
+
+def test_info_nce_matches_naive_formula_and_is_symmetric():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)
+    assert torch.allclose(info_nce(a, b, 0.3), naive_info_nce(a, b, 0.3), atol=1e-5)
+    assert torch.allclose(info_nce(a, b, 0.3), info_nce(b, a, 0.3), atol=1e-6)
+    # inputs are normalised inside: scaling rows changes nothing
+    assert torch.allclose(info_nce(3 * a, b * 0.1, 0.3), info_nce(a, b, 0.3), atol=1e-5)
+    # perfectly aligned orthogonal pairs at low temperature → loss ≈ 0; shuffled → large
+    e = torch.eye(6)
+    assert float(info_nce(e, e, 0.01)) < 1e-6
+    assert float(info_nce(e, e[torch.tensor([1, 0, 3, 2, 5, 4])], 0.01)) > 10
+
+
+def test_info_nce_accepts_tensor_temperature_with_gradient():
+    tau = torch.tensor(0.07, requires_grad=True)
+    loss = info_nce(torch.randn(4, 3), torch.randn(4, 3), tau)
+    loss.backward()
+    assert tau.grad is not None and torch.isfinite(tau.grad)
+
+
+def test_epoch_batches_cover_every_index_once_in_near_equal_batches():
+    rng = np.random.default_rng(0)
+    batches = epoch_batches(10_000, 4096, rng)
+    assert len(batches) == 3
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10_000))
+    assert max(map(len, batches)) - min(map(len, batches)) <= 1
+    assert [len(b) for b in epoch_batches(20, 4096, rng)] == [20]  # budget below the batch size
+
+
+def test_schedule_warmup_then_cosine_to_min_lr():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr=0.1)
+    f = _schedule(cfg, total_steps=110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    steps = [f(s) for s in range(10, 111)]
+    assert all(x >= y - 1e-12 for x, y in zip(steps, steps[1:]))  # monotone after warmup
+
+
+def _regression_problem(n=64, d=6, seed=0):
+    """A tiny alignable problem: b = a·W* + noise; learn W so that (a·W, b) pair up."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=g)
+    b = a @ torch.randn(d, d, generator=g) + 0.05 * torch.randn(n, d, generator=g)
+    return a, b
+
+
+def _fit(seed=0, n=64, **cfg):
+    a, b = _regression_problem(n)
+    torch.manual_seed(123)
+    w = torch.nn.Linear(6, 6)
+    seen = []
+
+    def step_loss(idx, step):
+        seen.append(len(idx))
+        i = torch.from_numpy(idx)
+        return info_nce(w(a[i]), b[i], 0.1)
+
+    val = (lambda: float(info_nce(w(a), b, 0.1))) if cfg.pop("with_val", True) else None
+    info = train_contrastive(w.parameters(), step_loss, n, val_loss=val, config=TrainConfig(**cfg), seed=seed)
+    return w, info, seen
+
+
+def test_training_reduces_loss_and_is_deterministic():
+    w1, info1, _ = _fit(lr=0.05, max_epochs=15, batch_size=16)
+    w2, info2, _ = _fit(lr=0.05, max_epochs=15, batch_size=16)
+    assert torch.equal(w1.weight, w2.weight) and torch.equal(w1.bias, w2.bias)
+    assert info1["best_val_loss"] == info2["best_val_loss"]
+    assert info1["best_val_loss"] < math.log(64) * 0.5  # chance InfoNCE is log(64)
+    assert info1["steps"] == info1["epochs"] * 4
+    for key in ("epochs", "steps", "best_epoch", "best_val_loss", "final_train_loss", "lr", "time_s"):
+        assert key in info1
+    w3, _, _ = _fit(seed=1, lr=0.05, max_epochs=15, batch_size=16)
+    assert not torch.equal(w1.weight, w3.weight)  # seed changes batch order
+
+
+def test_budget_smaller_than_batch_size_uses_one_batch_per_epoch():
+    _, info, seen = _fit(n=20, lr=0.05, max_epochs=3, batch_size=4096)
+    assert seen == [20, 20, 20] and info["batch_size"] == 20
+
+
+def test_early_stopping_restores_the_best_state():
+    p = torch.nn.Parameter(torch.zeros(3))
+    vals = iter([5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 9.9, 9.9])
+    snapshots = {}
+
+    def step_loss(idx, step):
+        return (p - 1.0).pow(2).sum() + 0 * float(step)
+
+    def val_loss():
+        v = next(vals)
+        snapshots[v] = p.detach().clone()
+        return v
+
+    info = train_contrastive([p], step_loss, 8, val_loss=val_loss, seed=0,
+                             config=TrainConfig(lr=0.1, max_epochs=20, patience=4, batch_size=8))
+    assert info["best_epoch"] == 3 and info["best_val_loss"] == 3.0
+    assert info["epochs"] == 7 and info["early_stopped"]
+    assert torch.equal(p.detach(), snapshots[3.0])  # parameters rolled back to epoch 3
+
+
+def test_without_validation_runs_all_epochs_and_says_so():
+    _, info, _ = _fit(lr=0.05, max_epochs=4, batch_size=32, with_val=False)
+    assert info["epochs"] == 4 and info["best_val_loss"] is None
+    assert "no early stopping" in info["note"]
+
+
+def test_val_every_checks_less_often():
+    calls = []
+    p = torch.nn.Parameter(torch.ones(2))
+    train_contrastive([p], lambda idx, s: p.pow(2).sum(), 4, val_loss=lambda: calls.append(1) or 1.0,
+                      config=TrainConfig(max_epochs=7, val_every=3, patience=100), seed=0)
+    assert len(calls) == 3  # epochs 3, 6 and the last one (7)
+
+
+def test_param_groups_with_their_own_weight_decay_are_accepted():
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.ones(3))
+    groups = [{"params": [a]}, {"params": [b], "weight_decay": 0.0}]
+    train_contrastive(groups, lambda idx, s: 0 * (a.sum() + b.sum()), 4, val_loss=None,
+                      config=TrainConfig(lr=0.1, weight_decay=0.5, max_epochs=5), seed=0)
+    assert float(a.detach().max()) < 1.0  # decayed
+    assert torch.equal(b.detach(), torch.ones(3))  # no decay, zero gradient
+
+
+def test_nan_loss_raises_diverged_error_naming_step_and_lr():
+    p = torch.nn.Parameter(torch.ones(2))
+
+    def step_loss(idx, step):
+        return p.sum() * (math.nan if step == 3 else 1.0)
+
+    # min_lr = lr keeps the rate constant, so the message's lr is exactly the configured one
+    with pytest.raises(TrainingDivergedError, match=r"step 3 \(epoch 4\) with learning rate 0\.01:.*linear:lr="):
+        train_contrastive([p], step_loss, 4, val_loss=None, desc="linear",
+                          config=TrainConfig(lr=0.01, min_lr=0.01, max_epochs=10), seed=0)
+
+
+def test_huge_learning_rate_diverges_with_a_clear_message():
+    with pytest.raises(TrainingDivergedError, match="Lower the learning rate"):
+        _fit(lr=1e6, max_epochs=200, batch_size=16)
+
+
+def test_bad_inputs():
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(BudgetError):
+        train_contrastive([p], lambda i, s: p.sum(), 0, val_loss=None, config=TrainConfig(), seed=0)
+    with pytest.raises(ConfigError):
+        train_contrastive([p], lambda i, s: p.sum(), 4, val_loss=None, config=TrainConfig(dtype="fp8"), seed=0)
+    with pytest.raises(ConfigError):
+        train_contrastive([], lambda i, s: p.sum(), 4, val_loss=None, config=TrainConfig(), seed=0)
+
+
+def test_bf16_autocast_trains():
+    _, info, _ = _fit(lr=0.05, max_epochs=3, batch_size=32, dtype="bf16")
+    assert math.isfinite(info["best_val_loss"])
+
+
+def test_lr_range_test_picks_a_sane_lr_and_restores_state():
+    a, b = _regression_problem(256)
+    torch.manual_seed(0)
+    w = torch.nn.Linear(6, 6)
+    before = w.weight.detach().clone()
+
+    def step_loss(idx, step):
+        i = torch.from_numpy(idx)
+        return info_nce(w(a[i]), b[i], 0.1)
+
+    out = lr_range_test(list(w.parameters()), step_loss, 256, config=TrainConfig(batch_size=64), seed=0)
+    assert torch.equal(w.weight.detach(), before)
+    assert 1e-6 <= out["lr"] <= 10 and out["lr"] == pytest.approx(max(out["steepest_lr"] / 5, 1e-6))
+    assert 1e-5 < out["lr"] < 1.0  # Adam on a well-posed problem: neither tiny nor huge
+    assert len(out["lrs"]) == len(out["losses"]) <= 100
+    info = train_contrastive(list(w.parameters()), step_loss, 256, val_loss=None, seed=0,
+                             config=TrainConfig(lr_range_test=True, max_epochs=2, batch_size=64))
+    assert info["lr"] == pytest.approx(out["lr"]) and info["lr_range_test"]["chosen_lr"] == info["lr"]
