@@ -25,52 +25,40 @@ explicit float64 loop and against autograd of the plain expression).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-# Similarity written at padded token positions: exp((PAD - max)/τ_p) underflows
-# to exactly 0 for any τ_p ≤ 1, so padded tokens get zero weight (the −∞ of the
-# formula) while the backward stays finite (no 0·∞).
-PAD_SIM = -1.0e4
-
+log = logging.getLogger(__name__)
 
 class TokenSource(Protocol):
-    """Rows of L2-normalised tokens, fetched a chunk at a time."""
+    """Rows of raw (un-normalised) tokens, fetched a chunk at a time."""
 
     n: int  # rows
     T: int  # tokens per row (padded length for text)
     d: int
 
-    def block(self, start: int, stop: int, out: torch.Tensor) -> torch.Tensor | None:
-        """Fill ``out`` (stop−start, T, d) with normalised tokens; return the pad mask (True = pad) or None."""
-
-
-def normalise_(z: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last dim in place (zero vectors, i.e. padding, stay zero)."""
-    n = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
-    return z.div_(n.clamp_(min=1e-12))
+    def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens (stop−start, T, d) of any float dtype, and the (stop−start, T) bool mask (True = real) or None."""
 
 
 @dataclass
 class DenseTokens:
-    """A TokenSource over tokens already in memory: (n, T, d) plus optional (n, T) True = real mask."""
+    """A TokenSource over tokens already in memory: (n, T, d) plus an optional (n, T) True = real mask."""
 
     tokens: torch.Tensor
     mask: torch.Tensor | None = None
-    normalised: bool = False
 
     def __post_init__(self) -> None:
         self.n, self.T, self.d = (int(s) for s in self.tokens.shape)
-        self._pad = None if self.mask is None else ~self.mask.bool()
+        if self.mask is not None:
+            self.mask = self.mask.bool()
 
-    def block(self, start: int, stop: int, out: torch.Tensor) -> torch.Tensor | None:
-        out.copy_(self.tokens[start:stop])
-        if not self.normalised:
-            normalise_(out)
-        return None if self._pad is None else self._pad[start:stop]
+    def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.tokens[start:stop], None if self.mask is None else self.mask[start:stop]
 
 
 @dataclass
@@ -87,15 +75,82 @@ class ArrayTokens:
         self.n = len(self.rows)
         self.T, self.d = int(self.array.shape[1]), int(self.array.shape[2])
 
-    def block(self, start: int, stop: int, out: torch.Tensor) -> torch.Tensor | None:
-        out.copy_(torch.from_numpy(np.ascontiguousarray(self.array[self.rows[start:stop]])))
-        normalise_(out)
-        return None
+    def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.from_numpy(np.ascontiguousarray(self.array[self.rows[start:stop]])), None
 
 
 def chunk_rows(T: int, K: int, chunk_elems: int) -> int:
     """Rows per chunk so one chunk of similarities holds about ``chunk_elems`` values."""
     return max(1, chunk_elems // max(1, T * K))
+
+
+# -- the elementwise parts, written so torch.compile can fuse each into one loop ----------
+def _prep(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Raw tokens → L2-normalised tokens in the matmul dtype (zero/padding rows stay zero)."""
+    z = z.float()
+    return (z / torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp(min=1e-12)).to(dtype)
+
+
+def _fwd_stats(s: torch.Tensor, valid: torch.Tensor | None, inv_tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Profile Σ_t softmax_t(s/τ)·s and the log-normaliser, over valid tokens; (m, K) each."""
+    s = s.float()
+    if valid is not None:
+        s = s.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+    mx = s.amax(dim=1, keepdim=True)
+    e = torch.exp((s - mx) * inv_tau)
+    norm = e.sum(dim=1)
+    if valid is not None:
+        s = s.masked_fill(~valid.unsqueeze(-1), 0.0)
+    prof = (e * s).sum(dim=1) / norm
+    return prof, norm.log() + mx.squeeze(1) * inv_tau
+
+
+def _bwd_coef(
+    s: torch.Tensor, valid: torch.Tensor | None, lse: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+    inv_tau: float, dtype: torch.dtype,
+) -> torch.Tensor:
+    """∂L/∂s = w ⊙ (a + b·s), w = exp(s/τ − lse) recomputed; padded tokens get 0."""
+    s = s.float()
+    w = torch.exp(s * inv_tau - lse.unsqueeze(1))
+    g = w * (a.unsqueeze(1) + b.unsqueeze(1) * s)
+    if valid is not None:
+        g = g.masked_fill(~valid.unsqueeze(-1), 0.0)
+    return g.to(dtype)
+
+
+_EAGER = {"prep": _prep, "fwd": _fwd_stats, "bwd": _bwd_coef}
+_COMPILED: dict[str, Callable] | None = None
+_COMPILE_FAILED = False
+
+
+def _kernels(compile: bool) -> dict[str, Callable]:
+    """The three elementwise kernels, torch.compile'd when asked and possible (else eager)."""
+    global _COMPILED
+    if not compile or _COMPILE_FAILED:
+        return _EAGER
+    if _COMPILED is None:
+        _COMPILED = {k: torch.compile(f, dynamic=True) for k, f in _EAGER.items()}
+    return _COMPILED
+
+
+def _call(name: str, compile: bool, *args):
+    """Run a kernel; if compiling fails (no C++ compiler, unsupported backend), fall back to eager for good."""
+    global _COMPILE_FAILED
+    fn = _kernels(compile)[name]
+    if fn is _EAGER[name]:
+        return fn(*args)
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means "use eager"
+        _COMPILE_FAILED = True
+        log.warning("torch.compile of the CAP kernels failed (%s: %s); using eager PyTorch ops",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return _EAGER[name](*args)
+
+
+def compile_failed() -> bool:
+    """True once the compiled kernels failed and eager ops are used instead."""
+    return _COMPILE_FAILED
 
 
 def _forward_chunks(
@@ -104,6 +159,7 @@ def _forward_chunks(
     tau: float,
     chunk_elems: int,
     dtype: torch.dtype,
+    compile: bool,
     saved: torch.Tensor | None,
     lse_out: torch.Tensor | None,
 ) -> torch.Tensor:
@@ -112,46 +168,35 @@ def _forward_chunks(
     K = anchors.shape[0]
     dev = anchors.device
     rows = chunk_rows(T, K, chunk_elems)
-    A = anchors.detach().to(dtype)
+    A_t = anchors.detach().to(dtype).t()
     prof = torch.empty(n, K, device=dev)
-    z = torch.empty(min(rows, n), T, d, device=dev)
-    zc = z if dtype == torch.float32 else torch.empty(z.shape, dtype=dtype, device=dev)
-    sims = None if saved is not None else torch.empty(min(rows, n), T, K, dtype=dtype, device=dev)
-    s32_buf = None if dtype == torch.float32 else torch.empty(min(rows, n), T, K, device=dev)
-    work = torch.empty(min(rows, n), T, K, device=dev)
+    scratch = None if saved is not None else torch.empty(min(rows, n) * T, K, dtype=dtype, device=dev)
     inv_tau = 1.0 / tau
     for s0 in range(0, n, rows):
         s1 = min(s0 + rows, n)
         m = s1 - s0
-        pad = src.block(s0, s1, z[:m])
-        if zc is not z:
-            zc[:m].copy_(z[:m])
-        sc = saved[s0:s1] if saved is not None else sims[:m]  # type: ignore[index]
-        torch.mm(zc[:m].view(m * T, d), A.t(), out=sc.view(m * T, K))
-        if pad is not None:
-            sc.masked_fill_(pad.unsqueeze(-1), PAD_SIM)
-        s32 = sc if s32_buf is None else s32_buf[:m].copy_(sc)
-        mx = s32.amax(dim=1)  # (m, K)
-        w = work[:m]
-        torch.sub(s32, mx.unsqueeze(1), out=w)
-        w.mul_(inv_tau).exp_()
-        norm = w.sum(dim=1)
-        w.mul_(s32)
-        torch.div(w.sum(dim=1), norm, out=prof[s0:s1])
+        z, valid = src.block(s0, s1)
+        zn = _call("prep", compile, z.to(dev, non_blocking=True), dtype)
+        sc = saved[s0:s1].view(m * T, K) if saved is not None else scratch[: m * T]  # type: ignore[index]
+        torch.mm(zn.view(m * T, d), A_t, out=sc)
+        if valid is not None:
+            valid = valid.to(dev)
+        p, lse = _call("fwd", compile, sc.view(m, T, K), valid, inv_tau)
+        prof[s0:s1] = p
         if lse_out is not None:
-            torch.add(norm.log_(), mx, alpha=inv_tau, out=lse_out[s0:s1])
+            lse_out[s0:s1] = lse
     return prof
 
 
 class _CAPFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, anchors, src, tau, chunk_elems, dtype):  # type: ignore[override]
+    def forward(ctx, anchors, src, tau, chunk_elems, dtype, compile):  # type: ignore[override]
         K = anchors.shape[0]
         saved = torch.empty(src.n, src.T, K, dtype=dtype, device=anchors.device)
         lse = torch.empty(src.n, K, device=anchors.device)
         with torch.autocast(anchors.device.type, enabled=False):
-            prof = _forward_chunks(src, anchors, tau, chunk_elems, dtype, saved, lse)
-        ctx.src, ctx.tau, ctx.chunk_elems, ctx.dtype = src, tau, chunk_elems, dtype
+            prof = _forward_chunks(src, anchors, tau, chunk_elems, dtype, compile, saved, lse)
+        ctx.src, ctx.tau, ctx.chunk_elems, ctx.dtype, ctx.compile = src, tau, chunk_elems, dtype, compile
         ctx.saved_sims = saved
         ctx.save_for_backward(anchors, lse, prof)
         return prof
@@ -159,7 +204,7 @@ class _CAPFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         anchors, lse, prof = ctx.saved_tensors
-        src, tau, dtype, S = ctx.src, ctx.tau, ctx.dtype, ctx.saved_sims
+        src, tau, dtype, S, compile = ctx.src, ctx.tau, ctx.dtype, ctx.saved_sims, ctx.compile
         n, T, d, K = src.n, src.T, src.d, anchors.shape[0]
         dev = anchors.device
         inv_tau = 1.0 / tau
@@ -168,33 +213,22 @@ class _CAPFunction(torch.autograd.Function):
         a = grad * (1.0 - prof * inv_tau)
         b = grad * inv_tau
         rows = chunk_rows(T, K, ctx.chunk_elems)
-        z = torch.empty(min(rows, n), T, d, device=dev)
-        zc = z if dtype == torch.float32 else torch.empty(z.shape, dtype=dtype, device=dev)
-        s32_buf = None if dtype == torch.float32 else torch.empty(min(rows, n), T, K, device=dev)
-        w_buf = torch.empty(min(rows, n), T, K, device=dev)
-        g_buf = torch.empty(min(rows, n), T, K, device=dev)
-        gc_buf = g_buf if dtype == torch.float32 else torch.empty(g_buf.shape, dtype=dtype, device=dev)
         gA = torch.zeros(K, d, device=dev)
         with torch.autocast(dev.type, enabled=False):
             for s0 in range(0, n, rows):
                 s1 = min(s0 + rows, n)
                 m = s1 - s0
-                src.block(s0, s1, z[:m])
-                s32 = S[s0:s1] if s32_buf is None else s32_buf[:m].copy_(S[s0:s1])
-                w = w_buf[:m]
-                torch.mul(s32, inv_tau, out=w)
-                w.sub_(lse[s0:s1].unsqueeze(1)).exp_()  # padded tokens: exactly 0
-                g = g_buf[:m]
-                torch.mul(s32, b[s0:s1].unsqueeze(1), out=g)
-                g.add_(a[s0:s1].unsqueeze(1)).mul_(w)
-                if gc_buf is g_buf:
-                    gA.addmm_(g.view(m * T, K).t(), z[:m].view(m * T, d))
+                z, valid = src.block(s0, s1)
+                zn = _call("prep", compile, z.to(dev, non_blocking=True), dtype)
+                if valid is not None:
+                    valid = valid.to(dev)
+                g = _call("bwd", compile, S[s0:s1], valid, lse[s0:s1], a[s0:s1], b[s0:s1], inv_tau, dtype)
+                if dtype == torch.float32:
+                    gA.addmm_(g.view(m * T, K).t(), zn.view(m * T, d))
                 else:
-                    gc_buf[:m].copy_(g)
-                    zc[:m].copy_(z[:m])
-                    gA.add_(torch.mm(gc_buf[:m].view(m * T, K).t(), zc[:m].view(m * T, d)).float())
+                    gA.add_(torch.mm(g.view(m * T, K).t(), zn.view(m * T, d)).float())
         ctx.saved_sims = None
-        return gA.to(anchors.dtype), None, None, None, None
+        return gA.to(anchors.dtype), None, None, None, None, None
 
 
 def cap_profiles(
@@ -204,17 +238,20 @@ def cap_profiles(
     *,
     chunk_elems: int = 1 << 22,
     dtype: torch.dtype = torch.float32,
+    compile: bool = False,
 ) -> torch.Tensor:
     """CAP profiles (n, K), float32, NOT yet L2-normalised; differentiable w.r.t. ``anchors``.
 
     ``anchors`` must already be row-normalised (K, d).  ``dtype`` is the dtype
     of the token–anchor matmuls and of the saved similarities (fp32 or bf16);
-    the softmax and sums run in fp32.  Without grad, nothing is saved.
+    the softmax and sums run in fp32.  ``compile`` fuses the elementwise steps
+    with torch.compile (falls back to eager if that fails).  Without grad,
+    nothing is saved.
     """
     if torch.is_grad_enabled() and anchors.requires_grad:
-        return _CAPFunction.apply(anchors, src, float(tau), int(chunk_elems), dtype)
+        return _CAPFunction.apply(anchors, src, float(tau), int(chunk_elems), dtype, bool(compile))
     with torch.autocast(anchors.device.type, enabled=False):
-        return _forward_chunks(src, anchors, float(tau), int(chunk_elems), dtype, None, None)
+        return _forward_chunks(src, anchors, float(tau), int(chunk_elems), dtype, bool(compile), None, None)
 
 
 def cap_reference(tokens: torch.Tensor, mask: torch.Tensor | None, anchors: torch.Tensor, tau: float) -> torch.Tensor:
@@ -229,4 +266,3 @@ def cap_reference(tokens: torch.Tensor, mask: torch.Tensor | None, anchors: torc
     return (w * sim).sum(1)
 
 
-Pool = Callable[[TokenSource, torch.Tensor], torch.Tensor]

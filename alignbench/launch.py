@@ -54,6 +54,7 @@ OUR_PROFILE_KEYS = {
     "parallel_jobs": "local executor: concurrent jobs (default: CPU count); slurm: default array parallelism",
     "encode": "mapping of executor parameters overriding these ones for stage-1 encode jobs",
     "poll_seconds": "how often --wait polls the scheduler (default 1)",
+    "max_num_timeout": "times a timed-out job is requeued before it is given up (submitit; default 3)",
 }
 DEFAULTS = {"slurm": {"timeout_min": 60, "cpus_per_task": 1}, "local": {"timeout_min": 24 * 60}, "debug": {}}
 
@@ -71,6 +72,7 @@ class Profile:
     pack_methods: tuple[str, ...] = CHEAP_METHODS
     parallel_jobs: int | None = None
     poll_seconds: float = 1.0
+    max_num_timeout: int = 3
     description: str = ""
 
 
@@ -133,6 +135,8 @@ def profile_from_dict(raw: dict[str, Any], *, path: str | None = None) -> Profil
             prof.parallel_jobs = int(raw["parallel_jobs"])
         if "poll_seconds" in raw:
             prof.poll_seconds = float(raw["poll_seconds"])
+        if "max_num_timeout" in raw:
+            prof.max_num_timeout = int(raw["max_num_timeout"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if prof.pack < 1 or (prof.parallel_jobs is not None and prof.parallel_jobs < 1):
@@ -161,10 +165,15 @@ def _check_keys(params: dict[str, Any], valid: set[str], where: str) -> None:
 # ======================================================================================
 # Ledger
 def sweep_id(cfg: SweepConfig, specs: list[RunSpec]) -> str:
-    """Readable name + hash of the run ids: the same sweep always maps to the same ledger."""
+    """Readable name + hash of the run ids and results folder: the same sweep always maps to the same ledger.
+
+    The results folder is part of it so that two copies of one sweep (say, a test and a real one) never
+    share job names on the scheduler.
+    """
     import re
 
-    h = hashlib.sha256("\n".join(sorted(s.run_id for s in specs)).encode()).hexdigest()[:10]
+    blob = "\n".join([str(cfg.results_root), *sorted(s.run_id for s in specs)])
+    h = hashlib.sha256(blob.encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name or "sweep")[:40]
     return f"{name}-{h}"
 
@@ -383,7 +392,11 @@ def _failure_detail(path: Path) -> str:
         return f"(unreadable failure record {path})"
     err = rec.get("error") or {}
     tb = err.get("traceback") or f"{err.get('type', 'Error')}: {err.get('message', '')}"
-    return f"{tb.rstrip()}\n(failure record: {path})"
+    hint = ""
+    if err.get("type") == "UncompletedJobError":  # raised by submitit's signal handler inside the run
+        hint = ("\nthe job reached its time limit (or was preempted) and was not requeued: raise timeout_min "
+                "or max_num_timeout in the profile")
+    return f"{tb.rstrip()}{hint}\n(failure record: {path})"
 
 
 def collect_status(ledger: Ledger, specs: list[RunSpec] | None = None, *, executor: str | None = None,
@@ -552,7 +565,8 @@ class _Backend:
     def executor(self, params: dict[str, Any], job_name: str, n_jobs: int):
         import submitit
 
-        ex = submitit.AutoExecutor(folder=self.logs / "%j", cluster=self.name)
+        ex = submitit.AutoExecutor(folder=self.logs / "%j", cluster=self.name,
+                                   **{f"{self.name}_max_num_timeout": self.profile.max_num_timeout})
         merged = {**DEFAULTS.get(self.name, {}), **params, "name": job_name}
         try:
             ex.update_parameters(**merged)
@@ -773,6 +787,8 @@ def _submit(backend: _Backend, params: dict[str, Any], name: str, calls: list[tu
         raise AlignbenchError(f"the scheduler refused the {kind} jobs:\n{msg}") from None
     for i, job in enumerate(jobs):
         _record(led, job, i, sub, run_ids)
+    with contextlib.suppress(OSError):  # submitit leaves an empty literal "%j" folder behind
+        (backend.logs / "%j").rmdir()
     sub["state"] = "submitted"
     led.save()
     return jobs

@@ -86,7 +86,14 @@ def available_columns(frame: "pd.DataFrame") -> list[Column]:
     def order(c: Column):
         t = TASK_ORDER.index(c.task) if c.task in TASK_ORDER else len(TASK_ORDER)
         head = headline_metrics(c.task)
-        m = head.index(c.metric) if c.metric in head else len(head)
+        cls = _task(c.task)
+        known = list(getattr(cls, "metric_labels", {}) if cls else {})
+        if c.metric in head:
+            m = (0, head.index(c.metric))
+        elif c.metric in known:
+            m = (1, known.index(c.metric))
+        else:
+            m = (2, 0)
         return (t, c.task, c.eval, m, c.metric)
 
     return sorted(cols, key=order)
@@ -110,10 +117,11 @@ def select_columns(frame: "pd.DataFrame", metrics: Iterable[str] | None = None) 
         return cols
     out, names = [], set()
     for sel in wanted:
-        hit = [c for c in cols if sel in (c.metric, f"{c.task}/{c.metric}", c.name, f"{c.dataset}/{c.metric}")]
+        low = sel.lower()
+        hit = [c for c in cols if low in (n.lower() for n in (c.metric, f"{c.task}/{c.metric}", c.name, f"{c.dataset}/{c.metric}"))]
         if not hit:
-            pool = sorted({c.metric for c in cols} | {c.name for c in cols})
-            close = difflib.get_close_matches(sel, pool, n=3, cutoff=0.5)
+            pool = {n.lower(): n for n in sorted({c.metric for c in cols} | {c.name for c in cols})}
+            close = [pool[m] for m in difflib.get_close_matches(low, list(pool), n=3, cutoff=0.5)]
             hint = f"; did you mean {', '.join(repr(s) for s in close)}?" if close else ""
             raise ConfigError(
                 f"no metric {sel!r} in these results{hint} (metrics: {', '.join(sorted({c.metric for c in cols}))}; "

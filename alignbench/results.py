@@ -84,6 +84,7 @@ class ResultStore:
 
     def __init__(self, root: str | os.PathLike = "results/runs"):
         self.root = Path(root)
+        self.skipped: list[tuple[Path, str]] = []  # (file, why) from the last load_all
 
     # -- paths -------------------------------------------------------------------
     def path_for(self, spec: RunSpec) -> Path:
@@ -123,8 +124,9 @@ class ResultStore:
     def load_all(self) -> list[dict[str, Any]]:
         """Every valid result; corrupted or foreign files are skipped with a warning naming them."""
         records = []
+        self.skipped = []
         for path in self._files(failed=False):
-            rec = self._load(path)
+            rec = self._load(path, self.skipped)
             if rec is not None:
                 rec["_file"] = str(path)
                 records.append(rec)
@@ -150,15 +152,17 @@ class ResultStore:
         return out
 
     @staticmethod
-    def _load(path: Path) -> dict[str, Any] | None:
+    def _load(path: Path, skipped: list | None = None) -> dict[str, Any] | None:
+        """The record in ``path``, or None (warned, and appended to ``skipped``) if unusable."""
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
+            problem = validate_record(rec)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            log.warning("skipping corrupted result file %s: %s", path, exc)
-            return None
-        problem = validate_record(rec)
+            problem = f"corrupted result file ({exc})"
         if problem:
             log.warning("skipping %s: %s", path, problem)
+            if skipped is not None:
+                skipped.append((path, problem))
             return None
         return rec
 
@@ -234,7 +238,8 @@ def require_results(root: str | os.PathLike) -> list[dict[str, Any]]:
         raise DataError(f"results folder {str(store.root)!r} does not exist; run `alignbench run` first or pass --results")
     records = store.load_all()
     if not records:
-        n = len(store._files(failed=False))
-        what = f"none of its {n} JSON files is an alignbench result (see warnings above)" if n else "it has no result files"
+        n = len(store.skipped)
+        names = ", ".join(p.name for p, _ in store.skipped[:5]) + (", …" if n > 5 else "")
+        what = f"none of its {n} JSON files is an alignbench result ({names})" if n else "it has no result files"
         raise DataError(f"no alignbench results in {str(store.root)!r}: {what}; run `alignbench run` first")
     return records

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from alignbench.config import RunSpec, resolve_budget
-from alignbench.errors import AlignbenchError, BudgetError, ConfigError
+from alignbench.errors import AlignbenchError, ConfigError
 from alignbench.results import SCHEMA_VERSION, ResultStore
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,17 @@ def validate_spec(spec: RunSpec) -> None:
 
 
 def _check_pair(pair: str) -> None:
+    """VISION+TEXT with both names known (UnknownNameError with "did you mean" otherwise)."""
     try:
         from alignbench.encoders import parse_pair
-    except ImportError:  # encoders package without the helper: FeatureSource will check it
+    except ImportError:  # encoders package without the helper: check the names ourselves
+        from alignbench.registry import ENCODERS
+
+        vision, sep, text = str(pair).partition("+")
+        if not sep or not vision.strip() or not text.strip():
+            raise ConfigError(f"encoder pair {pair!r} is not VISION+TEXT (e.g. effnet-lite0+minilm-l6)") from None
+        ENCODERS.resolve(vision.strip())
+        ENCODERS.resolve(text.strip())
         return
     parse_pair(pair)
 
@@ -331,4 +339,4 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["EvalSpec", "plan", "run_one", "subsample_indices", "validate_spec", "BudgetError"]
+__all__ = ["EvalSpec", "available_pairs", "plan", "run_one", "subsample_indices", "validate_spec"]

@@ -57,13 +57,16 @@ class RunPack(submitit.helpers.Checkpointable):
         _worker_setup(store_root, threads)
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+        device = _device()
+        log.info("job %s on %s: %d runs, device %s, CUDA_VISIBLE_DEVICES=%s", job, _host(), len(specs), device,
+                 os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         done, failed = [], []
         for d in specs:
             spec = RunSpec.from_dict(d)
             t0 = time.perf_counter()
             log.info("job %s: run %s", job, spec.run_id)
             try:
-                run_one(spec, results_dir=runs_dir, data_root=data_root, progress=False)
+                run_one(spec, results_dir=runs_dir, data_root=data_root, device=device, progress=False)
                 done.append(spec.run_id)
                 log.info("job %s: run %s finished in %.1f s", job, spec.run_id, time.perf_counter() - t0)
             except Exception as exc:  # recorded in <run_id>.failed.json by run_one; keep going
@@ -74,6 +77,21 @@ class RunPack(submitit.helpers.Checkpointable):
             raise RuntimeError(f"{len(failed)} of {len(specs)} runs failed: {', '.join(failed)} "
                                f"(tracebacks in {runs_dir}/<run_id>.failed.json)")
         return {"done": done}
+
+
+def _device() -> str:
+    """The GPU when the job has a usable one (a fake or absent GPU leaves CUDA unavailable: CPU)."""
+    if not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _ensure_failure_record(spec: Any, exc: Exception, runs_dir: str) -> None:

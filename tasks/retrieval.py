@@ -30,44 +30,80 @@ def retrieval_ranks(
     similarity: Callable[[Any, Any], Any],
     *,
     chunk: int = 1024,
+    max_matrix: int = 1 << 26,
 ) -> tuple[np.ndarray, np.ndarray]:
     """0-based ranks of the best positive: (per image with ≥1 caption, per caption).
 
     ``caption_image[j]`` is the index (into ``image_emb``) of caption j's image.
     ``similarity(images, texts)`` returns an (n_images, n_texts) score matrix;
     it is always called with images first, so asymmetric scores stay correct.
+    The score matrix is computed once, in image chunks, and kept for the
+    text→image pass when it has at most ``max_matrix`` entries (256 MB);
+    larger galleries recompute it in caption chunks instead.
     """
     import torch
 
-    caption_image = torch.as_tensor(np.asarray(caption_image, dtype=np.int64))
+    ci = torch.as_tensor(np.asarray(caption_image, dtype=np.int64))
     n_img, n_txt = len(image_emb), len(text_emb)
-    if len(caption_image) != n_txt:
-        raise DataError(f"{n_txt} captions but {len(caption_image)} caption→image indices")
-    if n_txt and (int(caption_image.min()) < 0 or int(caption_image.max()) >= n_img):
+    if len(ci) != n_txt:
+        raise DataError(f"{n_txt} captions but {len(ci)} caption→image indices")
+    if n_txt and (int(ci.min()) < 0 or int(ci.max()) >= n_img):
         raise DataError(f"caption→image index out of range for {n_img} images")
+    keep = n_img * n_txt <= max_matrix
 
-    # image → text: rank of the best-scoring own caption among all captions.
-    i2t = []
+    i2t, kept = [], []
     for start in range(0, n_img, chunk):
-        rows = torch.arange(start, min(start + chunk, n_img))
-        sim = similarity(image_emb[rows], text_emb).float()
-        check_finite(sim, "similarities")
-        pos = caption_image[None, :] == rows[:, None]
-        best_pos = torch.where(pos, sim, torch.full_like(sim, -torch.inf)).amax(1)
-        rank = ((sim >= best_pos[:, None]) & ~pos).sum(1)
-        i2t.append(torch.where(pos.any(1), rank, torch.full_like(rank, -1)))
+        sim = _scores(similarity, image_emb[start : start + chunk], text_emb)
+        i2t.append(_image_to_text_ranks(sim, start, ci))
+        if keep:
+            kept.append(sim)
     i2t_ranks = torch.cat(i2t).numpy() if i2t else np.zeros(0, dtype=np.int64)
 
-    # text → image: gallery of unique images; rank of the caption's own image.
-    t2i = []
-    for start in range(0, n_txt, chunk * 4):
-        cols = torch.arange(start, min(start + chunk * 4, n_txt))
-        sim = similarity(image_emb, text_emb[cols]).float().T  # (chunk, n_img)
-        check_finite(sim, "similarities")
-        pos_score = sim.gather(1, caption_image[cols][:, None])
-        t2i.append((sim >= pos_score).sum(1) - 1)
-    t2i_ranks = torch.cat(t2i).numpy() if t2i else np.zeros(0, dtype=np.int64)
+    if keep and kept:
+        t2i_ranks = _text_to_image_ranks(torch.cat(kept), ci).numpy()
+    else:
+        t2i = []
+        for start in range(0, n_txt, chunk * 4):
+            cols = slice(start, start + chunk * 4)
+            t2i.append(_text_to_image_ranks(_scores(similarity, image_emb, text_emb[cols]), ci[cols]))
+        t2i_ranks = torch.cat(t2i).numpy() if t2i else np.zeros(0, dtype=np.int64)
     return i2t_ranks[i2t_ranks >= 0], t2i_ranks
+
+
+def _scores(similarity, images, texts):
+    import torch
+
+    sim = similarity(images, texts).float()
+    if not bool(torch.isfinite(sim.sum(dtype=torch.float64))):  # one reduction instead of an elementwise check
+        check_finite(sim, "similarities")
+    return sim
+
+
+def _image_to_text_ranks(sim, start: int, ci):
+    """Per image row of ``sim`` (rows start at image ``start``): captions of OTHER images scoring ≥ its best own caption.
+
+    -1 for images without captions.  O(B × n_txt): the best own caption comes
+    from a scatter over the captions, not from a B × n_txt mask.
+    """
+    import torch
+
+    B = sim.shape[0]
+    local = ci - start
+    j = torch.nonzero((local >= 0) & (local < B)).squeeze(1)
+    li = local[j]
+    vals = sim[li, j]
+    best = torch.full((B,), -torch.inf).scatter_reduce(0, li, vals, "amax")
+    own_at_best = torch.zeros(B, dtype=torch.long).scatter_add(0, li, (vals >= best[li]).long())
+    rank = (sim >= best[:, None]).sum(1) - own_at_best
+    has = torch.zeros(B, dtype=torch.bool)
+    has[li] = True
+    return torch.where(has, rank, torch.full_like(rank, -1))
+
+
+def _text_to_image_ranks(sim, ci_cols):
+    """Per caption column of ``sim`` (all images × these captions): other images scoring ≥ its own image."""
+    pos = sim.gather(0, ci_cols[None, :])
+    return (sim >= pos).sum(0) - 1
 
 
 def recall_at(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[int, float]:

@@ -90,12 +90,23 @@ def segmentation_metrics(
     return out
 
 
-def upsample_argmax(scores: Any, size: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) scores → (H, W) class ids via bilinear upsampling (align_corners=False)."""
+def upsample(scores: Any, size: tuple[int, int]) -> Any:
+    """(C, h, w) scores → (H, W, C) bilinear upsampling (``align_corners=False``).
+
+    Channels-last throughout: on CPU both the interpolation and the argmax over
+    classes run ~4× faster than on the (C, H, W) layout.
+    """
+    import torch
     import torch.nn.functional as F
 
-    up = F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return up.argmax(0).numpy()
+    # contiguous first: a view's batch stride can make the layout ambiguous and interpolate falls back to NCHW
+    x = scores.float().contiguous()[None].contiguous(memory_format=torch.channels_last)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+
+
+def upsample_argmax(scores: Any, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) scores → (H, W) class ids."""
+    return upsample(scores, size).argmax(-1).numpy()
 
 
 @register_task("segmentation", aliases=("seg", "semantic-segmentation"))
@@ -152,12 +163,10 @@ class SegmentationTask(Task):
                 maps = scores.reshape(len(idx), gh, gw, n_cls).permute(0, 3, 1, 2)
                 for b, i in enumerate(idx):
                     gt = np.asarray(dataset.mask(split, int(i)))
-                    pred = upsample_argmax(maps[b], gt.shape[-2:])
-                    stray += confusion_update(conf, gt, pred, ignore)
-                    if conf_nobg is not None:
-                        gt_fg = _remap_foreground(gt, fg, bg)
-                        pred_fg = upsample_argmax(maps[b, fg], gt.shape[-2:])
-                        confusion_update(conf_nobg, gt_fg, pred_fg, -1)
+                    up = upsample(maps[b], gt.shape[-2:])  # (H, W, C), one image at a time
+                    stray += confusion_update(conf, gt, up.argmax(-1).numpy(), ignore)
+                    if conf_nobg is not None:  # background pixels ignored, argmax over foreground classes
+                        confusion_update(conf_nobg, _remap_foreground(gt, fg, bg), up[..., fg].argmax(-1).numpy(), -1)
         if stray:
             log.warning("%s:%s: %d pixels had labels outside 0..%d and were ignored", name, split, stray, n_cls - 1)
         out = segmentation_metrics(conf, classnames, bg)

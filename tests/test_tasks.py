@@ -197,7 +197,7 @@ def test_retrieval_is_chunked_consistently():
     txt = torch.from_numpy(rng.standard_normal((250, 8)).astype(np.float32))
     ci = np.repeat(np.arange(50), 5)
     whole = retrieval_ranks(img, txt, ci, dot, chunk=10_000)
-    small = retrieval_ranks(img, txt, ci, dot, chunk=7)
+    small = retrieval_ranks(img, txt, ci, dot, chunk=7, max_matrix=0)  # recomputed per caption chunk
     assert all(np.array_equal(a, b) for a, b in zip(whole, small))
 
 

@@ -57,7 +57,7 @@ def find_subdir(base: Path, candidates: Sequence[str], what: str, layout: str = 
     raise DataError(msg + (f". Expected layout:\n{layout}" if layout else ""))
 
 
-def find_file(base: Path, candidates: Sequence[str], what: str) -> Path | None:
+def find_file(base: Path, candidates: Sequence[str]) -> Path | None:
     """The first of ``base/candidate`` that is a file, or None."""
     for c in candidates:
         p = base / c

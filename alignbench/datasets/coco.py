@@ -36,7 +36,7 @@ class Coco(PairedCaptions):
         version = str(options.get("version", "auto"))
         if version not in VERSIONS:
             raise ConfigError(f"coco: version must be one of {', '.join(VERSIONS)}, not {version!r}")
-        self.karpathy_json = find_file(self.dir, (KARPATHY_FILE, f"annotations/{KARPATHY_FILE}", f"karpathy/{KARPATHY_FILE}"), "")
+        self.karpathy_json = find_file(self.dir, (KARPATHY_FILE, f"annotations/{KARPATHY_FILE}", f"karpathy/{KARPATHY_FILE}"))
         if version == "auto":
             if self.karpathy_json is not None:
                 version = "karpathy"

@@ -1,0 +1,282 @@
+"""alignbench sweep: config parsing, profiles, planning, the ledger, and real sweeps on the local/debug executors.
+
+The cluster counterpart (same runs through a real SLURM) is tests/test_slurm.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alignbench import launch
+from alignbench.config import OFFLINE_PAIRS, RunSpec
+from alignbench.errors import ConfigError, UnknownNameError
+from alignbench.sweep_config import build_config, expand, load_sweep_file
+from sweep_world import EVALS, PAIR, cli, metrics_by_run, sweep_args, write_tiny_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path: Path, **kw) -> "launch.SweepConfig":
+    base = dict(methods="cca,asif", pairs=PAIR, budgets="20,40", seeds="0,1", evals=EVALS,
+                results=str(tmp_path / "results"))
+    base.update(kw)
+    return build_config({}, **base)
+
+
+# -- configuration ------------------------------------------------------------------------
+def test_flags_expand_to_the_cross_product(tmp_path):
+    cfg = _cfg(tmp_path, methods="cca,linear:dim=64,lr=0.01", budgets="1k,2.5k", seeds="0-2")
+    specs = expand(cfg)
+    assert len(specs) == 2 * 2 * 3
+    assert {s.method for s in specs} == {"cca", "linear"}
+    lin = next(s for s in specs if s.method == "linear")
+    assert lin.method_options == {"dim": "64", "lr": "0.01"}
+    assert {s.budget for s in specs} == {1000, 2500} and {s.seed for s in specs} == {0, 1, 2}
+    assert all(s.evals == tuple(EVALS.split(",")) for s in specs)
+    assert len({s.run_id for s in specs}) == len(specs)
+
+
+def test_yaml_file_with_flag_overrides(tmp_path):
+    f = tmp_path / "budgets.yaml"
+    f.write_text(
+        "methods: [cca, {linear: {dim: 64}}]\n"
+        f"pairs: [{PAIR}]\n"
+        "budgets: [20, 1k]\n"
+        "seeds: 0-1\n"
+        "tasks: [retrieval]\n"
+        "val: null\n"
+        "executor: local\n"
+    )
+    values = load_sweep_file(f)
+    cfg = build_config(values, seeds="3", results=str(tmp_path / "r"))
+    specs = expand(cfg)
+    assert cfg.name == "budgets" and cfg.executor == "local"
+    assert len(specs) == 2 * 2 * 1 and {s.seed for s in specs} == {3}
+    assert {s.method_options.get("dim") for s in specs} == {None, "64"}
+    assert all(s.val is None and s.evals == ("retrieval:flickr8k:test",) for s in specs)
+
+
+def test_unknown_sweep_file_key_is_named(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("methods: [cca]\nbudgetz: [1k]\n")
+    with pytest.raises(ConfigError, match=r"budgetz.*did you mean 'budgets'"):
+        load_sweep_file(f)
+
+
+@pytest.mark.parametrize("field,value,suggestion", [
+    ("methods", "ccaa,asif", "cca"),
+    ("pairs", "tiny-vitt+tiny-text", "tiny-vit"),
+    ("pairs", "tiny-vit+tiny-txt", "tiny-text"),
+])
+def test_unknown_names_in_a_sweep_suggest(tmp_path, field, value, suggestion):
+    with pytest.raises(UnknownNameError, match=f"did you mean.*{suggestion}"):
+        expand(_cfg(tmp_path, **{field: value}))
+
+
+def test_unknown_method_in_a_sweep_file_suggests(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"methods: [asiff]\npairs: [{PAIR}]\n")
+    with pytest.raises(UnknownNameError, match="did you mean 'asif'"):
+        expand(build_config(load_sweep_file(f)))
+
+
+def test_tasks_and_datasets_filter_the_default_evaluations(tmp_path):
+    cfg = build_config({}, methods="cca", tasks="retrieval", results=str(tmp_path))
+    assert expand(cfg)[0].evals == ("retrieval:flickr8k:test",)
+    cfg = build_config({}, methods="cca", datasets="cifar10,fashion-mnist", results=str(tmp_path))
+    assert expand(cfg)[0].evals == ("classification:cifar10:test", "classification:fashion-mnist:test")
+    cfg = build_config({}, methods="cca", pairs="all", results=str(tmp_path))
+    assert [s.pair for s in expand(cfg)] == list(OFFLINE_PAIRS)
+
+
+def test_bad_values_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="executor"):
+        _cfg(tmp_path, executor="slurmm")
+    with pytest.raises(ConfigError, match="no methods"):
+        build_config({}, pairs=PAIR)
+    with pytest.raises(ConfigError, match="seed"):
+        _cfg(tmp_path, seeds="zero")
+
+
+# -- profiles --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["slurm/local.yaml", "local", "gpu-example"])
+def test_shipped_profiles_are_valid(name):
+    prof = launch.load_profile(name)
+    assert prof.params and prof.pack >= 1
+
+
+def test_gpu_example_documents_a_gpu_request():
+    prof = launch.load_profile("slurm/gpu-example.yaml")
+    assert prof.params["slurm_partition"] and prof.params["slurm_gpus_per_task"] == 1
+    assert prof.params["slurm_additional_parameters"]["account"]
+
+
+def test_unknown_profile_keys_are_named(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("slurm_partitio: gpu\ntimeout_min: 10\nmemory: 4G\n")
+    with pytest.raises(ConfigError) as exc:
+        launch.load_profile(str(p))
+    msg = str(exc.value)
+    assert "'slurm_partitio' (did you mean 'slurm_partition'?)" in msg and "'memory'" in msg
+    assert "timeout_min" not in msg.split("Use submitit")[0]  # a valid key is not reported
+    p.write_text("timeout_min: 10\nencode:\n  gpus: 1\n")
+    with pytest.raises(ConfigError, match=r"encode.*'gpus'"):
+        launch.load_profile(str(p))
+    p.write_text("pack: 0\n")
+    with pytest.raises(ConfigError, match="at least 1"):
+        launch.load_profile(str(p))
+
+
+def test_missing_profile_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="gpu-example"):
+        launch.load_profile("no-such-profile")
+
+
+# -- planning ----------------------------------------------------------------------------------
+def test_cheap_runs_are_packed_and_heavy_runs_go_first(tmp_path):
+    specs = expand(_cfg(tmp_path, methods="cca,linear,asif", budgets="20,40,60", seeds="0"))
+    packs = launch.group_packs(specs, launch.Profile(pack=4))
+    assert [len(p) for p in packs] == [1, 1, 1, 4, 2]
+    assert all(p[0].method == "linear" for p in packs[:3])
+    assert sorted(s.run_id for p in packs for s in p) == sorted(s.run_id for s in specs)
+    assert len(launch.group_packs(specs, launch.Profile(pack=1))) == len(specs)
+
+
+def test_sweep_id_is_stable_and_follows_the_runs(tmp_path):
+    cfg = _cfg(tmp_path)
+    a = launch.sweep_id(cfg, expand(cfg))
+    assert a == launch.sweep_id(cfg, list(reversed(expand(cfg))))
+    cfg2 = _cfg(tmp_path, seeds="0,1,2")
+    assert launch.sweep_id(cfg2, expand(cfg2)) != a
+
+
+def test_feature_needs_cover_training_validation_and_tasks(tmp_path):
+    needs = launch.feature_needs(expand(_cfg(tmp_path)))
+    got = {(n.what, n.encoder, n.dataset, n.split) for n in needs}
+    assert ("images", "tiny-vit", "flickr8k", "train") in got
+    assert ("texts", "tiny-text", "flickr8k", "dev") in got
+    assert ("texts", "tiny-text", "flickr8k", "test") in got
+    assert ("images", "tiny-vit", "cifar10", "test") in got
+    assert ("prompts", "tiny-text", "cifar10", None) in got
+    assert len(needs) == len(got)  # one need per feature set, however many runs share it
+
+
+# -- guards before submitting --------------------------------------------------------------------
+def test_slurm_executor_without_sbatch_suggests_local(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(ConfigError, match="--executor local"):
+        launch.run_sweep(_cfg(tmp_path, executor="slurm"), launch.Profile())
+
+
+def test_unwritable_results_folder_fails_before_submitting(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = _cfg(tmp_path, executor="local", results=str(blocker / "results"))
+    with pytest.raises(ConfigError, match="not writable"):
+        launch.run_sweep(cfg, launch.Profile())
+    assert not any(tmp_path.rglob("*.pkl"))
+
+
+# -- ledger and status ------------------------------------------------------------------------------
+def test_status_classifies_done_failed_lost_running_and_missing(tmp_path):
+    cfg = _cfg(tmp_path, methods="cca", budgets="20,40,60,80,100", seeds="0")
+    specs = expand(cfg)
+    path = cfg.sweeps_dir / "s.json"
+    cfg.sweeps_dir.mkdir(parents=True)
+    cfg.runs_dir.mkdir(parents=True)
+    led = launch.Ledger.open(path, sweep="s", cfg=cfg, specs=specs)
+    done, failed, lost, running, missing = specs
+    (cfg.runs_dir / f"{done.run_id}.json").write_text("{}")
+    (cfg.runs_dir / f"{failed.run_id}.failed.json").write_text(json.dumps(
+        {"error": {"type": "BudgetError", "message": "too big", "traceback": "Traceback ...\nBudgetError: too big\n"}}))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)  # submitit"])
+    try:
+        for spec, job in ((failed, dead.stdout.strip()), (lost, dead.stdout.strip()), (running, str(sleeper.pid))):
+            led.record_job(job, {"executor": "local", "run_ids": [spec.run_id], "stderr": f"/logs/{job}.err",
+                                 "stdout": f"/logs/{job}.out"})
+        led.save()
+        again = launch.Ledger.load(path)  # round trip through the atomic file
+        states = {s.run_id: s for s in launch.collect_status(again, specs)}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert [states[s.run_id].state for s in specs] == ["done", "failed", "lost", "running", "missing"]
+    assert "BudgetError: too big" in states[failed.run_id].detail
+    report = launch.SweepReport("s", path, "local", list(states.values()))
+    text = report.format()
+    assert "BudgetError: too big" in text and f"log: /logs/{dead.stdout.strip()}.err" in text
+    assert report.counts() == {"done": 1, "running": 1, "pending": 0, "failed": 1, "lost": 1, "missing": 1}
+    assert not list(cfg.sweeps_dir.glob(".*.tmp"))
+
+
+# -- real sweeps on tiny encoders -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep-world")
+    return {"data": write_tiny_data(root / "data"), "cache": root / "features", "root": root}
+
+
+def test_debug_and_local_executors_agree_and_resume_is_instant(world, monkeypatch):
+    monkeypatch.setenv("ALIGNBENCH_DATA", str(world["data"]))
+    common = dict(cache=str(world["cache"]), data_root=str(world["data"]))
+    dbg = _cfg(world["root"] / "dbg", executor="debug", **common)
+    rep = launch.run_sweep(dbg, launch.Profile())
+    assert rep.ok and rep.submitted == 8
+    loc = _cfg(world["root"] / "loc", executor="local", **common)
+    rep = launch.run_sweep(loc, launch.Profile(pack=3, parallel_jobs=2))
+    assert rep.ok and rep.submitted == 8, rep.format()
+    a, b = metrics_by_run(dbg.runs_dir), metrics_by_run(loc.runs_dir)
+    assert len(a) == 8 and a == b  # same function, same numbers, whatever executes it
+    led = json.loads(rep.ledger.read_text())
+    jobs = led["jobs"]
+    assert len(jobs) == 3  # 8 cheap runs packed 3 per job
+    assert all(Path(j["stderr"]).is_file() for j in jobs.values())
+    assert all(len(r["attempts"]) == 1 for r in led["runs"].values())
+    t0 = time.perf_counter()
+    again = launch.run_sweep(loc, launch.Profile())
+    assert again.submitted == 0 and again.ok
+    assert time.perf_counter() - t0 < 5
+
+
+def test_failed_run_shows_its_traceback_and_is_resubmitted(world, monkeypatch, capsys):
+    from alignbench.cli import main
+
+    args = sweep_args(world["root"] / "fail", methods="cca", budgets="20,5000", seeds="0",
+                      extra=["--executor", "debug", "--cache", str(world["cache"]), "--data-root", str(world["data"])])
+    assert main(args) == 1  # one run failed
+    capsys.readouterr()
+    assert main(args + ["--status"]) == 1
+    out = capsys.readouterr().out
+    assert "done 1" in out and "failed 1" in out
+    assert "BudgetError" in out and "Traceback" in out and "5000" in out
+    # the done run is not redone; the failed one is tried again (and fails again)
+    rep = launch.run_sweep(build_config({}, methods="cca", pairs=PAIR, budgets="20,5000", seeds="0", evals=EVALS,
+                                        executor="debug", results=str(world["root"] / "fail"),
+                                        cache=str(world["cache"]), data_root=str(world["data"])), launch.Profile())
+    assert rep.submitted == 1 and rep.counts()["failed"] == 1
+
+
+def test_dry_run_submits_nothing(world):
+    cfg = _cfg(world["root"] / "dry", executor="local", cache=str(world["cache"]), data_root=str(world["data"]))
+    rep = launch.run_sweep(cfg, launch.Profile(), dry_run=True)
+    assert rep.dry_run and rep.submitted == 0 and rep.counts()["missing"] == 8
+    assert "would submit 8 runs in 2 array tasks" in rep.format()
+    assert not cfg.runs_dir.exists() or not any(cfg.runs_dir.iterdir())
+
+
+def test_cli_help_and_empty_status_are_fast(tmp_path):
+    t0 = time.perf_counter()
+    r = cli(["sweep", "--help"], {})
+    assert r.returncode == 0 and "--profile" in r.stdout and "--status" in r.stdout
+    r = cli(["sweep", "--status", "--results", str(tmp_path)], {})
+    assert r.returncode == 0 and "no sweeps recorded" in r.stdout
+    assert time.perf_counter() - t0 < 20
+    r = cli(sweep_args(tmp_path, methods="ccaa"), {})
+    assert r.returncode == 2 and "did you mean 'cca'" in r.stderr
