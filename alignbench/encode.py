@@ -111,8 +111,7 @@ def iter_image_batches(
     n = len(images)
     items = _ImageItems(images, encoder.transform, start)
     workers = default_workers(len(items), bs) if num_workers is None else num_workers
-    loader = DataLoader(items, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=_collate,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(items, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=_collate)
     row = start
     bar = _progress(n, start, "img", desc, progress)
     try:

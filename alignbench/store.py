@@ -588,7 +588,7 @@ class FeatureStore:
             extra = self._encode_texts(req, items, tmp, state, state_file, progress, batch_size)
         files = {}
         for f in sorted(tmp.iterdir()):
-            if f.name in ("progress.json", "meta.json"):
+            if f.name in ("progress.json", "meta.json") or f.name.endswith(".tmp"):
                 continue
             files[f.name] = _file_digests(f, full=True)
         meta = {

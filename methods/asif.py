@@ -110,6 +110,7 @@ class ASIF(Method):
         if anchors is None:
             raise FeatureError(f"the method is not fitted yet: call fit() or load_state_dict() before embedding {side}s")
         check_dim(f, anchors.shape[1], side)
+        f.validate(f"{side} features")
         c = self.config
         return relative_rep(f.global_tensor(), anchors, c.k, c.p, chunk=c.chunk, sparse=c.sparse)
 

@@ -121,6 +121,8 @@ class CanonicalMethod(Method):
             )
             self.cca = fit
             info.update(vinfo, eps_source="validation text->image MRR over eps_grid", eps_val_mrr=scores)
+            if fit.eps_x in (min(cfg.eps_grid), max(cfg.eps_grid)):
+                info["eps_note"] = "chosen eps is at the edge of eps_grid; consider widening it"
         else:
             eps = ledoit_wolf_eps(x, y)
             self.cca = fit_cca(x, y, latent_dim=k, eps=eps)
@@ -144,6 +146,7 @@ class CanonicalMethod(Method):
             raise FeatureError(f"the method is not fitted yet: call fit() or load_state_dict() before embedding {side}s")
         expected = len(self.cca.mean_x if side == "image" else self.cca.mean_y)
         check_dim(f, expected, side)
+        f.validate(f"{side} features")
         a = f.global_array()
         z = self.cca.project_x(a, self._keep()) if side == "image" else self.cca.project_y(a, self._keep())
         return torch.from_numpy(z.astype(np.float32))

@@ -204,8 +204,12 @@ def test_preempted_run_is_requeued_and_finishes(world):
     r = cli(args + ["--wait"], world["env"], timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(metrics_by_run(results / "runs")) == 1
-    history = [row[1] for row in _sacct("-D", "-X", "-j", job_id, "-o", "JobID,State")]
-    assert "REQUEUED" in history and history[-1] == "COMPLETED", history
+    def history():  # the result is written before the job step exits: wait for the scheduler to agree
+        states = [row[1] for row in _sacct("-D", "-X", "-j", job_id, "-o", "JobID,State")]
+        return states if states and states[-1] not in ("RUNNING", "COMPLETING", "PENDING") else None
+
+    states = _wait_until(history, 60, "the job to leave the queue")
+    assert "REQUEUED" in states and states[-1] == "COMPLETED", states
     assert ledger_of(results)["runs"][run_id]["attempts"] == [job_id]  # requeued in place, not resubmitted
 
 

@@ -85,9 +85,28 @@ def _features_module(net: Any, layer: int):
     return Features().eval()
 
 
-@functools.lru_cache(maxsize=None)
+# Architecture constants, so that building an encoder (and its cache-key fingerprint)
+# needs no torch: a fully cached `alignbench encode` must not import it.
+# `computed_layer_shapes` derives them; tests/test_encoders*.py may compare the two.
+KNOWN_LAYER_SHAPES: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "lite0": ((16, 112, 112), (24, 56, 56), (24, 56, 56), (40, 28, 28), (40, 28, 28), (80, 14, 14),
+              (80, 14, 14), (80, 14, 14), (112, 14, 14), (112, 14, 14), (112, 14, 14), (192, 7, 7),
+              (192, 7, 7), (192, 7, 7), (192, 7, 7), (320, 7, 7), (1280, 7, 7)),
+    "lite2": ((16, 130, 130), (24, 65, 65), (24, 65, 65), (24, 65, 65), (48, 33, 33), (48, 33, 33),
+              (48, 33, 33), (88, 17, 17), (88, 17, 17), (88, 17, 17), (88, 17, 17), (120, 17, 17),
+              (120, 17, 17), (120, 17, 17), (120, 17, 17), (208, 9, 9), (208, 9, 9), (208, 9, 9),
+              (208, 9, 9), (208, 9, 9), (352, 9, 9), (1280, 9, 9)),
+}
+
+
 def layer_shapes(variant: str) -> tuple[tuple[int, int, int], ...]:
     """(channels, grid_h, grid_w) of every selectable layer: each block, then the head."""
+    return KNOWN_LAYER_SHAPES.get(variant) or computed_layer_shapes(variant)
+
+
+@functools.lru_cache(maxsize=None)
+def computed_layer_shapes(variant: str) -> tuple[tuple[int, int, int], ...]:
+    """``layer_shapes`` measured by a forward pass of the network (needs torch)."""
     import torch
 
     net = build_network(variant, weights=False)

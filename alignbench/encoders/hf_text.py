@@ -151,7 +151,7 @@ class HFTextEncoder(TextEncoder):
         self._tokenizer = None
         cfg = self._config()
         self._num_layers = int(cfg["num_hidden_layers"])
-        self._dim = int(cfg["hidden_size"])
+        self._dim = self._token_dim = int(cfg["hidden_size"])
         st_cfg = _read_json(Path(self.source) / "sentence_bert_config.json") if self._local else {}
         self.max_length = int(max_length or st_cfg.get("max_seq_length") or TextEncoder.max_length)
         _ = self.layer  # validate early
@@ -163,6 +163,7 @@ class HFTextEncoder(TextEncoder):
             from transformers import AutoConfig
 
             cfg = AutoConfig.from_pretrained(self.source).to_dict()
+        self._full_config = cfg
         cfg = cfg.get("text_config", cfg)  # dual-encoder configs (CLIP): the text tower
         if "num_hidden_layers" not in cfg or "hidden_size" not in cfg:
             raise ConfigError(f"{self.source}: config has no num_hidden_layers/hidden_size; not a text transformer")
@@ -177,7 +178,17 @@ class HFTextEncoder(TextEncoder):
     def dim(self) -> int:
         return self._dim
 
+    @property
+    def token_dim(self) -> int:
+        return self._token_dim
+
     def weights_sha256(self) -> str:
+        """Weight + tokenizer files of a local folder; else the loaded state dict (remembered)."""
+        if getattr(self, "_hash", None) is None:
+            self._hash = self._weights_sha256()
+        return self._hash
+
+    def _weights_sha256(self) -> str:
         if self._local:
             folder = Path(self.source)
             weights = [folder / f for f in WEIGHT_FILES if (folder / f).is_file()][:1]
@@ -221,9 +232,9 @@ class HFTextEncoder(TextEncoder):
         return self._model
 
     def _forward(self, batch: dict) -> tuple[Any, Any]:
-        """(hidden_states tuple, last layer) for a tokenised batch."""
+        """(hidden_states tuple, sentence feature or None for the masked mean of the last layer)."""
         out = self.model(**batch, output_hidden_states=True, return_dict=True)
-        return out.hidden_states, out.last_hidden_state
+        return out.hidden_states, None
 
     def encode(self, texts: list[str], *, tokens: bool = True) -> EncodedTexts:
         import torch
@@ -236,11 +247,12 @@ class HFTextEncoder(TextEncoder):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         mask = batch["attention_mask"].bool()
         with torch.inference_mode(), self.autocast():
-            hidden, last = self._forward(batch)
+            hidden, pooled = self._forward(batch)
         w = mask.unsqueeze(-1).float()
-        pooled = (last.float() * w).sum(1) / w.sum(1).clamp_min(1e-9)
+        if pooled is None:
+            pooled = (hidden[-1].float() * w).sum(1) / w.sum(1).clamp_min(1e-9)
         tok = hidden[self.layer + 1].float() * w if tokens else None
-        return EncodedTexts(pooled=pooled, tokens=tok, mask=mask if tokens else None)
+        return EncodedTexts(pooled=pooled.float(), tokens=tok, mask=mask if tokens else None)
 
 
 @register_encoder("minilm-l6", aliases=("all-minilm-l6-v2", "minilm"))
@@ -260,5 +272,5 @@ class MPNetBase(HFTextEncoder):
         self._parts = mpnet_parts()
         super().__init__(mpnet_dir(), **kwargs)
 
-    def weights_sha256(self) -> str:
+    def _weights_sha256(self) -> str:
         return files_sha256(self._parts)

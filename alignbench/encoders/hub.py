@@ -378,6 +378,8 @@ class HFHubTextEncoder(HFTextEncoder):
         self._dual = hf_modality(str(repo)) == "both"
         self.registry_name = f"hf:{repo}"  # type: ignore[misc]
         super().__init__(repo, **kwargs)
+        if self._dual and self._full_config.get("projection_dim"):
+            self._dim = int(self._full_config["projection_dim"])
 
     @property
     def model(self):
@@ -388,9 +390,6 @@ class HFHubTextEncoder(HFTextEncoder):
                 self._projection = getattr(self._model, "text_projection", None)
         return self._model
 
-    def weights_sha256(self) -> str:
-        return state_dict_sha256(self.model)
-
     def _forward(self, batch: dict) -> tuple[Any, Any]:
         if not self._dual:
             return super()._forward(batch)
@@ -398,14 +397,7 @@ class HFHubTextEncoder(HFTextEncoder):
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         out = self._text(**batch, output_hidden_states=True, return_dict=True)
         pooled = out.pooler_output if self._projection is None else self._projection(out.pooler_output)
-        self._dual_pooled = pooled
-        return out.hidden_states, out.last_hidden_state
-
-    def encode(self, texts: list[str], *, tokens: bool = True) -> EncodedTexts:
-        out = super().encode(texts, tokens=tokens)
-        if self._dual:
-            out.pooled = self._dual_pooled.float()
-        return out
+        return out.hidden_states, pooled
 
     def fingerprint(self) -> dict[str, Any]:
         fp = super().fingerprint()
@@ -423,7 +415,8 @@ def hf_encoder(repo: str, *, modality: str | None = None, **kwargs: Any) -> Imag
     if found == "both" and modality is None:
         raise ConfigError(f"hf:{repo} is a dual (image+text) encoder: say which tower with modality='image'|'text'")
     if found != "both" and modality not in (None, found):
-        raise ConfigError(f"hf:{repo} is a {found} model, not a {modality} model")
+        article = "an" if found == "image" else "a"
+        raise ConfigError(f"hf:{repo} is {article} {found} model, not a {modality} model")
     side = modality or found
     return HFVisionEncoder(repo, **kwargs) if side == "image" else HFHubTextEncoder(repo, **kwargs)
 

@@ -1,0 +1,321 @@
+"""PAL — Projection-free Anchor Learning (Kim & Park, arXiv 2605.16834).
+
+The only trainable parameters are K anchors per modality (A_v: K×d_v,
+A_t: K×d_t), unit-norm rows.  A sample is described by its anchor profile:
+cross-attention pooling (CAP) of its tokens against the anchors, each anchor
+pooling the tokens independently with a sharp softmax (τ_p = 0.03).  Anchor k
+of the image side and anchor k of the text side come to mean the same thing
+only through the symmetric InfoNCE between image and text profiles.
+
+Speed/memory: CAP is the fused, chunked kernel in :mod:`alignbench.cap`;
+image tokens stream from the fp16 memmap chunk by chunk, each distinct image
+of a batch is pooled once (Flickr has 5 captions per image), and text tokens
+are padded to the batch's longest caption only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from alignbench.cap import ArrayTokens, DenseTokens, cap_profiles, chunk_rows, compile_failed
+from alignbench.errors import ConfigError, FeatureError
+from alignbench.features import ImageFeatures, Pairs, TextFeatures
+from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
+from alignbench.training import TrainConfig, info_nce, train_contrastive
+
+log = logging.getLogger(__name__)
+
+POOLS = ("cap", "mean", "cls")
+TEXT_EMBED_ROWS = 1024  # captions per padded group when embedding
+
+
+@dataclass
+class PALConfig(MethodConfig):
+    """PAL hyperparameters (METHODS.md defaults) plus trainer and speed settings.
+
+    ``pool``: cap (faithful) | mean (mean over tokens) | cls (global feature
+    only).  ``dtype`` is the dtype of the token–anchor matmuls (bf16 pays off
+    only on hardware with fast bf16 matmuls).  ``compile`` fuses CAP's
+    elementwise steps with torch.compile (falls back to eager ops if that
+    fails).  ``val_max_pairs`` caps the validation pairs used for early
+    stopping.  ``chunk_elems`` bounds the similarities computed at once.
+    """
+
+    K: int = 512
+    tau_p: float = 0.03
+    pool: str = "cap"
+    temperature: float = 0.05
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 4096
+    max_epochs: int = 200
+    patience: int = 10
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    lr_range_test: bool = False
+    grad_clip: float = 1.0
+    val_every: int = 1
+    dtype: str = "fp32"
+    val_max_pairs: int = 1000
+    chunk_elems: int = 1 << 23
+    compile: bool = True
+
+    def check(self) -> None:
+        if self.K < 1:
+            raise ConfigError(f"PAL needs K >= 1 anchors, got K={self.K}")
+        if not (math.isfinite(self.tau_p) and self.tau_p > 0):
+            raise ConfigError(f"tau_p must be > 0, got {self.tau_p}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.val_max_pairs < 2:
+            raise ConfigError(f"val_max_pairs must be >= 2, got {self.val_max_pairs}")
+        if self.chunk_elems < 1:
+            raise ConfigError(f"chunk_elems must be >= 1, got {self.chunk_elems}")
+        self.train_config().check()
+
+    def train_config(self) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)}
+        kw = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        kw["dtype"] = "fp32"  # bf16 is applied inside CAP; the B×B InfoNCE stays fp32
+        return TrainConfig(**kw)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.dtype == "bf16" else torch.float32
+
+
+def _abs_rows(f: ImageFeatures | TextFeatures, idx: np.ndarray | None = None) -> np.ndarray:
+    """Absolute rows of the underlying arrays for the view ``f`` (optionally rows ``idx`` of it)."""
+    rows = np.arange(len(f.pooled)) if f.rows is None else np.asarray(f.rows)
+    return rows if idx is None else rows[idx]
+
+
+def _check_tokens_finite(arr: np.ndarray, rows: np.ndarray | None, what: str, chunk_bytes: int = 1 << 26) -> None:
+    """FeatureError if any token of the given rows (all rows if None) is NaN/inf; one streaming pass."""
+    n = len(arr) if rows is None else len(rows)
+    chunk = max(1, chunk_bytes // max(1, arr[:1].nbytes))
+    for s in range(0, n, chunk):
+        sel = slice(s, s + chunk) if rows is None else rows[s : s + chunk]
+        block = torch.from_numpy(np.ascontiguousarray(arr[sel]))
+        if not torch.isfinite(block).all():
+            raise FeatureError(f"{what} contain non-finite values (NaN or inf); re-encode or clean them")
+
+
+@register_method("pal")
+class PAL(Method):
+    """Projection-free Anchor Learning: K learned anchors per modality, cross-attention pooled profiles."""
+
+    level = "token"
+    Config: ClassVar[type[MethodConfig]] = PALConfig
+    test_overrides: ClassVar[dict[str, Any]] = {"K": 64, "max_epochs": 40, "batch_size": 128, "lr": 1e-2,
+                                                "compile": False}
+
+    def __init__(self, config: MethodConfig | None = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        self.A_v: torch.nn.Parameter | None = None
+        self.A_t: torch.nn.Parameter | None = None
+
+    # -- anchors ------------------------------------------------------------------
+    def _init_anchors(self, d_v: int, d_t: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        K = self.config.K
+        av = torch.nn.functional.normalize(torch.randn(K, d_v, generator=g), dim=-1)
+        at = torch.nn.functional.normalize(torch.randn(K, d_t, generator=g), dim=-1)
+        self.A_v = torch.nn.Parameter(av.to(self.device))
+        self.A_t = torch.nn.Parameter(at.to(self.device))
+
+    def anchors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-normalised (A_v, A_t), differentiable (re-normalised on every forward)."""
+        if self.A_v is None or self.A_t is None:
+            raise FeatureError("the method is not fitted yet: call fit() or load_state_dict() before embedding")
+        return torch.nn.functional.normalize(self.A_v, dim=-1), torch.nn.functional.normalize(self.A_t, dim=-1)
+
+    def _image_dim(self) -> int:
+        return int(self.A_v.shape[1]) if self.A_v is not None else 0
+
+    # -- profiles (unnormalised; callers normalise) ---------------------------------
+    def _cap(self, src, anchors: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return cap_profiles(src, anchors, c.tau_p, chunk_elems=c.chunk_elems, dtype=c.torch_dtype, compile=c.compile)
+
+    def _image_profiles(self, f: ImageFeatures, rows: np.ndarray, A: torch.Tensor) -> torch.Tensor:
+        """Profiles of images at absolute ``rows`` (sorted for memmap reads by the caller)."""
+        pool = self.config.pool
+        if pool == "cap":
+            return self._cap(ArrayTokens(f.tokens, rows), A)
+        if pool == "mean":
+            return self._mean_tokens_images(f, rows).to(self.device) @ A.T
+        x = torch.from_numpy(np.asarray(f.pooled[rows], dtype=np.float32)).to(self.device)
+        return torch.nn.functional.normalize(x, dim=-1) @ A.T
+
+    def _mean_tokens_images(self, f: ImageFeatures, rows: np.ndarray) -> torch.Tensor:
+        """Mean of the L2-normalised tokens per image (pool=mean), streamed in chunks."""
+        out = torch.empty(len(rows), f.token_dim)
+        step = chunk_rows(f.n_tokens, f.token_dim, self.config.chunk_elems)
+        for s in range(0, len(rows), step):
+            z = torch.from_numpy(np.ascontiguousarray(f.tokens[rows[s : s + step]])).float()
+            out[s : s + step] = torch.nn.functional.normalize(z, dim=-1).mean(1)
+        return out
+
+    def _text_profiles(self, f: TextFeatures, idx: np.ndarray, A: torch.Tensor) -> torch.Tensor:
+        """Profiles of texts ``idx`` of the view ``f``, padded to their own longest."""
+        pool = self.config.pool
+        if pool == "cls":
+            x = torch.from_numpy(np.asarray(f.pooled[_abs_rows(f, idx)], dtype=np.float32)).to(self.device)
+            return torch.nn.functional.normalize(x, dim=-1) @ A.T
+        tok_dtype = torch.float16 if f.tokens.dtype == np.float16 else torch.float32
+        tokens, mask = f.token_batch(idx, dtype=tok_dtype)
+        if pool == "cap":
+            return self._cap(DenseTokens(tokens, mask), A)
+        zn = torch.nn.functional.normalize(tokens.float(), dim=-1) * mask.unsqueeze(-1)
+        mean = zn.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return mean.to(self.device) @ A.T
+
+    def _pair_profiles(self, pairs: Pairs, idx: np.ndarray, Av: torch.Tensor, At: torch.Tensor):
+        """(image, text) profiles of pairs ``idx``; each distinct image is pooled once."""
+        img_rows = _abs_rows(pairs.images, pairs.image_index[idx])
+        uniq, inverse = np.unique(img_rows, return_inverse=True)
+        pv = self._image_profiles(pairs.images, uniq, Av)[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
+        pt = self._text_profiles(pairs.texts, pairs.text_index[idx], At)
+        return pv, pt
+
+    # -- fitting ------------------------------------------------------------------
+    def fit(self, train: Pairs, val: Pairs | None = None, *, seed: int = 0) -> None:
+        cfg = self.config
+        check_pairs(train, val, tokens=cfg.pool != "cls")
+        if cfg.pool == "cls":
+            d_v, d_t = train.images.dim, train.texts.dim
+        else:
+            d_v, d_t = train.images.token_dim, train.texts.token_dim
+            _check_tokens_finite(train.images.tokens, np.unique(_abs_rows(train.images, train.image_index)),
+                                 "image tokens")
+            _check_tokens_finite(train.texts.tokens, None, "text tokens")
+        self._init_anchors(d_v, d_t, seed)
+        info: dict[str, Any] = {"n_train": len(train), "K": cfg.K, "pool": cfg.pool,
+                                "n_params": cfg.K * (d_v + d_t), "dtype": cfg.dtype}
+
+        def step_loss(idx: np.ndarray, step: int) -> torch.Tensor:
+            Av, At = self.anchors()
+            pv, pt = self._pair_profiles(train, np.sort(idx), Av, At)
+            return info_nce(pv, pt, cfg.temperature)
+
+        val_loss = None
+        if val is not None and len(val) >= 2:
+            vidx = np.arange(len(val))
+            if len(val) > cfg.val_max_pairs:
+                vidx = np.sort(np.random.default_rng(seed + 1).choice(len(val), cfg.val_max_pairs, replace=False))
+                info["val_pairs_used"] = cfg.val_max_pairs
+            info["val_pairs"] = len(val)
+
+            def val_loss() -> float:
+                Av, At = self.anchors()
+                pv, pt = self._pair_profiles(val, vidx, Av, At)
+                return float(info_nce(pv, pt, cfg.temperature))
+
+        result = train_contrastive(
+            [self.A_v, self.A_t], step_loss, len(train), val_loss=val_loss, config=cfg.train_config(),
+            seed=seed, desc="pal",
+        )
+        info.update(result)
+        with torch.no_grad():  # store exactly unit-norm rows (what every forward used)
+            self.A_v.copy_(torch.nn.functional.normalize(self.A_v, dim=-1))
+            self.A_t.copy_(torch.nn.functional.normalize(self.A_t, dim=-1))
+        info["deviations"] = self._deviations()
+        if cfg.compile and cfg.pool == "cap":
+            info["compiled_cap"] = not compile_failed()
+        self.fit_info = info
+
+    def _deviations(self) -> list[str]:
+        default = PALConfig()
+        out = []
+        for f in fields(self.config):
+            v, d = getattr(self.config, f.name), getattr(default, f.name)
+            if v != d and f.name not in ("chunk_elems", "compile", "val_max_pairs"):
+                out.append(f"{f.name}={v!r} (faithful default {d!r})")
+        if not self.config.lr_range_test:
+            out.append("fixed default lr instead of the reference LR range test (enable with lr_range_test=true)")
+        return out
+
+    # -- embedding ------------------------------------------------------------------
+    def _finish(self, prof: torch.Tensor, side: str) -> torch.Tensor:
+        prof = prof.detach().float().cpu()
+        if not torch.isfinite(prof).all():
+            raise FeatureError(f"{side} features contain non-finite values (NaN or inf); re-encode or clean them")
+        return torch.nn.functional.normalize(prof, dim=-1)
+
+    @torch.no_grad()
+    def embed_image(self, f: ImageFeatures) -> torch.Tensor:
+        Av, _ = self.anchors()
+        check_dim(f, Av.shape[1], "image", what="dim" if self.config.pool == "cls" else "token_dim")
+        rows = _abs_rows(f)
+        order = np.argsort(rows, kind="stable")
+        prof = torch.empty(len(rows), self.config.K)
+        if len(rows):
+            prof[torch.from_numpy(order)] = self._image_profiles(f, rows[order], Av).float().cpu()
+        return self._finish(prof, "image")
+
+    @torch.no_grad()
+    def embed_text(self, f: TextFeatures) -> torch.Tensor:
+        _, At = self.anchors()
+        check_dim(f, At.shape[1], "text", what="dim" if self.config.pool == "cls" else "token_dim")
+        n = len(f)
+        prof = torch.empty(n, self.config.K)
+        # Group captions of similar length so padding stays short (results do not depend on it).
+        order = np.argsort(f.lengths(), kind="stable") if self.config.pool != "cls" else np.arange(n)
+        for s in range(0, n, TEXT_EMBED_ROWS):
+            idx = order[s : s + TEXT_EMBED_ROWS]
+            prof[torch.from_numpy(idx)] = self._text_profiles(f, idx, At).float().cpu()
+        return self._finish(prof, "text")
+
+    @torch.no_grad()
+    def patch_scores(self, f: ImageFeatures, classes: torch.Tensor) -> torch.Tensor:
+        """Anchor codebook: S = cos(patch, A_v) (P×K, not normalised over K), scores S·Cᵀ.
+
+        Patches are the tokens after the prefix, as PAL was trained on them (not
+        final-normed); with pool=cls the anchors live in the global feature's
+        space, so the patches go through the final norm instead.
+        """
+        Av, _ = self.anchors()
+        C = classes.float().to(self.device)
+        if self.config.pool == "cls":
+            patches = f.patch_tensor(normed=True)
+            S = torch.nn.functional.normalize(patches.to(self.device), dim=-1) @ Av.T
+            return (S @ C.T).cpu()
+        check_dim(f, Av.shape[1], "image", what="token_dim")
+        P = f.n_tokens - f.n_prefix
+        out = torch.empty(len(f), P, C.shape[0])
+        step = chunk_rows(P, self.config.K, self.config.chunk_elems)
+        for s in range(0, len(f), step):
+            z = f.patch_tensor(np.arange(s, min(s + step, len(f)))).to(self.device)
+            S = torch.nn.functional.normalize(z, dim=-1) @ Av.T
+            out[s : s + len(z)] = (S @ C.T).cpu()
+        return out
+
+    # -- persistence ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.A_v is None:
+            return {}
+        # The parameters themselves (unit-norm rows after fit); re-normalising here would
+        # change the last bits and break exact round trips.
+        return {"A_v": self.A_v.detach().cpu().clone(), "A_t": self.A_t.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.A_v = torch.nn.Parameter(state["A_v"].float().to(self.device))
+        self.A_t = torch.nn.Parameter(state["A_t"].float().to(self.device))
+
+    def num_parameters(self) -> int:
+        """K·(d_v + d_t): the anchors are the only parameters."""
+        return 0 if self.A_v is None else int(self.A_v.numel() + self.A_t.numel())
+
+    def to(self, device: str | torch.device) -> "PAL":
+        super().to(device)
+        if self.A_v is not None:
+            self.A_v = torch.nn.Parameter(self.A_v.detach().to(self.device))
+            self.A_t = torch.nn.Parameter(self.A_t.detach().to(self.device))
+        return self
