@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from alignbench.cap import ArrayTokens, DenseTokens, cap_profiles, chunk_rows, compile_failed
+from alignbench.cap import ArrayTokens, DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
@@ -75,6 +76,8 @@ class PALConfig(MethodConfig):
             raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.val_max_pairs < 2:
             raise ConfigError(f"val_max_pairs must be >= 2, got {self.val_max_pairs}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         if self.chunk_elems < 1:
             raise ConfigError(f"chunk_elems must be >= 1, got {self.chunk_elems}")
         self.train_config().check()
@@ -120,6 +123,7 @@ class PAL(Method):
         super().__init__(config, **overrides)
         self.A_v: torch.nn.Parameter | None = None
         self.A_t: torch.nn.Parameter | None = None
+        self._workspace: Workspace | None = None  # reused similarity buffers, only while fitting
 
     # -- anchors ------------------------------------------------------------------
     def _init_anchors(self, d_v: int, d_t: int, seed: int) -> None:
@@ -140,15 +144,16 @@ class PAL(Method):
         return int(self.A_v.shape[1]) if self.A_v is not None else 0
 
     # -- profiles (unnormalised; callers normalise) ---------------------------------
-    def _cap(self, src, anchors: torch.Tensor) -> torch.Tensor:
+    def _cap(self, src, anchors: torch.Tensor, name: str) -> torch.Tensor:
         c = self.config
-        return cap_profiles(src, anchors, c.tau_p, chunk_elems=c.chunk_elems, dtype=c.torch_dtype, compile=c.compile)
+        return cap_profiles(src, anchors, c.tau_p, chunk_elems=c.chunk_elems, dtype=c.torch_dtype, compile=c.compile,
+                            workspace=self._workspace, name=name)
 
     def _image_profiles(self, f: ImageFeatures, rows: np.ndarray, A: torch.Tensor) -> torch.Tensor:
         """Profiles of images at absolute ``rows`` (sorted for memmap reads by the caller)."""
         pool = self.config.pool
         if pool == "cap":
-            return self._cap(ArrayTokens(f.tokens, rows), A)
+            return self._cap(ArrayTokens(f.tokens, rows), A, "image")
         if pool == "mean":
             return self._mean_tokens_images(f, rows).to(self.device) @ A.T
         x = torch.from_numpy(np.asarray(f.pooled[rows], dtype=np.float32)).to(self.device)
@@ -172,7 +177,7 @@ class PAL(Method):
         tok_dtype = torch.float16 if f.tokens.dtype == np.float16 else torch.float32
         tokens, mask = f.token_batch(idx, dtype=tok_dtype)
         if pool == "cap":
-            return self._cap(DenseTokens(tokens, mask), A)
+            return self._cap(DenseTokens(tokens, mask), A, "text")
         zn = torch.nn.functional.normalize(tokens.float(), dim=-1) * mask.unsqueeze(-1)
         mean = zn.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return mean.to(self.device) @ A.T
@@ -200,7 +205,14 @@ class PAL(Method):
         info: dict[str, Any] = {"n_train": len(train), "K": cfg.K, "pool": cfg.pool,
                                 "n_params": cfg.K * (d_v + d_t), "dtype": cfg.dtype}
 
+        steps_per_epoch = math.ceil(len(train) / min(cfg.batch_size, len(train)))
+        epoch_starts: list[float] = []
+
         def step_loss(idx: np.ndarray, step: int) -> torch.Tensor:
+            if step == 0:  # training restarts at step 0 after an LR range test
+                epoch_starts.clear()
+            if step % steps_per_epoch == 0:
+                epoch_starts.append(time.perf_counter())
             Av, At = self.anchors()
             pv, pt = self._pair_profiles(train, np.sort(idx), Av, At)
             return info_nce(pv, pt, cfg.temperature)
@@ -218,11 +230,18 @@ class PAL(Method):
                 pv, pt = self._pair_profiles(val, vidx, Av, At)
                 return float(info_nce(pv, pt, cfg.temperature))
 
-        result = train_contrastive(
-            [self.A_v, self.A_t], step_loss, len(train), val_loss=val_loss, config=cfg.train_config(),
-            seed=seed, desc="pal",
-        )
+        self._workspace = Workspace()
+        try:
+            result = train_contrastive(
+                [self.A_v, self.A_t], step_loss, len(train), val_loss=val_loss, config=cfg.train_config(),
+                seed=seed, desc="pal",
+            )
+        finally:
+            self._workspace = None
         info.update(result)
+        ends = epoch_starts[1:] + [time.perf_counter()]
+        # wall time of each epoch (training steps + its validation check); for speed reports
+        info["epoch_times_s"] = [round(e - s_, 4) for s_, e in zip(epoch_starts, ends)]
         with torch.no_grad():  # store exactly unit-norm rows (what every forward used)
             self.A_v.copy_(torch.nn.functional.normalize(self.A_v, dim=-1))
             self.A_t.copy_(torch.nn.functional.normalize(self.A_t, dim=-1))

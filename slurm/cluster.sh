@@ -44,11 +44,12 @@ die() { say "error: $*"; exit 1; }
 # A daemon is alive when its pid file names a process that is not a zombie
 # (a zombie still answers `kill -0`, and in containers nobody may reap it).
 pid_of() { [[ -s "$1" ]] && tr -dc 0-9 <"$1" || true; }
-alive_pid() {
-    local pid="$1" st
-    [[ -n "$pid" ]] || return 1
-    st="$(ps -o stat= -p "$pid" 2>/dev/null | tr -d ' ')" || return 1
-    [[ -n "$st" && "$st" != Z* ]]
+alive_pid() {  # from /proc (no procps needed): field 3 of /proc/PID/stat is the state letter
+    local pid="$1" stat
+    [[ -n "$pid" && -r "/proc/$pid/stat" ]] || return 1
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"  # drop "pid (comm) ", comm may hold spaces
+    [[ -n "$stat" && "${stat:0:1}" != Z && "${stat:0:1}" != X ]]
 }
 alive() { alive_pid "$(pid_of "$1")"; }
 
@@ -84,7 +85,7 @@ stop_pidfile() {  # stop_pidfile NAME PIDFILE: SIGTERM, wait, then SIGKILL
     say "stopped $name"
 }
 
-port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }  # something accepts connections there
 need_free_port() {  # only checked when our own daemon is not the one listening
     port_busy "$1" && die "port $1 (for $2) is already in use by another program; free it or set ALIGNBENCH_SLURM_PORTS"
     return 0

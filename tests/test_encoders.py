@@ -70,6 +70,14 @@ def test_modality_without_building():
     assert encoder_modality("st:whatever") == "text"
 
 
+def test_get_encoder_checks_modality():
+    assert get_encoder("minilm-l6", modality="text").modality == "text"
+    with pytest.raises(ConfigError, match="'minilm-l6' is a text encoder, not image"):
+        get_encoder("minilm-l6", modality="image")
+    with pytest.raises(ConfigError, match="modality must be"):
+        get_encoder("minilm-l6", modality="audio")
+
+
 def test_get_encoder_unknown_name_suggests():
     with pytest.raises(UnknownNameError, match="did you mean.*effnet-lite0"):
         get_encoder("effnet-lite9")
@@ -283,7 +291,7 @@ def test_hf_vision_layout_and_final_norm(tiny_vit):
     normed = torch.nn.functional.layer_norm(out.tokens, (32,), torch.from_numpy(w), torch.from_numpy(b), eps)
     assert torch.allclose(normed[:, 0], out.pooled, atol=1e-5)
     assert parse_pair(f"{name}+minilm-l6") == (name, "minilm-l6")
-    with pytest.raises(ConfigError, match="is an image model, not a text model"):
+    with pytest.raises(ConfigError, match="is an image encoder, not text"):
         get_encoder(name, modality="text")
 
 
@@ -294,6 +302,7 @@ def test_hf_dual_encoder_needs_a_side(tiny_clip):
     with pytest.raises(ConfigError, match="dual"):
         get_encoder(name)
     img = get_encoder(name, modality="image")
+    assert img.modality == "image"
     out = img.encode(_images(img.transform, 2))
     assert out.pooled.shape == (2, 16) and img.dim == 16  # projected joint space
     assert out.tokens.shape == (2, 1 + 16, 32) and img.final_norm() is None

@@ -201,6 +201,14 @@ def test_preempted_run_is_requeued_and_finishes(world):
     job_id, log = run["job_id"], Path(led["jobs"][run["job_id"]]["stderr"])
     _wait_until(lambda: log.is_file() and "run linear" in log.read_text(), 180, "the run to start")
     subprocess.run(["scancel", "--signal", "USR2", job_id], check=True)  # what a preempting scheduler sends
+
+    def requeued():
+        r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True)
+        return r.stdout.strip().startswith("PENDING")
+
+    _wait_until(requeued, 120, "the job to be requeued")
+    # SLURM holds a requeued job ~2 minutes before it is eligible again; skip that wait in the test.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     r = cli(args + ["--wait"], world["env"], timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(metrics_by_run(results / "runs")) == 1

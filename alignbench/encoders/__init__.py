@@ -23,12 +23,24 @@ if TYPE_CHECKING:
 PAIR_HELP = "an encoder pair is VISION+TEXT, e.g. dinov2-s14+minilm-l6 (see `alignbench ls encoders`)"
 
 
-def get_encoder(name: str, **kwargs: Any) -> "ImageEncoder | TextEncoder":
+def get_encoder(name: str, *, modality: str | None = None, **kwargs: Any) -> "ImageEncoder | TextEncoder":
     """Build the encoder registered as ``name`` (alias or ``family:model``) with options ``kwargs``.
 
-    Unknown names raise ``UnknownNameError`` with suggestions; bad options ``ConfigError``.
+    ``modality`` ('image'|'text'), when given, is checked, and picks the tower of
+    a dual hub model (CLIP): build pair sides with ``get_encoder(v, modality="image")``
+    and ``get_encoder(t, modality="text")``.  Unknown names raise
+    ``UnknownNameError`` with suggestions; bad options ``ConfigError``.
     """
-    return ENCODERS.get(name)(**kwargs)
+    factory = ENCODERS.get(name)
+    if modality is not None:
+        if modality not in ("image", "text"):
+            raise ConfigError(f"modality must be 'image' or 'text', got {modality!r}")
+        found = encoder_modality(name)
+        if found == "both":
+            kwargs["modality"] = modality
+        elif found != modality:
+            raise ConfigError(f"encoder {name!r} is {'an' if found == 'image' else 'a'} {found} encoder, not {modality}")
+    return factory(**kwargs)
 
 
 def encoder_modality(name: str) -> str:

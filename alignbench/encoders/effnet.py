@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -219,23 +220,30 @@ class EfficientNetLite(ImageEncoder):
         # A throw-away module: after an export the live module has been seen to
         # give different outputs, so the torch path always builds its own.
         mod = _features_module(build_network(self.variant), self.layer)
-        res = self.native_resolution
         tmp = temp_path_beside(path)
         try:
-            torch.onnx.export(
-                mod,
-                (torch.zeros(2, 3, res, res),),
-                str(tmp),
-                input_names=["pixels"],
-                output_names=["tokens", "pooled"],
-                dynamic_axes={"pixels": {0: "batch"}, "tokens": {0: "batch"}, "pooled": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+            with warnings.catch_warnings():  # constant-folding notes from the TorchScript exporter
+                warnings.simplefilter("ignore", UserWarning)
+                self._export(mod, tmp)
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
         return path
+
+    def _export(self, mod: Any, dest: Path) -> None:
+        import torch
+
+        res = self.native_resolution
+        torch.onnx.export(
+            mod,
+            (torch.zeros(2, 3, res, res),),
+            str(dest),
+            input_names=["pixels"],
+            output_names=["tokens", "pooled"],
+            dynamic_axes={"pixels": {0: "batch"}, "tokens": {0: "batch"}, "pooled": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
 
     def onnx_session(self):
         if self._session is None:

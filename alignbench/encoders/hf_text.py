@@ -241,9 +241,11 @@ class HFTextEncoder(TextEncoder):
 
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of strings")
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        limit = self.max_length
+        model_limit = getattr(self.tokenizer, "model_max_length", None)
+        if model_limit and model_limit < 100_000:  # CLIP-like text towers: 77 positions
+            limit = min(limit, int(model_limit))
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         mask = batch["attention_mask"].bool()
         with torch.inference_mode(), self.autocast():

@@ -26,7 +26,6 @@ from alignbench.errors import ConfigError
 from alignbench.registry import register_encoder_family
 
 log = logging.getLogger(__name__)
-MODALITIES = ("image", "text", "both")
 
 
 def _layer_norm_params(module: Any) -> tuple[np.ndarray, np.ndarray, float] | None:
@@ -45,7 +44,7 @@ def _layer_norm_params(module: Any) -> tuple[np.ndarray, np.ndarray, float] | No
 class _LazyImageEncoder(ImageEncoder):
     """Hub image encoders: the model (and its token layout) is only known after loading."""
 
-    def __init__(self, *, layer: int | None = None, dtype: str = "fp32", device: str = "cpu", **options: Any):
+    def __init__(self, *, layer: int | None = None, dtype: str = "fp32", device: str = "cpu"):
         super().__init__(layer=layer, dtype=dtype, device=device)
         self._model = None
         self._layout: dict[str, Any] = {}
@@ -227,6 +226,7 @@ class TimmEncoder(_LazyImageEncoder):
         return _layer_norm_params(fc_norm) or _layer_norm_params(getattr(m, "norm", None))
 
     def fingerprint(self) -> dict[str, Any]:
+        _ = self.model
         return {
             "encoder": f"timm:{self.model_name}",
             "weights_sha256": self.weights_sha256(),
@@ -358,6 +358,7 @@ class HFVisionEncoder(_LazyImageEncoder):
         return None
 
     def fingerprint(self) -> dict[str, Any]:
+        _ = self.model
         return {
             "encoder": f"hf:{self.repo}",
             "weights_sha256": self.weights_sha256(),

@@ -1,0 +1,179 @@
+"""PAL speed and memory benchmark: time per epoch vs the bare token–anchor matmuls.
+
+Prints, per dtype, PAL's time per training epoch (budget 10k pairs, K = 512,
+dinov2-s14 + minilm-l6 shapes: 257 image tokens × 384, captions of 16–20
+tokens × 384) divided by the time of the floor: the forward matmul
+``norm(Z)·Aᵀ`` and the backward matmul ``g_Sᵀ·norm(Z)`` of both modalities for
+the same batches, with tokens already normalised in memory and outputs
+preallocated (nothing else).  Target: ratio ≤ 1.5.  Also measures PAL's peak
+RSS during a fit with the image tokens memory-mapped (fp16), in a child
+process (target < 8 GiB).
+
+Synthetic random tokens of the right shapes live in a temporary memmap, so
+no feature cache is needed.  On a shared machine, run it when it is quiet;
+``--threads 1`` is the most stable setting.
+
+    python benchmarks/bench_pal.py                 # fp32 + bf16, RSS
+    python benchmarks/bench_pal.py --dtypes fp32 --threads 1 --no-rss
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+T_IMG, D, GRID = 257, 384, (16, 16)
+
+
+def make_features(root: Path, n: int, seed: int = 0):
+    """n image/caption pairs of random fp16 tokens; image tokens in a memmap under ``root``."""
+    from alignbench.features import ImageFeatures, Pairs, TextFeatures
+
+    rng = np.random.default_rng(seed)
+    path = root / f"img_tokens_{n}.npy"
+    if not path.exists():
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, T_IMG, D))
+        for s in range(0, n, 256):
+            m = min(256, n - s)
+            mm[s : s + m] = (rng.standard_normal((m, T_IMG, D), dtype=np.float32) + 0.3).astype(np.float16)
+        mm.flush()
+        del mm
+    tokens = np.load(path, mmap_mode="r")
+    lengths = rng.integers(16, 21, size=n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ttok = (rng.standard_normal((int(offsets[-1]), D), dtype=np.float32) + 0.3).astype(np.float16)
+    images = ImageFeatures(pooled=rng.standard_normal((n, D), dtype=np.float32), tokens=tokens, grid=GRID, n_prefix=1)
+    texts = TextFeatures(pooled=rng.standard_normal((n, D), dtype=np.float32), tokens=ttok, offsets=offsets)
+    return Pairs(images, texts, np.arange(n), np.arange(n))
+
+
+def floor_epoch(pairs, K: int, batch_size: int, dtype: str, seed: int = 0, rows_per_mm: int = 1024) -> float:
+    """Seconds of the bare forward + backward token–anchor matmuls over one epoch's batches."""
+    import torch
+
+    from alignbench.training import epoch_batches
+
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    A = torch.nn.functional.normalize(torch.randn(K, D), dim=-1).to(dt)
+    gA = torch.empty(K, D, dtype=dt)
+    total = 0.0
+    n = len(pairs)
+    for idx in epoch_batches(n, min(batch_size, n), np.random.default_rng(seed)):
+        idx = np.sort(idx)
+        tok, mask = pairs.text().token_batch(idx)
+        for z in (None, tok):
+            # image side in slices of rows (same matmul shapes, bounded memory); text side at once
+            sl = range(0, len(idx), rows_per_mm) if z is None else [0]
+            for s in sl:
+                zz = pairs.image().token_tensor(idx[s : s + rows_per_mm]) if z is None else z
+                zn = torch.nn.functional.normalize(zz.float(), dim=-1).reshape(-1, D).to(dt).contiguous()
+                S = torch.empty(zn.shape[0], K, dtype=dt)
+                G = torch.randn(zn.shape[0], K).to(dt)
+                t0 = time.perf_counter()
+                torch.mm(zn, A.t(), out=S)
+                torch.mm(G.t(), zn, out=gA)
+                total += time.perf_counter() - t0
+    return total
+
+
+def pal_epoch(pairs, K: int, batch_size: int, dtype: str, epochs: int, compile: bool) -> tuple[float, dict]:
+    """Median seconds per PAL training epoch (the method's own per-epoch wall times)."""
+    from alignbench.registry import METHODS
+
+    m = METHODS.get("pal")(K=K, batch_size=batch_size, max_epochs=epochs, dtype=dtype, compile=compile)
+    t0 = time.perf_counter()
+    m.fit(pairs, None, seed=0)
+    info = dict(m.fit_info, fit_wall_s=time.perf_counter() - t0)
+    return float(np.median(info["epoch_times_s"])), info
+
+
+def warm_up(pairs, K: int, dtype: str, compile: bool) -> None:
+    """Compile / allocate once on a small subset so the timed fit measures steady state."""
+    from alignbench.registry import METHODS
+
+    METHODS.get("pal")(K=K, batch_size=64, max_epochs=1, dtype=dtype, compile=compile).fit(
+        pairs.subset(np.arange(128)), None, seed=0)
+
+
+def child_rss(args) -> None:
+    """Run one PAL fit at the budget and print the peak RSS (GiB) as JSON."""
+    import torch
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    pairs = make_features(Path(args.data_dir), args.budget)
+    _, info = pal_epoch(pairs, args.K, args.batch_size, "fp32", 1, args.compile)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_gib": peak_kib / 2**20, "epoch_s": info["epoch_times_s"][0]}))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", type=int, default=10_000)
+    p.add_argument("--K", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--epochs", type=int, default=2, help="timed fp32 epochs (median reported); bf16 runs 1")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager CAP kernels")
+    p.add_argument("--no-rss", dest="rss", action="store_false")
+    p.add_argument("--data-dir", default=None, help="where the synthetic memmap goes (default: a temp dir)")
+    p.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("ALIGNBENCH_PROGRESS", "0")
+    if args.child_rss:
+        child_rss(args)
+        return 0
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = None
+    if args.data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_pal_")
+        args.data_dir = tmp.name
+    root = Path(args.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
+          f"budget {args.budget}, K {args.K}, batch {args.batch_size}, compile {args.compile}")
+    pairs = make_features(root, args.budget)
+    results = {}
+    for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+        warm_up(pairs, args.K, dtype, args.compile)
+        f1 = floor_epoch(pairs, args.K, args.batch_size, dtype)
+        epochs = args.epochs if dtype == "fp32" else 1
+        ep, info = pal_epoch(pairs, args.K, args.batch_size, dtype, epochs, args.compile)
+        f2 = floor_epoch(pairs, args.K, args.batch_size, dtype, seed=1)
+        floor = min(f1, f2)  # the floor measured before and after; the faster is the floor
+        results[dtype] = (ep, floor)
+        print(f"{dtype}: PAL epoch {ep:.2f} s (epochs {info['epoch_times_s']}), floor {floor:.2f} s "
+              f"(runs {f1:.2f}, {f2:.2f}), ratio {ep / floor:.2f}  [target <= 1.5]", flush=True)
+    if "fp32" in results and "bf16" in results:
+        print(f"bf16 / fp32 PAL epoch time: {results['bf16'][0] / results['fp32'][0]:.2f}")
+    if args.rss:
+        cmd = [sys.executable, __file__, "--child-rss", "--budget", str(args.budget), "--K", str(args.K),
+               "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--data-dir", str(root)]
+        if not args.compile:
+            cmd.append("--no-compile")
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"peak RSS of a PAL fit (budget {args.budget}, fp16 image tokens memmapped): "
+              f"{r['peak_rss_gib']:.2f} GiB  [target < 8 GiB]")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
