@@ -84,6 +84,10 @@ def chunk_rows(T: int, K: int, chunk_elems: int) -> int:
     return max(1, chunk_elems // max(1, T * K))
 
 
+# exp((s − 1)/τ) ≥ exp(−2/τ) stays a normal float32 (> 1e-38) while 2/τ < 87.
+_FIXED_SHIFT_MAX_INV_TAU = 40.0
+
+
 # -- the elementwise parts, written so torch.compile can fuse each into one loop ----------
 def _prep(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Raw tokens → L2-normalised tokens in the matmul dtype (zero/padding rows stay zero)."""
@@ -92,17 +96,24 @@ def _prep(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _fwd_stats(s: torch.Tensor, valid: torch.Tensor | None, inv_tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Profile Σ_t softmax_t(s/τ)·s and the log-normaliser, over valid tokens; (m, K) each."""
+    """Profile Σ_t softmax_t(s/τ)·s and the log-normaliser, over valid tokens; (m, K) each.
+
+    Cosines are ≤ 1, so 1 is a safe softmax shift (no max pass) as long as
+    exp(−2/τ) does not underflow; for very small τ the per-anchor max is used.
+    """
     s = s.float()
     if valid is not None:
         s = s.masked_fill(~valid.unsqueeze(-1), float("-inf"))
-    mx = s.amax(dim=1, keepdim=True)
-    e = torch.exp((s - mx) * inv_tau)
+    if inv_tau <= _FIXED_SHIFT_MAX_INV_TAU:
+        shift = torch.ones_like(s[:, :1])
+    else:
+        shift = s.amax(dim=1, keepdim=True)
+    e = torch.exp((s - shift) * inv_tau)
     norm = e.sum(dim=1)
     if valid is not None:
         s = s.masked_fill(~valid.unsqueeze(-1), 0.0)
     prof = (e * s).sum(dim=1) / norm
-    return prof, norm.log() + mx.squeeze(1) * inv_tau
+    return prof, norm.log() + shift.squeeze(1) * inv_tau
 
 
 def _bwd_coef(
@@ -146,6 +157,11 @@ def _call(name: str, compile: bool, *args):
         log.warning("torch.compile of the CAP kernels failed (%s: %s); using eager PyTorch ops",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return _EAGER[name](*args)
+
+
+def compiled_ready() -> bool:
+    """True when this process already compiled the kernels (using them then costs nothing extra)."""
+    return _COMPILED is not None and not _COMPILE_FAILED
 
 
 def compile_failed() -> bool:

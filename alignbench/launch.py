@@ -9,7 +9,7 @@ Why this shape (after submitit's and dinov2's launchers):
   array task ("packs"), which amortises job start-up.
 * Workers write their own result files (``run_one``); nothing here reads
   ``job.result()``.  Done = the result JSON exists.
-* A ledger per sweep (``<results>/sweeps/<sweep_id>.json``, written
+* A ledger per sweep (``results/sweeps/<sweep_id>.json``, beside ``results/runs``; written
   atomically) maps run id → job id, array index and log paths.  It makes
   ``--status`` possible (done / running / failed / lost / missing) and makes a
   re-run submit only what is missing or failed: runs whose job is still alive
@@ -97,7 +97,8 @@ def resolve_profile_path(name: str) -> Path:
         if cand.exists():
             return cand
     known = sorted(x.stem for x in REPO_SLURM_DIR.glob("*.yaml")) if REPO_SLURM_DIR.is_dir() else []
-    raise ConfigError(f"profile {name!r} not found" + (f"; profiles in {REPO_SLURM_DIR}: {', '.join(known)}" if known else ""))
+    where = f"; profiles in {REPO_SLURM_DIR}: {', '.join(known)}" if known else ""
+    raise ConfigError(f"profile {name!r} not found{where}")
 
 
 def load_profile(name: str | None) -> Profile:
@@ -172,7 +173,7 @@ def sweep_id(cfg: SweepConfig, specs: list[RunSpec]) -> str:
     """
     import re
 
-    blob = "\n".join([str(cfg.results_root), *sorted(s.run_id for s in specs)])
+    blob = "\n".join([str(cfg.runs_dir), *sorted(s.run_id for s in specs)])
     h = hashlib.sha256(blob.encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name or "sweep")[:40]
     return f"{name}-{h}"
@@ -364,25 +365,41 @@ class SweepReport:
     def ok(self) -> bool:
         return all(r.state == "done" for r in self.runs)
 
-    def format(self, *, verbose: bool = False, tail: int = 12) -> str:
+    def format(self, *, verbose: bool = False, tail: int = 12, max_lines: int = 30) -> str:
+        """Counts, then one line per unfinished run (all when few or ``verbose``); failures always in full."""
         c = self.counts()
         lines = [f"sweep {self.sweep_id}: {len(self.runs)} runs ({self.executor}); ledger {self.ledger}",
                  "  " + "  ".join(f"{k} {v}" for k, v in c.items() if v or k in ("done", "missing"))]
         lines += [f"  {n}" for n in self.notes]
+        quiet = {"done"} if verbose else {"done", "running", "pending", "missing"}
+        if not verbose and c["running"] + c["pending"] + c["missing"] <= max_lines:
+            quiet = {"done"}
         for r in self.runs:
-            if r.state == "done" and not verbose:
+            if r.state in quiet:
                 continue
             job = f" job {r.job_id}" if r.job_id else ""
-            lines.append(f"{r.state:<8} {r.run_id}{job}" + (f"  [{r.detail.splitlines()[0]}]" if r.detail and r.state != "failed" else ""))
+            note = f"  [{r.detail.splitlines()[0]}]" if r.detail and r.state != "failed" else ""
+            lines.append(f"{r.state:<8} {r.run_id}{job}{note}")
             if r.state in ("failed", "lost"):
                 if r.stderr:
                     lines.append(f"         log: {r.stderr}")
                 if r.stdout and r.stdout != r.stderr:
                     lines.append(f"         out: {r.stdout}")
             if r.state == "failed" and r.detail:
-                tb = r.detail.rstrip().splitlines()[-tail:]
-                lines += [f"         | {t}" for t in tb]
+                lines += [f"         | {t}" for t in r.detail.rstrip().splitlines()[-tail:]]
+        hidden = sum(c[k] for k in quiet - {"done"})
+        if hidden:
+            lines.append(f"  ({hidden} queued/running/missing runs not listed; --all lists every run)")
         return "\n".join(lines)
+
+
+def _older_than_job(path: Path, job: dict[str, Any]) -> bool:
+    """A failure record left by an earlier attempt (the latest job ended without writing anything)."""
+    ts = job.get("submitted_ts")
+    try:
+        return ts is not None and path.stat().st_mtime < float(ts)
+    except OSError:
+        return False
 
 
 def _failure_detail(path: Path) -> str:
@@ -419,7 +436,7 @@ def collect_status(ledger: Ledger, specs: list[RunSpec] | None = None, *, execut
             state, reason = live[job_id]
             st.state = "pending" if state.upper() in ("PENDING", "REQUEUED", "CONFIGURING") else "running"
             st.detail = f"{state}" + (f", {reason}" if reason and reason not in ("None", "(null)") else "")
-        elif failed.is_file():
+        elif failed.is_file() and not _older_than_job(failed, job):
             st.state, st.detail = "failed", _failure_detail(failed)
         elif job_id:
             st.state, st.detail = "lost", "the job ended without writing a result"
@@ -632,12 +649,15 @@ def sweep_status(cfg: SweepConfig) -> SweepReport:
 
 
 def all_ledgers_status(results: str | Path) -> list[SweepReport]:
-    """Status of every sweep recorded under ``<results>/sweeps``."""
+    """Status of every sweep whose results go to ``results`` (ledgers in the ``sweeps`` folder beside it)."""
+    from alignbench.sweep_config import sweeps_dir_for
+
     out = []
-    for path in sorted((Path(results).expanduser().resolve() / "sweeps").glob("*.json")):
+    for path in sorted(sweeps_dir_for(results).glob("*.json")):
         led = Ledger.load(path)
         executor = led.data.get("executor", "local")
-        out.append(SweepReport(led.data.get("sweep_id", path.stem), path, executor, collect_status(led, executor=executor)))
+        status = collect_status(led, executor=executor)
+        out.append(SweepReport(led.data.get("sweep_id", path.stem), path, executor, status))
     return out
 
 
@@ -705,6 +725,8 @@ def wait_for(cfg: SweepConfig, led: Ledger, specs: list[RunSpec], profile: Profi
             break
         time.sleep(poll)
     status = collect_status(led, specs, executor=executor)
+    with contextlib.suppress(OSError):  # local jobs leave an empty literal "%j" folder behind
+        (cfg.sweeps_dir / led.data["sweep_id"] / "logs" / "%j").rmdir()
     return SweepReport(led.data["sweep_id"], led.path, executor, status, submitted=submitted,
                        encodes_submitted=encodes, notes=list(notes or []))
 
@@ -768,7 +790,8 @@ def _submit(backend: _Backend, params: dict[str, Any], name: str, calls: list[tu
     token = uuid.uuid4().hex[:8]
     job_name = f"{name}-{token}"
     sub = {"token": token, "job_name": job_name, "kind": kind, "packs": run_ids, "state": "submitting",
-           "executor": backend.name, "folder": str(backend.logs), "submitted_at": _now()}
+           "executor": backend.name, "folder": str(backend.logs), "submitted_at": _now(),
+           "submitted_ts": time.time()}
     led.data["submissions"].append(sub)
     led.save()
     ex = backend.executor(params, job_name, len(calls))
@@ -796,7 +819,8 @@ def _submit(backend: _Backend, params: dict[str, Any], name: str, calls: list[tu
 
 def _record(led: Ledger, job: Any, index: int, sub: dict[str, Any], run_ids: list[list[str]] | None) -> None:
     info = {"kind": sub["kind"], "executor": sub["executor"], "array_index": index, "token": sub["token"],
-            "job_name": sub["job_name"], "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "submitted_at": _now(),
+            "job_name": sub["job_name"], "submitted_ts": sub["submitted_ts"], "submitted_at": sub["submitted_at"],
+            "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
             "run_ids": run_ids[index] if run_ids else []}
     led.record_job(job.job_id, info)
 
@@ -834,8 +858,10 @@ def _recover_submissions(led: Ledger, executor: str) -> None:
         for jid in found:
             index = int(jid.split("_")[1]) if "_" in jid else 0
             paths = JobPaths(Path(sub["folder"]) / "%j", job_id=jid, task_id=0)
-            info = {"kind": sub["kind"], "executor": "slurm", "array_index": index, "token": sub["token"], "job_name": sub["job_name"],
+            info = {"kind": sub["kind"], "executor": "slurm", "array_index": index, "token": sub["token"],
+                    "job_name": sub["job_name"],
                     "stdout": str(paths.stdout), "stderr": str(paths.stderr), "submitted_at": sub["submitted_at"],
+                    "submitted_ts": sub.get("submitted_ts"),
                     "run_ids": sub["packs"][index] if sub.get("packs") else [], "recovered": True}
             led.record_job(jid, info)
         sub["state"] = "submitted"

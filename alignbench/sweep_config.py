@@ -21,7 +21,7 @@ line override the file's values)::
     val: flickr8k:dev                # null: no validation split
     executor: slurm                  # slurm | local | debug
     profile: slurm/local.yaml
-    results: results
+    results: results/runs           # ledgers and job logs go beside it, in results/sweeps
     cache: /scratch/features
     data_root: /data
 """
@@ -43,7 +43,7 @@ from alignbench.config import (
     split_list,
     split_methods,
 )
-from alignbench.errors import ConfigError, UnknownNameError
+from alignbench.errors import ConfigError
 
 EXECUTORS = ("slurm", "local", "debug")
 _UNSET = object()
@@ -64,7 +64,7 @@ class SweepConfig:
     val: Any = _UNSET  # None means "no validation split"; unset keeps RunSpec's default
     executor: str = "local"
     profile: str | None = None
-    results: str = "results"
+    results: str = "results/runs"  # the result JSONs, as for ``alignbench run`` / ``report``
     cache: str | None = None
     data_root: str | None = None
     name: str | None = None
@@ -77,18 +77,14 @@ class SweepConfig:
 
     # -- derived paths ----------------------------------------------------------
     @property
-    def results_root(self) -> Path:
+    def runs_dir(self) -> Path:
+        """Where run_one writes result JSONs (``--results``, default ``results/runs``)."""
         return Path(self.results).expanduser().resolve()
 
     @property
-    def runs_dir(self) -> Path:
-        """Where run_one writes result JSONs (``<results>/runs``)."""
-        return self.results_root / "runs"
-
-    @property
     def sweeps_dir(self) -> Path:
-        """Where sweep ledgers and job logs live (``<results>/sweeps``)."""
-        return self.results_root / "sweeps"
+        """Where sweep ledgers and job logs live: beside the runs folder (``results/sweeps``)."""
+        return sweeps_dir_for(self.results)
 
     @property
     def store_root(self) -> Path | None:
@@ -175,6 +171,11 @@ def build_config(file_values: dict[str, Any] | None = None, **overrides: Any) ->
         raise ConfigError(f"unknown executor {cfg.executor!r}; use one of {', '.join(EXECUTORS)}"
                           + _did_you_mean(cfg.executor, EXECUTORS))
     return cfg
+
+
+def sweeps_dir_for(results: str | os.PathLike) -> Path:
+    """Ledgers sit beside the result folder, not in it (``alignbench report`` reads every JSON in it)."""
+    return Path(results).expanduser().resolve().parent / "sweeps"
 
 
 # -- expansion ----------------------------------------------------------------------
@@ -325,5 +326,4 @@ def _with_suggestions(names: list[str], known: list[str]) -> str:
     return ", ".join(f"{n!r}{_did_you_mean(n, known)}" for n in names) + f"; known keys: {', '.join(known)}"
 
 
-__all__ = ["EXECUTORS", "SweepConfig", "build_config", "expand", "load_sweep_file", "resolve_evals",
-           "UnknownNameError"]
+__all__ = ["EXECUTORS", "SweepConfig", "build_config", "expand", "load_sweep_file", "resolve_evals"]

@@ -55,8 +55,7 @@ class RunPack(submitit.helpers.Checkpointable):
         from alignbench.runner import run_one
 
         _worker_setup(store_root, threads)
-        job = os.environ.get("SLURM_ARRAY_JOB_ID")
-        job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+        job = _job_label()
         device = _device()
         log.info("job %s on %s: %d runs, device %s, CUDA_VISIBLE_DEVICES=%s", job, _host(), len(specs), device,
                  os.environ.get("CUDA_VISIBLE_DEVICES", ""))
@@ -77,6 +76,14 @@ class RunPack(submitit.helpers.Checkpointable):
             raise RuntimeError(f"{len(failed)} of {len(specs)} runs failed: {', '.join(failed)} "
                                f"(tracebacks in {runs_dir}/<run_id>.failed.json)")
         return {"done": done}
+
+
+def _job_label() -> str:
+    """'123_4' for an array task, '123' for a plain job, the pid when run locally."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    return os.environ.get("SLURM_JOB_ID") or str(os.getpid())
 
 
 def _device() -> str:

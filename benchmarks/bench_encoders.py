@@ -143,7 +143,8 @@ def main() -> None:
                      "tokens max|Δ|": f"{d:.2e}", "tokens min cos": f"{c:.6f}"}
                 )
             del enc
-    print(tabulate(rows, headers="keys", tablefmt="github"))
+    cols = ["encoder", "path", "n", "rate", "vs", "pooled max|Δ|", "pooled min cos", "tokens max|Δ|", "tokens min cos"]
+    print(tabulate([[r.get(c, "") for c in cols] for r in rows], headers=cols, tablefmt="github"))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def alignbench(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.
 
 def sweep(results: Path, executor: str, *extra: str) -> list[str]:
     return ["sweep", "--methods", METHODS, "--pairs", PAIR, "--budgets", BUDGETS, "--seeds", SEEDS,
-            "--evals", EVALS, "--results", str(results), "--executor", executor, *extra]
+            "--evals", EVALS, "--results", str(results / "runs"), "--executor", executor, *extra]
 
 
 def main() -> int:
@@ -71,7 +71,7 @@ def main() -> int:
 
     # Encode once, in-process (so neither timed sweep pays for encoding).
     alignbench(["sweep", "--methods", "cca", "--pairs", PAIR, "--budgets", "10", "--seeds", "0", "--evals", EVALS,
-                "--results", str(work / "warm"), "--executor", "debug"], env)
+                "--results", str(work / "warm" / "runs"), "--executor", "debug"], env)
 
     times: dict[str, list[float]] = {"local": [], "slurm": []}
     for i in range(args.repeat):

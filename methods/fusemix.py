@@ -103,8 +103,10 @@ class FuseMix(GlobalHeadMethod):
     inherent_deviations = (
         "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
         "validation loss = InfoNCE without mixup at the current learnable temperature",
+        "max_epochs 1000 / patience 50 epochs (shared head defaults; FuseMix trains for a fixed schedule)",
     )
-    test_overrides = {"max_epochs": 40, "batch_size": 256, "n_blocks": 1, "expansion": 2, "dropout": 0.1}
+    test_overrides = {"max_epochs": 40, "patience": 10, "batch_size": 256, "n_blocks": 1, "expansion": 2,
+                      "dropout": 0.1}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
         c = self.config

@@ -34,8 +34,11 @@ class HeadConfig(MethodConfig):
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 4096
-    max_epochs: int = 200
-    patience: int = 10
+    # Small budgets give one step per epoch, and Adam's early overshoot makes the
+    # validation loss rise for several epochs before it falls again: patience 10
+    # stopped such runs after ~20 steps.  The reference uses 1000 epochs, patience 200.
+    max_epochs: int = 1000
+    patience: int = 50
     warmup_steps: int = 0
     min_lr: float = 0.0
     lr_range_test: bool = False
@@ -87,6 +90,10 @@ class GlobalHeadMethod(Method):
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         return info_nce(self.image_head(x), self.text_head(y), self.temperature())
 
+    def val_batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Early-stopping criterion of one validation batch (heads in eval mode): plain InfoNCE."""
+        return info_nce(self.image_head(x), self.text_head(y), self.temperature())
+
     def param_groups(self) -> list[dict]:
         params = [p for m in self.modules().values() for p in m.parameters() if p.requires_grad]
         return [{"params": params}]
@@ -130,7 +137,7 @@ class GlobalHeadMethod(Method):
             return self.batch_loss(x[i], y[i], step)
 
         val_loss = None
-        if val is not None and len(val):
+        if val is not None and len(val) >= 2:  # InfoNCE needs at least two pairs
             xv = val.image().global_tensor().to(self.device)
             yv = val.text().global_tensor().to(self.device)
             val_loss = lambda: self.validation_loss(xv, yv, cfg.batch_size)  # noqa: E731
@@ -148,7 +155,7 @@ class GlobalHeadMethod(Method):
 
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-        """Plain InfoNCE of the heads in eval mode, in fixed batches of the training batch size."""
+        """``val_batch_loss`` in eval mode, in fixed batches of the training batch size."""
         self._train_mode(False)
         try:
             total, n = 0.0, len(x)
@@ -158,7 +165,7 @@ class GlobalHeadMethod(Method):
                 if len(c) < 2:
                     continue
                 i = torch.from_numpy(c).to(self.device)
-                total += float(info_nce(self.image_head(x[i]), self.text_head(y[i]), self.temperature())) * len(c)
+                total += float(self.val_batch_loss(x[i], y[i])) * len(c)
             return total / n
         finally:
             self._train_mode(True)

@@ -26,8 +26,9 @@ def write_tiny_data(root: Path) -> Path:
 
 
 def sweep_args(results: Path, *, methods="cca,asif", budgets="20,40", seeds="0,1", extra=()) -> list[str]:
+    """``results``/runs gets the result JSONs, ``results``/sweeps the ledger and logs."""
     return ["sweep", "--methods", methods, "--pairs", PAIR, "--budgets", budgets, "--seeds", seeds,
-            "--evals", EVALS, "--results", str(results), *extra]
+            "--evals", EVALS, "--results", str(results / "runs"), *extra]
 
 
 def cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -168,3 +168,34 @@ def test_real_pair_on_a_flickr8k_slice(data_root, tmp_cache):
     assert store.last_action == "reused"
     np.testing.assert_array_equal(again.pooled, im.pooled)
 
+
+
+@pytest.mark.parametrize("pair", ["effnet-lite0+minilm-l6", "dinov2-s14+mpnet-base"])
+def test_real_encoders_fingerprint_without_torch(pair):
+    """Cache keys of the offline encoders are computed without importing torch (fast cached reruns)."""
+    code = (
+        "import sys\n"
+        "from alignbench.source import split_pair\n"
+        "from alignbench.store import FeatureStore\n"
+        f"v, t = split_pair({pair!r})\n"
+        "s = FeatureStore('/nonexistent')\n"
+        "for name in (v, t):\n"
+        "    try:\n"
+        "        s.encoder(name).fingerprint()\n"
+        "    except Exception as exc:  # offline package not installed here\n"
+        "        print('SKIP', exc); sys.exit(0)\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NOTORCH')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    if r.stdout.startswith("SKIP"):
+        pytest.skip(r.stdout.strip())
+    assert r.stdout.strip() == "NOTORCH"
+
+
+def test_effnet_layer_table_matches_the_network():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from alignbench.encoders.effnet import KNOWN_LAYER_SHAPES, computed_layer_shapes
+
+    for variant, shapes in KNOWN_LAYER_SHAPES.items():
+        assert computed_layer_shapes(variant) == shapes

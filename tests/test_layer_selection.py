@@ -86,3 +86,59 @@ def test_select_layers_rejects_mismatched_rows_and_empty_choices():
         select_layers({0: np.ones((10, 2))}, {0: np.ones((11, 2))})
     with pytest.raises(ConfigError):
         select_layers({}, {0: np.ones((10, 2))})
+
+
+class _TinyCaptions:
+    """A few generated images with two captions each (built lazily: needs PIL and the datasets base)."""
+
+    @staticmethod
+    def create(root, n: int = 10):
+        from PIL import Image
+
+        from alignbench.datasets.base import CaptionDataset, FileImageLoader, ImageList, files_fingerprint
+
+        words = "a dog runs on the grass while two children play with a red ball".split()
+        folder = root / "train"
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        paths = []
+        for i in range(n):
+            p = folder / f"img{i:03d}.png"
+            Image.fromarray(rng.integers(0, 256, (28, 36, 3), dtype=np.uint8)).save(p)
+            paths.append(p)
+
+        class Caps(CaptionDataset):
+            registry_name = "tinycaps-layers"
+            splits = ("train",)
+
+            def images(self, split):
+                self.check_split(split)
+                return ImageList([p.name for p in paths], FileImageLoader(paths), files_fingerprint(paths))
+
+            def caption_image_index(self, split):
+                return np.repeat(np.arange(n), 2)
+
+            def captions(self, split):
+                return [" ".join(words[: 3 + (i * 5) % 9]) for i in range(2 * n)]
+
+        return Caps(root)
+
+
+def test_select_layers_for_pair_encodes_each_layer_through_the_store(tmp_cache, tmp_path):
+    from alignbench.layer_selection import select_layers_for_pair
+    from alignbench.store import FeatureStore
+
+    store = FeatureStore(tmp_cache)
+    ds = _TinyCaptions.create(tmp_path / "data")
+    n_img = store.encoder("tiny-vit").num_layers
+    n_txt = store.encoder("tiny-text").num_layers
+    choice = select_layers_for_pair("tiny-vit+tiny-text", ds, "train", store=store, sample=8, seed=0,
+                                    progress=False)
+    assert choice.image_layers == list(range(n_img)) and choice.text_layers == list(range(n_txt))
+    assert choice.scores.shape == (n_img, n_txt) and choice.n == 8  # 8 distinct images, one caption each
+    assert 0.0 <= choice.scores.min() and choice.scores.max() <= 1.0
+    assert choice.score == choice.scores.max()
+    # restricted search reuses the cache and agrees on the restricted cells
+    sub = select_layers_for_pair("tiny-vit+tiny-text", ds, "train", store=store, sample=8, seed=0,
+                                 image_layers=[n_img - 1], text_layers=[0], progress=False)
+    assert sub.scores[0, 0] == pytest.approx(choice.scores[n_img - 1, 0])

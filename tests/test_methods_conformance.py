@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from alignbench.errors import BudgetError, ConfigError, FeatureError
-from alignbench.features import ImageFeatures, Pairs, TextFeatures
+from alignbench.features import ImageFeatures, Pairs
 from alignbench.methods.base import Method
 from alignbench.registry import METHODS
 from synthetic import make_pairs, recall_at_1, split_pairs

@@ -91,6 +91,7 @@ def test_diverging_training_raises_a_clear_error(data):
 
 def test_validation_loss_drives_early_stopping(data):
     train, val, _ = data
+    assert Linear().config.patience >= 20  # one step per epoch at small budgets: short patience stops too soon
     m = Linear(lr=3e-2, max_epochs=200, patience=3, batch_size=64)
     m.fit(train, val, seed=0)
     assert m.fit_info["early_stopped"] and m.fit_info["epochs"] < 200
@@ -240,6 +241,9 @@ def test_structure_lambda_warmup_and_loss(data):
     reg = 0.5 * (structure_regulariser(x, fx) + structure_regulariser(y, gy))
     assert torch.allclose(s.batch_loss(x, y, 1000), info_nce(fx, gy, 0.05) + 10 * reg, atol=1e-5)
     assert torch.allclose(s.batch_loss(x, y, 0), info_nce(fx, gy, 0.05), atol=1e-6)
+    # early stopping uses the full-λ objective, whatever the warm-up stage
+    s._train_mode(False)
+    assert torch.allclose(s.val_batch_loss(x, y), info_nce(fx, gy, 0.05) + 10 * reg, atol=1e-5)
 
 
 def test_structure_mlp_head_option(data):

@@ -367,3 +367,43 @@ def test_anchor_consistency_matched_beats_mismatched(fitted, data):
     assert out["n_params"] == fitted.num_parameters()
     same = anchor_consistency(torch.eye(4), torch.eye(4), k=1)
     assert same["overlap_matched"]["mean"] == 1.0 and same["overlap_mismatched"]["mean"] == 0.0
+
+
+# -- torch.compile'd kernels ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_compiled_kernels_match_eager(small):
+    """The fused (torch.compile) kernels compute the same profiles and gradients (compiles: slow)."""
+    tokens, mask, anchors = small
+    src = DenseTokens(torch.from_numpy(tokens), torch.from_numpy(mask))
+    out = {}
+    for compile in (False, True):
+        A = anchors.clone().requires_grad_(True)
+        p = cap_profiles(src, A, TAU_P, chunk_elems=12, compile=compile)
+        p.pow(2).sum().backward()
+        out[compile] = (p.detach(), A.grad)
+    np.testing.assert_allclose(out[True][0].numpy(), out[False][0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out[True][1].numpy(), out[False][1].numpy(), atol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager(small, monkeypatch, caplog):
+    import alignbench.cap as cap
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(cap, "_COMPILED", {k: broken for k in cap._EAGER})
+    monkeypatch.setattr(cap, "_COMPILE_FAILED", False)
+    tokens, mask, anchors = small
+    src = DenseTokens(torch.from_numpy(tokens), torch.from_numpy(mask))
+    with caplog.at_level("WARNING", logger="alignbench.cap"):
+        got = cap_profiles(src, anchors, TAU_P, compile=True)
+    assert cap.compile_failed() and "eager" in caplog.text
+    np.testing.assert_allclose(got.numpy(), cap_profiles(src, anchors, TAU_P).numpy(), atol=0)
+
+
+def test_compile_option_values():
+    assert make_pal(compile=True).config.compile == "on"
+    assert make_pal(compile="off").config.compile == "off"
+    assert METHODS.get("pal")().config.compile == "auto"
+    with pytest.raises(ConfigError):
+        make_pal(compile="sometimes")

@@ -254,7 +254,7 @@ def test_submitter_killed_between_sbatch_and_ledger_update_is_recovered(world, m
         monkeypatch.setenv(k, v)
     results = world["root"] / "recover"
     cfg = build_config({}, methods="cca,asif", pairs=PAIR, budgets="20", seeds="0", evals=EVALS,
-                       executor="slurm", results=str(results))
+                       executor="slurm", results=str(results / "runs"))
     profile = launch.load_profile(str(_profile(world["root"], "p-recover")))
     real_record = launch._record
 

@@ -5,7 +5,6 @@ The cluster counterpart (same runs through a real SLURM) is tests/test_slurm.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from alignbench import launch
-from alignbench.config import OFFLINE_PAIRS, RunSpec
+from alignbench.config import OFFLINE_PAIRS
 from alignbench.errors import ConfigError, UnknownNameError
 from alignbench.sweep_config import build_config, expand, load_sweep_file
 from sweep_world import EVALS, PAIR, cli, metrics_by_run, sweep_args, write_tiny_data
@@ -24,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _cfg(tmp_path: Path, **kw) -> "launch.SweepConfig":
     base = dict(methods="cca,asif", pairs=PAIR, budgets="20,40", seeds="0,1", evals=EVALS,
-                results=str(tmp_path / "results"))
+                results=str(tmp_path / "results" / "runs"))
     base.update(kw)
     return build_config({}, **base)
 
@@ -54,7 +53,7 @@ def test_yaml_file_with_flag_overrides(tmp_path):
         "executor: local\n"
     )
     values = load_sweep_file(f)
-    cfg = build_config(values, seeds="3", results=str(tmp_path / "r"))
+    cfg = build_config(values, seeds="3", results=str(tmp_path / "r" / "runs"))
     specs = expand(cfg)
     assert cfg.name == "budgets" and cfg.executor == "local"
     assert len(specs) == 2 * 2 * 1 and {s.seed for s in specs} == {3}
@@ -177,7 +176,7 @@ def test_slurm_executor_without_sbatch_suggests_local(tmp_path, monkeypatch):
 def test_unwritable_results_folder_fails_before_submitting(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    cfg = _cfg(tmp_path, executor="local", results=str(blocker / "results"))
+    cfg = _cfg(tmp_path, executor="local", results=str(blocker / "results" / "runs"))
     with pytest.raises(ConfigError, match="not writable"):
         launch.run_sweep(cfg, launch.Profile())
     assert not any(tmp_path.rglob("*.pkl"))
@@ -258,7 +257,7 @@ def test_failed_run_shows_its_traceback_and_is_resubmitted(world, monkeypatch, c
     assert "BudgetError" in out and "Traceback" in out and "5000" in out
     # the done run is not redone; the failed one is tried again (and fails again)
     rep = launch.run_sweep(build_config({}, methods="cca", pairs=PAIR, budgets="20,5000", seeds="0", evals=EVALS,
-                                        executor="debug", results=str(world["root"] / "fail"),
+                                        executor="debug", results=str(world["root"] / "fail" / "runs"),
                                         cache=str(world["cache"]), data_root=str(world["data"])), launch.Profile())
     assert rep.submitted == 1 and rep.counts()["failed"] == 1
 
@@ -275,7 +274,7 @@ def test_cli_help_and_empty_status_are_fast(tmp_path):
     t0 = time.perf_counter()
     r = cli(["sweep", "--help"], {})
     assert r.returncode == 0 and "--profile" in r.stdout and "--status" in r.stdout
-    r = cli(["sweep", "--status", "--results", str(tmp_path)], {})
+    r = cli(["sweep", "--status", "--results", str(tmp_path / "runs")], {})
     assert r.returncode == 0 and "no sweeps recorded" in r.stdout
     assert time.perf_counter() - t0 < 20
     r = cli(sweep_args(tmp_path, methods="ccaa"), {})

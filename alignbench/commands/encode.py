@@ -19,9 +19,11 @@ DEFAULT_DATASETS = "flickr8k,cifar10,fashion-mnist,camvid"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pair", default=None, help="encoder pair VISION+TEXT (default: the project's default pair)")
+    from alignbench.config import DEFAULT_PAIR
+
+    p.add_argument("--pair", default=None, help=f"encoder pair VISION+TEXT (default: {DEFAULT_PAIR})")
     p.add_argument("--datasets", default=DEFAULT_DATASETS, help=f"comma-separated datasets (default: {DEFAULT_DATASETS})")
-    p.add_argument("--splits", default=None, help="comma-separated splits to encode (default: every split)")
+    p.add_argument("--splits", default=None, help="comma-separated splits to encode (default: every split found on disk)")
     p.add_argument("--image-layer", type=int, default=None, help="image encoder block (default: last; -1 = last)")
     p.add_argument("--text-layer", type=int, default=None, help="text encoder layer (default: last; -1 = last)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="compute dtype (default fp32)")
@@ -105,7 +107,9 @@ def main(args: argparse.Namespace) -> int:
 
     for name in datasets:
         ds = store.dataset(name, args.data_root)
-        splits = [s for s in ds.splits if wanted is None or s in wanted]
+        aliases = getattr(ds, "split_aliases", {}) or {}
+        asked = None if wanted is None else {aliases.get(w, w) for w in wanted}  # e.g. val -> dev
+        splits = [s for s in ds.splits if asked is None or s in asked]
         if wanted is None:  # every split that is on disk (shared copies often hold only the test split)
             splits = [s for s in splits if _on_disk(ds, s, name)]
         if not splits:

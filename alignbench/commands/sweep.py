@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "local = processes on this machine; debug = in this process")
     p.add_argument("--profile", default=None, help="executor profile YAML, e.g. slurm/local.yaml (see slurm/README.md)")
     p.add_argument("--name", default=None, help="readable part of the sweep id (default: the config file's name)")
-    p.add_argument("--results", default=None, help="results folder (runs in DIR/runs, ledgers in DIR/sweeps; "
-                   "default: results)")
+    p.add_argument("--results", default=None, help="folder for result JSONs, as for run/report (default: "
+                   "results/runs); sweep ledgers and job logs go beside it, in ../sweeps")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $ALIGNBENCH_CACHE)")
     p.add_argument("--data-root", default=None, help="datasets folder (default: $ALIGNBENCH_DATA)")
     p.add_argument("--status", action="store_true", help="report the sweep's state instead of submitting")
@@ -52,9 +52,12 @@ def main(args: argparse.Namespace) -> int:
     if args.status and not args.config and not args.methods:
         from alignbench.launch import all_ledgers_status
 
-        reports = all_ledgers_status(overrides["results"] or "results")
+        from alignbench.sweep_config import sweeps_dir_for
+
+        results = overrides["results"] or "results/runs"
+        reports = all_ledgers_status(results)
         if not reports:
-            print(f"no sweeps recorded under {overrides['results'] or 'results'}/sweeps")
+            print(f"no sweeps recorded in {sweeps_dir_for(results)}")
             return 0
         for rep in reports:
             print(rep.format(verbose=args.all))
@@ -73,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
         print(rep.format())
         return 0
     if rep.submitted or rep.encodes_submitted:
-        print(f"submitted {rep.submitted} runs" + (f" after {rep.encodes_submitted} encode jobs" if rep.encodes_submitted else ""))
+        after = f" after {rep.encodes_submitted} encode jobs" if rep.encodes_submitted else ""
+        print(f"submitted {rep.submitted} runs{after}")
     elif c["done"] == len(rep.runs):
         print(f"sweep {rep.sweep_id}: all {len(rep.runs)} runs are done; nothing to submit")
         return 0

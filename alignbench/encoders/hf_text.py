@@ -29,7 +29,6 @@ from typing import Any
 from alignbench.encoders.base import EncodedTexts, TextEncoder
 from alignbench.encoders.weights import (
     distribution_file,
-    file_sha256,
     files_sha256,
     package_dir,
     state_dict_sha256,
