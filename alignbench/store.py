@@ -383,11 +383,18 @@ class FeatureStore:
         return sum(e.size_bytes for e in self.entries())
 
     # -- encoders and datasets (cached per store) -----------------------------------
-    def encoder(self, name: str, *, layer: int | None = None, dtype: str = "fp32", options: dict | None = None):
-        """An encoder instance (its model is built lazily, on first encode)."""
-        key = (self._canonical(name), layer, dtype, json.dumps(options or {}, sort_keys=True, default=str))
+    def encoder(self, name: str, *, layer: int | None = None, dtype: str = "fp32", options: dict | None = None,
+                modality: str | None = None):
+        """An encoder instance (its model is built lazily, on first encode).
+
+        ``modality`` picks the tower of a dual hub model (``hf:openai/clip-…``).
+        """
+        key = (self._canonical(name), modality, layer, dtype, json.dumps(options or {}, sort_keys=True, default=str))
         if key not in self._encoders:
-            self._encoders[key] = _get_encoder(name, layer=layer, dtype=dtype, **(options or {}))
+            kw = dict(options or {})
+            if modality is not None:
+                kw["modality"] = modality
+            self._encoders[key] = _get_encoder(name, layer=layer, dtype=dtype, **kw)
         return self._encoders[key]
 
     def dataset(self, dataset: Any, data_root: Any = None):
@@ -411,7 +418,7 @@ class FeatureStore:
 
     # -- requests ---------------------------------------------------------------------
     def _enc(self, name, modality, layer, dtype, options):
-        enc = self.encoder(name, layer=layer, dtype=dtype, options=options)
+        enc = self.encoder(name, layer=layer, dtype=dtype, options=options, modality=modality)
         if getattr(enc, "modality", modality) != modality:
             raise ConfigError(f"{name!r} is a{'n' if enc.modality == 'image' else ''} {enc.modality} encoder; "
                               f"it cannot encode {modality}s (pairs are VISION+TEXT)")

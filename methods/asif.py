@@ -142,6 +142,27 @@ class ASIF(Method):
         e = e.reshape(n_classes, n_templates, -1).mean(1)
         return torch.nn.functional.normalize(e, dim=-1)
 
+    @torch.no_grad()
+    def patch_scores(self, f: ImageFeatures, classes: torch.Tensor) -> torch.Tensor:
+        """Patches (final-normed, like the global feature) → relative reps → class scores, a chunk at a time.
+
+        Same as the base recipe, but never holds the (B·P, N) relative representation of all patches.
+        """
+        if self.image_anchors is None:
+            raise FeatureError("the method is not fitted yet: call fit() or load_state_dict() before embedding images")
+        c = self.config
+        C = classes.to_dense() if classes.is_sparse else classes
+        P = f.n_tokens - f.n_prefix
+        step = max(1, c.chunk // max(P, 1))
+        out = torch.empty(len(f), P, C.shape[0])
+        for s in range(0, len(f), step):
+            patches = f.patch_tensor(np.arange(s, min(s + step, len(f))), normed=True)
+            B = patches.shape[0]
+            flat = ImageFeatures(pooled=patches.reshape(B * P, -1).numpy())
+            rel = relative_rep(flat.global_tensor(), self.image_anchors, c.k, c.p, chunk=c.chunk)
+            out[s : s + B] = (rel @ C.float().T).reshape(B, P, -1)
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         if self.image_anchors is None:
             return {}

@@ -153,9 +153,6 @@ class PAL(Method):
             raise FeatureError("the method is not fitted yet: call fit() or load_state_dict() before embedding")
         return torch.nn.functional.normalize(self.A_v, dim=-1), torch.nn.functional.normalize(self.A_t, dim=-1)
 
-    def _image_dim(self) -> int:
-        return int(self.A_v.shape[1]) if self.A_v is not None else 0
-
     # -- profiles (unnormalised; callers normalise) ---------------------------------
     def _use_compile(self, rows: int, tokens: int, min_sims: int = COMPILE_MIN_SIMS_EMBED) -> bool:
         """``auto``: compile when the work is ≥ ``min_sims`` similarities (a deterministic rule, so a

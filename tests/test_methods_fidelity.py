@@ -245,3 +245,15 @@ def test_bad_hyperparameters_are_config_errors(name, kw):
 def test_eps_grid_from_the_command_line():
     m = METHODS.get("cca")(eps_grid="1e-3, 0.1")
     assert m.config.eps_grid == (1e-3, 0.1)
+
+
+def test_asif_patch_scores_equal_the_base_recipe():
+    pairs = make_pairs(200, seed=15)
+    m = METHODS.get("asif")(k=20, chunk=7)
+    m.fit(pairs, None)
+    imgs = pairs.image().subset(np.arange(5))
+    classes = m.class_embeddings(pairs.text().subset(np.arange(6)), n_classes=3, n_templates=2)
+    patches = imgs.patch_tensor(normed=True)
+    B, P, d = patches.shape
+    want = m.similarity(m.embed_image(ImageFeatures(pooled=patches.reshape(B * P, d).numpy())), classes)
+    np.testing.assert_allclose(m.patch_scores(imgs, classes).numpy(), want.reshape(B, P, -1).numpy(), atol=1e-6)
