@@ -18,7 +18,16 @@ memory, which made an epoch ≈ 3× the cost of the matmuls alone.  Here:
   accumulates ``∂L/∂A = Σ g_sᵀ·norm(Z)`` with one matmul per chunk;
 * tokens are fetched (and normalised) per chunk through a :class:`TokenSource`,
   so image tokens stream from the fp16 memmap and never exist in float32 all at
-  once.
+  once (they are fetched again in the backward rather than kept);
+* the three elementwise steps (normalise tokens; softmax-weighted sum; the
+  gradient coefficients) are plain functions that ``torch.compile`` fuses into
+  one loop each (≈2–3× faster than eager ops on CPU; optional, with an eager
+  fallback), and the saved-similarity buffer can be reused across steps
+  (:class:`Workspace`) so it is not page-faulted in again every step.
+
+Measured (benchmarks/bench_pal.py, budget 10k, K = 512, 257 × 384 image
+tokens, 1 CPU thread): an epoch costs ≈ 1.4× the CPU time of the bare
+token–anchor matmuls (forward + backward), down from ≈ 3× for plain autograd.
 
 The result equals the naive formula (tests/test_pal.py checks it against an
 explicit float64 loop and against autograd of the plain expression).
@@ -33,6 +42,7 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+
 
 class TokenSource(Protocol):
     """Rows of raw (un-normalised) tokens, fetched a chunk at a time."""
