@@ -35,6 +35,7 @@ explicit float64 loop and against autograd of the plain expression).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -161,7 +162,9 @@ def _call(name: str, compile: bool, *args):
     if fn is _EAGER[name]:
         return fn(*args)
     try:
-        return fn(*args)
+        with warnings.catch_warnings():  # inductor: "bf16 and fp16 are mixed in the scheduler node" (harmless)
+            warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed")
+            return fn(*args)
     except Exception as exc:  # noqa: BLE001 - any compiler failure means "use eager"
         _COMPILE_FAILED = True
         log.warning("torch.compile of the CAP kernels failed (%s: %s); using eager PyTorch ops",
