@@ -74,7 +74,10 @@ class ImageFeatures:
     def global_tensor(self, dtype=None):
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(self.global_array())).to(dtype or torch.float32)
+        a = self.global_array()
+        if not a.flags.writeable:  # a read-only memmap: copy rather than alias read-only memory
+            a = np.array(a)
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype or torch.float32)
 
     def token_array(self, idx: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(B, T, d) tokens of the selected rows (``idx`` indexes the view)."""
@@ -148,7 +151,10 @@ class TextFeatures:
     def global_tensor(self, dtype=None):
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(self.global_array())).to(dtype or torch.float32)
+        a = self.global_array()
+        if not a.flags.writeable:  # a read-only memmap: copy rather than alias read-only memory
+            a = np.array(a)
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype or torch.float32)
 
     def lengths(self) -> np.ndarray:
         if self.offsets is None:
