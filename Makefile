@@ -41,8 +41,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
+# Speed/memory targets: each script prints its figures and ratios (see the README's Benchmarks section).
 bench: install
-	$(BIN)/python -m pytest -m benchmark --benchmark-enable -s benchmarks $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --benchmark-enable -s benchmarks/bench_eval.py -p no:cacheprovider -o python_files='bench_*.py'
+	set -e; for b in encoders encode pal methods sweep; do $(BIN)/python benchmarks/bench_$$b.py; done
 
 cluster-start:
 	bash slurm/cluster.sh install && bash slurm/cluster.sh start
