@@ -76,10 +76,20 @@ def _sacct(*args: str) -> list[list[str]]:
 _SESSION_START = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
 
 
-def _jobs_named(prefix: str) -> set[str]:
-    """Distinct job (array) ids whose name starts with ``prefix``, as SLURM's accounting saw them."""
-    rows = _sacct("-X", "-a", "-S", _SESSION_START, "-o", "JobID,JobName%100")
-    return {jid.split("_")[0] for jid, name in rows if name.startswith(prefix)}
+def _jobs_named(prefix: str, expect: int | None = None, timeout: float = 60.0) -> set[str]:
+    """Distinct job (array) ids whose name starts with ``prefix``, as SLURM's accounting saw them.
+
+    slurmctld sends job records to slurmdbd asynchronously, so a job that has
+    already run may reach ``sacct`` seconds later: with ``expect``, poll until
+    that many ids are seen (or ``timeout`` passes) before answering.
+    """
+    deadline = time.time() + timeout
+    while True:
+        rows = _sacct("-X", "-a", "-S", _SESSION_START, "-o", "JobID,JobName%100")
+        ids = {jid.split("_")[0] for jid, name in rows if name.startswith(prefix)}
+        if expect is None or len(ids) >= expect or time.time() > deadline:
+            return ids
+        time.sleep(1.0)
 
 
 def _wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None):
@@ -139,7 +149,7 @@ def test_killed_submitter_resumes_with_no_duplicate_and_no_lost_result(world):
     assert {e["job_id"] for e in led["encodes"].values()} == encode_jobs  # encodes were not resubmitted
     assert all(len(r["attempts"]) == 1 for r in led["runs"].values())  # each run submitted exactly once
     sid = led["sweep_id"]
-    assert len(_jobs_named(f"ab-enc-{sid}")) == 1 and len(_jobs_named(f"ab-{sid}")) == 1
+    assert len(_jobs_named(f"ab-enc-{sid}", expect=1)) == 1 and len(_jobs_named(f"ab-{sid}", expect=1)) == 1
     assert len(metrics_by_run(results / "runs")) == 8  # no lost result
     assert "all 8 runs are done" in cli(args, world["env"]).stdout
 
@@ -274,4 +284,4 @@ def test_submitter_killed_between_sbatch_and_ledger_update_is_recovered(world, m
     assert rep.submitted == 0 and rep.ok, rep.format()
     led = ledger_of(results)
     assert all(r["job_id"] and len(r["attempts"]) == 1 for r in led["runs"].values())
-    assert len(_jobs_named(f"ab-{led['sweep_id']}")) == 1
+    assert len(_jobs_named(f"ab-{led['sweep_id']}", expect=1)) == 1
