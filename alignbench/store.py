@@ -753,6 +753,13 @@ class FeatureStore:
         return extra
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """``np.isfinite(a).all()``; for float16 via the exponent bits (numpy's float16 math is ~10× slower)."""
+    if a.dtype == np.float16:
+        return not bool(np.any((a.view(np.uint16) & 0x7C00) == 0x7C00))
+    return bool(np.isfinite(a).all())
+
+
 def _check_batch(pooled: np.ndarray, tokens: np.ndarray | None, req: _Request, start: int) -> None:
     """Refuse to cache non-finite features (fp16 overflow, a broken model) and say where."""
     from alignbench.errors import FeatureError
@@ -760,7 +767,7 @@ def _check_batch(pooled: np.ndarray, tokens: np.ndarray | None, req: _Request, s
     if not np.isfinite(pooled).all():
         raise FeatureError(f"{req.encoder_name} produced non-finite global features for {req.label} "
                            f"(rows from {start}); try --dtype fp32")
-    if tokens is not None and not np.isfinite(tokens).all():
+    if tokens is not None and not _all_finite(tokens):
         raise FeatureError(f"{req.encoder_name} produced token features for {req.label} (rows from {start}) "
                            "that overflow float16 storage")
 

@@ -117,7 +117,9 @@ def _check_tokens_finite(arr: np.ndarray, rows: np.ndarray | None, what: str, ch
     chunk = max(1, chunk_bytes // max(1, arr[:1].nbytes))
     for s in range(0, n, chunk):
         sel = slice(s, s + chunk) if rows is None else rows[s : s + chunk]
-        block = torch.from_numpy(np.ascontiguousarray(arr[sel]))
+        block = arr[sel]
+        # a slice of a read-only memmap is read-only: copy (torch warns on non-writable arrays)
+        block = torch.from_numpy(np.array(block) if not block.flags.writeable else np.ascontiguousarray(block))
         if not torch.isfinite(block).all():
             raise FeatureError(f"{what} contain non-finite values (NaN or inf); re-encode or clean them")
 

@@ -143,6 +143,20 @@ def test_image_transform_crop_squash_and_normalisation():
         ImageTransform.imagenet(224, resize="pad")
 
 
+def test_image_transform_batch_normalisation_is_bit_identical_to_per_image_float32():
+    """Workers ship uint8 pixels and the main process normalises batches: the numbers (and so the
+    cache keys' meaning) must equal the per-image float32 formula (x − mean)/std exactly."""
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, size=(2, 224, 224, 3), dtype=np.uint8)
+    for tf in (ImageTransform.tf_style(224), ImageTransform.imagenet(224)):
+        mean, std = np.asarray(tf.mean, np.float32), np.asarray(tf.std, np.float32)
+        expected = ((batch.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
+        pixels = torch.stack([tf.pixels(Image.fromarray(b)) for b in batch])
+        assert pixels.dtype == torch.uint8 and pixels.shape == (2, 3, 224, 224)
+        np.testing.assert_array_equal(tf.normalise(pixels).numpy(), expected)
+        np.testing.assert_array_equal(tf(Image.fromarray(batch[1])).numpy(), expected[1])
+
+
 # -- timm family -------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["test_vit", "test_resnet", "test_convnext"])
 def test_timm_family_layout(model):

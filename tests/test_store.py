@@ -471,3 +471,15 @@ def test_concurrent_writers_share_one_entry(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert actions == ["encoded", "reused"]
     assert len(FeatureStore(cache).entries()) == 1 and not FeatureStore(cache).partial()
+
+
+def test_float16_finiteness_check_by_exponent_bits_matches_numpy():
+    from alignbench.store import _all_finite
+
+    a = np.random.default_rng(0).standard_normal(4096).astype(np.float16)
+    a[7] = 65504  # the largest finite float16
+    assert _all_finite(a) and _all_finite(a.astype(np.float32))
+    for bad in (np.inf, -np.inf, np.nan):
+        b = a.copy()
+        b[100] = bad
+        assert not _all_finite(b) and not _all_finite(b.astype(np.float32))
