@@ -81,13 +81,15 @@ class ArrayTokens:
 
     array: np.ndarray
     rows: np.ndarray
+    shift: torch.Tensor | None = None  # (d,) subtracted from every token (PAL's ``center`` option)
 
     def __post_init__(self) -> None:
         self.n = len(self.rows)
         self.T, self.d = int(self.array.shape[1]), int(self.array.shape[2])
 
     def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return torch.from_numpy(np.ascontiguousarray(self.array[self.rows[start:stop]])), None
+        z = torch.from_numpy(np.ascontiguousarray(self.array[self.rows[start:stop]]))
+        return (z if self.shift is None else z.float() - self.shift), None
 
 
 def chunk_rows(T: int, K: int, chunk_elems: int) -> int:

@@ -33,6 +33,7 @@ from alignbench.training import TrainConfig, info_nce, train_contrastive
 log = logging.getLogger(__name__)
 
 POOLS = ("cap", "mean", "cls")
+CENTER = ("none", "image", "text", "both")
 TEXT_EMBED_ROWS = 1024  # captions per padded group when embedding
 # compile=auto: compiling takes ~10–60 s once per process (less with a warm on-disk cache) and
 # saves ~0.5 s per 1e8 similarities (forward + backward), so a fit pays it back from ~1e10
@@ -52,6 +53,13 @@ class PALConfig(MethodConfig):
     falls back to eager ops if compiling fails); ``auto`` compiles only when
     the CAP work is large enough to repay the one-off compile time.
     ``val_max_pairs`` caps the validation pairs used for early stopping.  ``chunk_elems`` bounds the similarities computed at once.
+
+    ``center`` (none | image | text | both; not in METHODS.md, so recorded as a
+    deviation): subtract the mean training token of that modality before the
+    cosines.  Why: dinov2-s14's pre-norm tokens carry two outlier channels
+    (|v| ≈ 17–19 vs a median of 1.5) shared by every token, so tokens of
+    unrelated images have cosine ≈ 0.54 (0.01 after centring) and all CAP
+    profiles look alike.  The means are part of the fitted state.
     """
 
     K: int = 512
@@ -72,6 +80,7 @@ class PALConfig(MethodConfig):
     val_max_pairs: int = 1000
     chunk_elems: int = 1 << 22
     compile: str = "auto"
+    center: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.compile, bool):  # compile=True/False from Python
@@ -86,6 +95,10 @@ class PALConfig(MethodConfig):
             raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.val_max_pairs < 2:
             raise ConfigError(f"val_max_pairs must be >= 2, got {self.val_max_pairs}")
+        if self.center not in CENTER:
+            raise ConfigError(f"center must be one of {', '.join(CENTER)}, got {self.center!r}")
+        if self.center != "none" and self.pool == "cls":
+            raise ConfigError("center shifts tokens; pool=cls uses the global feature only (use center=none)")
         if self.dtype not in ("fp32", "bf16"):
             raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         if self.compile not in ("auto", "on", "off"):
@@ -137,6 +150,8 @@ class PAL(Method):
         super().__init__(config, **overrides)
         self.A_v: torch.nn.Parameter | None = None
         self.A_t: torch.nn.Parameter | None = None
+        self.mu_v: torch.Tensor | None = None  # mean training token subtracted before the cosines (center option)
+        self.mu_t: torch.Tensor | None = None
         self._workspace: Workspace | None = None  # reused similarity buffers, only while fitting
         self._compile_fit: bool | None = None  # compile decision for the whole fit (None: per call)
 
@@ -172,7 +187,7 @@ class PAL(Method):
         """Profiles of images at absolute ``rows`` (sorted for memmap reads by the caller)."""
         pool = self.config.pool
         if pool == "cap":
-            return self._cap(ArrayTokens(f.tokens, rows), A, "image")
+            return self._cap(ArrayTokens(f.tokens, rows, shift=self.mu_v), A, "image")
         if pool == "mean":
             return self._mean_tokens_images(f, rows).to(self.device) @ A.T
         x = torch.from_numpy(np.asarray(f.pooled[rows], dtype=np.float32)).to(self.device)
@@ -184,6 +199,8 @@ class PAL(Method):
         step = chunk_rows(f.n_tokens, f.token_dim, self.config.chunk_elems)
         for s in range(0, len(rows), step):
             z = torch.from_numpy(np.ascontiguousarray(f.tokens[rows[s : s + step]])).float()
+            if self.mu_v is not None:
+                z = z - self.mu_v
             out[s : s + step] = torch.nn.functional.normalize(z, dim=-1).mean(1)
         return out
 
@@ -195,6 +212,8 @@ class PAL(Method):
             return torch.nn.functional.normalize(x, dim=-1) @ A.T
         tok_dtype = torch.float16 if f.tokens.dtype == np.float16 else torch.float32
         tokens, mask = f.token_batch(idx, dtype=tok_dtype)
+        if self.mu_t is not None:  # shift real tokens only: padding stays zero (and masked)
+            tokens = (tokens.float() - self.mu_t) * mask.unsqueeze(-1)
         if pool == "cap":
             return self._cap(DenseTokens(tokens, mask), A, "text")
         zn = torch.nn.functional.normalize(tokens.float(), dim=-1) * mask.unsqueeze(-1)
@@ -221,8 +240,9 @@ class PAL(Method):
                                  "image tokens")
             _check_tokens_finite(train.texts.tokens, None, "text tokens")
         self._init_anchors(d_v, d_t, seed)
+        self._fit_centers(train)
         info: dict[str, Any] = {"n_train": len(train), "K": cfg.K, "pool": cfg.pool,
-                                "n_params": cfg.K * (d_v + d_t), "dtype": cfg.dtype}
+                                "n_params": cfg.K * (d_v + d_t), "dtype": cfg.dtype, "center": cfg.center}
 
         steps_per_epoch = math.ceil(len(train) / min(cfg.batch_size, len(train)))
         epoch_starts: list[float] = []
@@ -273,6 +293,26 @@ class PAL(Method):
         if cfg.pool == "cap":
             info["compiled_cap"] = bool(compiled and not compile_failed())
         self.fit_info = info
+
+    def _fit_centers(self, train: Pairs) -> None:
+        """Mean token of the training images (all their tokens) and captions (real tokens), float64 sums."""
+        self.mu_v = self.mu_t = None
+        c = self.config.center
+        if c in ("image", "both"):
+            arr, rows = train.images.tokens, np.unique(_abs_rows(train.images, train.image_index))
+            total, step = torch.zeros(arr.shape[-1], dtype=torch.float64), chunk_rows(arr.shape[1], 1, 1 << 24)
+            for s in range(0, len(rows), step):
+                total += torch.from_numpy(np.ascontiguousarray(arr[rows[s : s + step]])).double().sum((0, 1))
+            self.mu_v = (total / (len(rows) * arr.shape[1])).float().to(self.device)
+        if c in ("text", "both"):
+            texts, n = train.texts, 0
+            idx = np.unique(train.text_index)
+            total = torch.zeros(texts.token_dim, dtype=torch.float64)
+            for s in range(0, len(idx), TEXT_EMBED_ROWS):
+                tokens, mask = texts.token_batch(idx[s : s + TEXT_EMBED_ROWS])
+                total += (tokens.double() * mask.unsqueeze(-1)).sum((0, 1))
+                n += int(mask.sum())
+            self.mu_t = (total / max(n, 1)).float().to(self.device)
 
     def _deviations(self) -> list[str]:
         default = PALConfig()
@@ -336,6 +376,8 @@ class PAL(Method):
         step = chunk_rows(P, self.config.K, self.config.chunk_elems)
         for s in range(0, len(f), step):
             z = f.patch_tensor(np.arange(s, min(s + step, len(f)))).to(self.device)
+            if self.mu_v is not None:
+                z = z - self.mu_v
             S = torch.nn.functional.normalize(z, dim=-1) @ Av.T
             out[s : s + len(z)] = (S @ C.T).cpu()
         return out
@@ -346,11 +388,17 @@ class PAL(Method):
             return {}
         # The parameters themselves (unit-norm rows after fit); re-normalising here would
         # change the last bits and break exact round trips.
-        return {"A_v": self.A_v.detach().cpu().clone(), "A_t": self.A_t.detach().cpu().clone()}
+        out = {"A_v": self.A_v.detach().cpu().clone(), "A_t": self.A_t.detach().cpu().clone()}
+        for name in ("mu_v", "mu_t"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).detach().cpu().clone()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.A_v = torch.nn.Parameter(state["A_v"].float().to(self.device))
         self.A_t = torch.nn.Parameter(state["A_t"].float().to(self.device))
+        self.mu_v = state["mu_v"].float().to(self.device) if "mu_v" in state else None
+        self.mu_t = state["mu_t"].float().to(self.device) if "mu_t" in state else None
 
     def num_parameters(self) -> int:
         """K·(d_v + d_t): the anchors are the only parameters."""
@@ -361,4 +409,6 @@ class PAL(Method):
         if self.A_v is not None:
             self.A_v = torch.nn.Parameter(self.A_v.detach().to(self.device))
             self.A_t = torch.nn.Parameter(self.A_t.detach().to(self.device))
+        self.mu_v = None if self.mu_v is None else self.mu_v.to(self.device)
+        self.mu_t = None if self.mu_t is None else self.mu_t.to(self.device)
         return self

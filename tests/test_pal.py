@@ -314,8 +314,46 @@ def test_bf16_option_trains(data):
     assert torch.isfinite(m.embed_image(data[2].image())).all()
 
 
+# -- center option ---------------------------------------------------------------------------
+def _offset_pairs(pairs: Pairs, dv: np.ndarray, dt: np.ndarray) -> Pairs:
+    """The same pairs with a constant vector added to every image / real text token."""
+    im = dataclasses.replace(pairs.images, tokens=(pairs.images.tokens + dv).astype(np.float32))
+    tx = dataclasses.replace(pairs.texts, tokens=(pairs.texts.tokens + dt).astype(np.float32))
+    return Pairs(im, tx, pairs.image_index, pairs.text_index)
+
+
+def test_center_removes_a_common_token_offset(data):
+    """center=both makes PAL blind to a shared offset (dinov2's outlier channels), which otherwise
+    dominates every cosine; the means are fitted state and survive a state-dict round trip."""
+    rng = np.random.default_rng(3)
+    dv = 8 * rng.standard_normal(data[0].images.token_dim).astype(np.float32)
+    dt = 8 * rng.standard_normal(data[0].texts.token_dim).astype(np.float32)
+    shifted = [_offset_pairs(p, dv, dt) for p in data]
+    plain, centred = make_pal(K=16, max_epochs=3), make_pal(K=16, max_epochs=3, center="both")
+    plain.fit(data[0], data[1], seed=0)
+    centred.fit(shifted[0], shifted[1], seed=0)
+    np.testing.assert_allclose(centred.mu_v.numpy(), data[0].images.tokens[np.unique(data[0].image_index)]
+                               .reshape(-1, len(dv)).mean(0) + dv, rtol=1e-4, atol=1e-4)
+    # Centring the shifted data ≈ centring the original: compare against a centred fit on the original.
+    ref = make_pal(K=16, max_epochs=3, center="both")
+    ref.fit(data[0], data[1], seed=0)
+    test = shifted[2]
+    np.testing.assert_allclose(centred.embed_image(test.image()).numpy(), ref.embed_image(data[2].image()).numpy(),
+                               atol=2e-4)
+    np.testing.assert_allclose(centred.embed_text(test.text()).numpy(), ref.embed_text(data[2].text()).numpy(),
+                               atol=2e-4)
+    assert "center='both' (faithful default 'none')" in centred.fit_info["deviations"]
+    assert centred.fit_info["center"] == "both" and plain.mu_v is None
+    again = make_pal(K=16, center="both")
+    again.load_state_dict(centred.state_dict())
+    np.testing.assert_array_equal(again.embed_image(test.image()).numpy(), centred.embed_image(test.image()).numpy())
+    patches = centred.patch_scores(test.image().subset(np.arange(3)), torch.eye(16)[:4])
+    assert patches.shape[-1] == 4 and torch.isfinite(patches).all()
+
+
 # -- bad input ------------------------------------------------------------------------------
-@pytest.mark.parametrize("kw", [{"K": 0}, {"K": -3}, {"tau_p": 0.0}, {"pool": "max"}, {"dtype": "fp8"}])
+@pytest.mark.parametrize("kw", [{"K": 0}, {"K": -3}, {"tau_p": 0.0}, {"pool": "max"}, {"dtype": "fp8"},
+                                {"center": "tokens"}, {"center": "image", "pool": "cls"}])
 def test_bad_config_is_a_config_error(kw):
     with pytest.raises(ConfigError):
         make_pal(**kw)
