@@ -26,8 +26,33 @@ def _check_finite(name: str, arr: np.ndarray) -> None:
         raise FeatureError(f"{name} contain {bad} non-finite values (NaN or inf); re-encode or clean them")
 
 
+class _RowView:
+    """What image and text features share: a view of selected ``rows`` of a ``pooled`` array."""
+
+    pooled: np.ndarray
+    rows: np.ndarray | None
+
+    def subset(self, idx: Sequence[int] | np.ndarray):
+        """A view of rows ``idx`` of this view (no copy)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return replace(self, rows=_rows(len(self.pooled), self.rows)[idx])
+
+    def global_array(self) -> np.ndarray:
+        """(len, d) float32 global features of the selected rows."""
+        a = self.pooled if self.rows is None else self.pooled[self.rows]
+        return np.asarray(a, dtype=np.float32)
+
+    def global_tensor(self, dtype=None):
+        import torch
+
+        a = self.global_array()
+        if not a.flags.writeable:  # a read-only memmap: copy rather than alias read-only memory
+            a = np.array(a)
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype or torch.float32)
+
+
 @dataclass
-class ImageFeatures:
+class ImageFeatures(_RowView):
     """Per-image features: a global vector and, optionally, tokens.
 
     ``pooled``: (N, d) global feature (CLS / pooled).  ``tokens``: (N, T, d_tok)
@@ -61,23 +86,6 @@ class ImageFeatures:
     @property
     def n_tokens(self) -> int:
         return 0 if self.tokens is None else int(self.tokens.shape[1])
-
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "ImageFeatures":
-        idx = np.asarray(idx, dtype=np.int64)
-        return replace(self, rows=_rows(len(self.pooled), self.rows)[idx])
-
-    def global_array(self) -> np.ndarray:
-        """(len, d) float32 global features of the selected rows."""
-        a = self.pooled if self.rows is None else self.pooled[self.rows]
-        return np.asarray(a, dtype=np.float32)
-
-    def global_tensor(self, dtype=None):
-        import torch
-
-        a = self.global_array()
-        if not a.flags.writeable:  # a read-only memmap: copy rather than alias read-only memory
-            a = np.array(a)
-        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype or torch.float32)
 
     def token_array(self, idx: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(B, T, d) tokens of the selected rows (``idx`` indexes the view)."""
@@ -113,7 +121,7 @@ class ImageFeatures:
 
 
 @dataclass
-class TextFeatures:
+class TextFeatures(_RowView):
     """Per-text features: a pooled vector and, optionally, ragged tokens.
 
     ``tokens`` is (sum_i L_i, d) with ``offsets`` (N+1,) so text i has tokens
@@ -139,22 +147,6 @@ class TextFeatures:
         if self.tokens is None:
             raise FeatureError("these text features have no tokens (encode with tokens=True)")
         return int(self.tokens.shape[1])
-
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "TextFeatures":
-        idx = np.asarray(idx, dtype=np.int64)
-        return replace(self, rows=_rows(len(self.pooled), self.rows)[idx])
-
-    def global_array(self) -> np.ndarray:
-        a = self.pooled if self.rows is None else self.pooled[self.rows]
-        return np.asarray(a, dtype=np.float32)
-
-    def global_tensor(self, dtype=None):
-        import torch
-
-        a = self.global_array()
-        if not a.flags.writeable:  # a read-only memmap: copy rather than alias read-only memory
-            a = np.array(a)
-        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype or torch.float32)
 
     def lengths(self) -> np.ndarray:
         if self.offsets is None:

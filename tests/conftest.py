@@ -31,3 +31,14 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
 def session_cache(tmp_path_factory) -> Path:
     """A feature cache shared by the integration tests of one session (encode once)."""
     return Path(os.environ.get("ALIGNBENCH_TEST_CACHE") or tmp_path_factory.mktemp("features"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """2 shared cores: one intra-op thread avoids oversubscription stalls (method-fitting test modules)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -22,13 +22,7 @@ CONTROLS = {"random"}  # untrained controls: not expected to beat chance
 N_TRAIN, N_VAL, N_TEST = 600, 200, 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 shared cores: one intra-op thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
