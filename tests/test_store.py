@@ -157,6 +157,31 @@ def test_image_encode_with_workers_matches(store, caps):
     np.testing.assert_allclose(a.pooled, b.pooled, rtol=1e-4, atol=1e-5)
 
 
+def test_uint8_worker_pipeline_delivers_exactly_the_per_image_transform(caps):
+    """Workers ship uint8 pixels through shared memory and the main process normalises whole
+    batches: the model must receive exactly what the per-image float transform gives."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from alignbench.encode import iter_image_batches
+    from alignbench.encoders.transforms import ImageTransform
+
+    class EchoEncoder:  # returns its input, so the test sees what reached the model
+        transform = ImageTransform.imagenet(20)
+        device = "cpu"
+
+        def encode(self, x, tokens=True):
+            return SimpleNamespace(pooled=x.flatten(1), tokens=None)
+
+    images = caps.images("train")
+    want = torch.stack([EchoEncoder.transform(images[i]) for i in range(len(images))]).flatten(1).numpy()
+    for workers in (0, 2):
+        got = np.concatenate([b.pooled for b in iter_image_batches(
+            EchoEncoder(), images, tokens=False, batch_size=3, num_workers=workers, progress=False)])
+        np.testing.assert_array_equal(got, want)
+
+
 def test_entry_layout_and_meta(store, caps):
     f = store.image_features("tiny-vit", caps, "test", progress=False)
     path = Path(f.meta["path"])
