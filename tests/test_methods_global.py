@@ -236,9 +236,13 @@ def test_structure_lambda_warmup_and_loss(data):
     reg = 0.5 * (structure_regulariser(x, fx) + structure_regulariser(y, gy))
     assert torch.allclose(s.batch_loss(x, y, 1000), info_nce(fx, gy, 0.05) + 10 * reg, atol=1e-5)
     assert torch.allclose(s.batch_loss(x, y, 0), info_nce(fx, gy, 0.05), atol=1e-6)
-    # early stopping uses the full-λ objective, whatever the warm-up stage
+    # early stopping: the validation InfoNCE (METHODS.md) by default; the full-λ objective as an option
     s._train_mode(False)
+    assert torch.allclose(s.val_batch_loss(x, y), info_nce(fx, gy, 0.05), atol=1e-6)
+    s.config.early_stop_on = "total"
     assert torch.allclose(s.val_batch_loss(x, y), info_nce(fx, gy, 0.05) + 10 * reg, atol=1e-5)
+    with pytest.raises(ConfigError):
+        Structure(early_stop_on="train")
 
 
 def test_structure_mlp_head_option(data):
