@@ -194,3 +194,26 @@ def check_dim(f: ImageFeatures | TextFeatures, expected: int | None, side: str, 
             f"{side} features are {got}-d but the method was fitted on {expected}-d {side} features "
             "(same encoder and layer as at fit time?)"
         )
+
+
+class IdentityMethod(Method):
+    """Embeds features unchanged, for features that already share a space.
+
+    Not registered (it aligns nothing); tests and benchmarks use it to exercise
+    tasks without a fitted method in the way.
+    """
+
+    def fit(self, train: Pairs, val: Pairs | None = None, *, seed: int = 0) -> None:
+        pass
+
+    def embed_image(self, f: ImageFeatures) -> torch.Tensor:
+        return f.global_tensor()
+
+    def embed_text(self, f: TextFeatures) -> torch.Tensor:
+        return f.global_tensor()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -14,7 +14,7 @@ import torch
 from alignbench.datasets.base import CaptionDataset, ClassificationDataset, ImageList, SegmentationDataset
 from alignbench.errors import AlignbenchError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
-from alignbench.methods.base import Method
+from alignbench.methods.base import IdentityMethod
 from alignbench.registry import TASKS
 from alignbench.tasks.classification import ClassificationTask, classification_metrics
 from alignbench.tasks.retrieval import RetrievalTask, recall_at, retrieval_metrics, retrieval_ranks
@@ -26,23 +26,7 @@ from alignbench.tasks.segmentation import (
 )
 
 
-class Identity(Method):
-    """Embeds features as they are (they already share a space in these tests)."""
-
-    def fit(self, train, val=None, *, seed=0):
-        pass
-
-    def embed_image(self, f):
-        return f.global_tensor()
-
-    def embed_text(self, f):
-        return f.global_tensor()
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
+Identity = IdentityMethod  # features already share a space here
 
 
 class MemorySource:
