@@ -30,12 +30,18 @@ class ASIFConfig(MethodConfig):
 
     ``sparse=True`` returns sparse COO embeddings (k non-zeros per row) instead
     of dense (len × N) tensors, for large anchor sets.
+
+    ``center=True`` (not in METHODS.md, recorded as a deviation) subtracts the
+    anchors' mean feature of each modality before normalising anchors and
+    queries.  Why: dinov2-s14's global features have mean pairwise cosine 0.73,
+    so every query is near every anchor and top-k selection carries little.
     """
 
     k: int = 800
     p: float = 8.0
     chunk: int = 1024
     sparse: bool = False
+    center: bool = False
 
     def check(self) -> None:
         if self.k < 1:
@@ -90,21 +96,32 @@ class ASIF(Method):
         super().__init__(config, **overrides)
         self.image_anchors: torch.Tensor | None = None
         self.text_anchors: torch.Tensor | None = None
+        self.image_mean: torch.Tensor | None = None  # subtracted before normalising (center option)
+        self.text_mean: torch.Tensor | None = None
 
     def fit(self, train: Pairs, val: Pairs | None = None, *, seed: int = 0) -> None:
         """Store normalised anchors; ``val`` and ``seed`` are unused (nothing is trained)."""
         check_pairs(train, val)
         norm = torch.nn.functional.normalize
-        self.image_anchors = norm(train.image().global_tensor(), dim=-1).contiguous()
-        self.text_anchors = norm(train.text().global_tensor(), dim=-1).contiguous()
+        x, y = train.image().global_tensor(), train.text().global_tensor()
+        self.image_mean = x.mean(0) if self.config.center else None
+        self.text_mean = y.mean(0) if self.config.center else None
+        self.image_anchors = norm(self._centred(x, self.image_mean), dim=-1).contiguous()
+        self.text_anchors = norm(self._centred(y, self.text_mean), dim=-1).contiguous()
         n = len(train)
         self.fit_info = {
             "n_anchors": n,
             "k_used": min(self.config.k, n),
             "note": "training-free; validation split unused",
         }
+        if self.config.center:
+            self.fit_info["deviations"] = ["center=True (faithful default False): anchor means subtracted"]
         if self.config.k > n:
             self.fit_info["deviation"] = f"k={self.config.k} > N={n} anchors: kept all N"
+
+    @staticmethod
+    def _centred(x: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+        return x if mean is None else x - mean
 
     def _embed(self, f: ImageFeatures | TextFeatures, anchors: torch.Tensor | None, side: str) -> torch.Tensor:
         if anchors is None:
@@ -112,7 +129,8 @@ class ASIF(Method):
         check_dim(f, anchors.shape[1], side)
         f.validate(f"{side} features")
         c = self.config
-        return relative_rep(f.global_tensor(), anchors, c.k, c.p, chunk=c.chunk, sparse=c.sparse)
+        mean = self.image_mean if side == "image" else self.text_mean
+        return relative_rep(self._centred(f.global_tensor(), mean), anchors, c.k, c.p, chunk=c.chunk, sparse=c.sparse)
 
     def embed_image(self, f: ImageFeatures) -> torch.Tensor:
         return self._embed(f, self.image_anchors, "image")
@@ -159,15 +177,21 @@ class ASIF(Method):
             patches = f.patch_tensor(np.arange(s, min(s + step, len(f))), normed=True)
             B = patches.shape[0]
             flat = ImageFeatures(pooled=patches.reshape(B * P, -1).numpy())
-            rel = relative_rep(flat.global_tensor(), self.image_anchors, c.k, c.p, chunk=c.chunk)
+            rel = relative_rep(self._centred(flat.global_tensor(), self.image_mean), self.image_anchors, c.k, c.p,
+                               chunk=c.chunk)
             out[s : s + B] = (rel @ C.float().T).reshape(B, P, -1)
         return out
 
     def state_dict(self) -> dict[str, Any]:
         if self.image_anchors is None:
             return {}
-        return {"image_anchors": self.image_anchors, "text_anchors": self.text_anchors}
+        out = {"image_anchors": self.image_anchors, "text_anchors": self.text_anchors}
+        if self.image_mean is not None:
+            out.update(image_mean=self.image_mean, text_mean=self.text_mean)
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.image_anchors = state["image_anchors"].float().contiguous()
         self.text_anchors = state["text_anchors"].float().contiguous()
+        self.image_mean = state["image_mean"].float() if "image_mean" in state else None
+        self.text_mean = state["text_mean"].float() if "text_mean" in state else None

@@ -223,6 +223,25 @@ def test_asif_clamps_negatives_and_caps_k_at_n():
     assert (a >= 0).all()
 
 
+def test_asif_center_option_is_asif_on_mean_centred_features():
+    """center=True equals faithful ASIF run on features minus the anchors' means (kept in the state)."""
+    rng = np.random.default_rng(16)
+    x, y = rng.standard_normal((30, 6)) + 5.0, rng.standard_normal((30, 5)) - 3.0
+    m = METHODS.get("asif")(k=6, p=3.0, center=True)
+    m.fit(pairs_from_arrays(x, y), None)
+    mx, my = x.astype(np.float32).mean(0), y.astype(np.float32).mean(0)
+    q_img, q_txt = rng.standard_normal((7, 6)) + 5.0, rng.standard_normal((4, 5)) - 3.0
+    a = m.embed_image(ImageFeatures(pooled=q_img.astype(np.float32)))
+    b = m.embed_text(TextFeatures(pooled=q_txt.astype(np.float32)))
+    np.testing.assert_allclose(a.numpy(), naive_asif(q_img - mx, x.astype(np.float32) - mx, 6, 3.0), atol=1e-5)
+    np.testing.assert_allclose(b.numpy(), naive_asif(q_txt - my, y.astype(np.float32) - my, 6, 3.0), atol=1e-5)
+    again = METHODS.get("asif")(k=6, p=3.0, center=True)
+    again.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(again.embed_image(ImageFeatures(pooled=q_img.astype(np.float32))).numpy(),
+                                  a.numpy())
+    assert any("center" in d for d in m.fit_info["deviations"])
+
+
 # -- bad input --------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["cca", "csa", "asif"])
 def test_nan_queries_are_a_feature_error(name):
