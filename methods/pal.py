@@ -124,17 +124,30 @@ def _abs_rows(f: ImageFeatures | TextFeatures, idx: np.ndarray | None = None) ->
     return rows if idx is None else rows[idx]
 
 
-def _check_tokens_finite(arr: np.ndarray, rows: np.ndarray | None, what: str, chunk_bytes: int = 1 << 26) -> None:
-    """FeatureError if any token of the given rows (all rows if None) is NaN/inf; one streaming pass."""
-    n = len(arr) if rows is None else len(rows)
+def _ragged_token_rows(offsets: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """Rows of the ragged (Σ L, d) token array that belong to texts ``texts`` (absolute indices)."""
+    starts, lens = offsets[texts], offsets[texts + 1] - offsets[texts]
+    return np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+
+
+def _scan_tokens(arr: np.ndarray, rows: np.ndarray, what: str, *, want_mean: bool,
+                 chunk_bytes: int = 1 << 26) -> torch.Tensor | None:
+    """One streaming pass over ``arr[rows]``: FeatureError on NaN/inf; the mean token if ``want_mean``.
+
+    ``rows`` index the first axis: images (N, T, d) or the ragged text tokens (Σ L, d).
+    """
     chunk = max(1, chunk_bytes // max(1, arr[:1].nbytes))
-    for s in range(0, n, chunk):
-        sel = slice(s, s + chunk) if rows is None else rows[s : s + chunk]
-        block = arr[sel]
-        # a slice of a read-only memmap is read-only: copy (torch warns on non-writable arrays)
-        block = torch.from_numpy(np.array(block) if not block.flags.writeable else np.ascontiguousarray(block))
+    total = torch.zeros(arr.shape[-1], dtype=torch.float64) if want_mean else None
+    for s in range(0, len(rows), chunk):
+        block = torch.from_numpy(arr[rows[s : s + chunk]])  # fancy indexing copies: writable, contiguous
         if not torch.isfinite(block).all():
             raise FeatureError(f"{what} contain non-finite values (NaN or inf); re-encode or clean them")
+        if total is not None:
+            total += block.double().reshape(-1, block.shape[-1]).sum(0)
+    if total is None:
+        return None
+    n_tokens = len(rows) * (arr.shape[1] if arr.ndim == 3 else 1)
+    return (total / max(n_tokens, 1)).float()
 
 
 @register_method("pal")
@@ -236,11 +249,8 @@ class PAL(Method):
             d_v, d_t = train.images.dim, train.texts.dim
         else:
             d_v, d_t = train.images.token_dim, train.texts.token_dim
-            _check_tokens_finite(train.images.tokens, np.unique(_abs_rows(train.images, train.image_index)),
-                                 "image tokens")
-            _check_tokens_finite(train.texts.tokens, None, "text tokens")
+        self._scan_training_tokens(train)
         self._init_anchors(d_v, d_t, seed)
-        self._fit_centers(train)
         info: dict[str, Any] = {"n_train": len(train), "K": cfg.K, "pool": cfg.pool,
                                 "n_params": cfg.K * (d_v + d_t), "dtype": cfg.dtype, "center": cfg.center}
 
@@ -294,25 +304,22 @@ class PAL(Method):
             info["compiled_cap"] = bool(compiled and not compile_failed())
         self.fit_info = info
 
-    def _fit_centers(self, train: Pairs) -> None:
-        """Mean token of the training images (all their tokens) and captions (real tokens), float64 sums."""
+    def _scan_training_tokens(self, train: Pairs) -> None:
+        """Check the training tokens are finite and, for ``center``, take their means, in one pass each.
+
+        Image mean: over every token of the distinct training images; text mean: over the real
+        tokens of the training captions.
+        """
         self.mu_v = self.mu_t = None
+        if self.config.pool == "cls":
+            return
         c = self.config.center
-        if c in ("image", "both"):
-            arr, rows = train.images.tokens, np.unique(_abs_rows(train.images, train.image_index))
-            total, step = torch.zeros(arr.shape[-1], dtype=torch.float64), chunk_rows(arr.shape[1], 1, 1 << 24)
-            for s in range(0, len(rows), step):
-                total += torch.from_numpy(np.ascontiguousarray(arr[rows[s : s + step]])).double().sum((0, 1))
-            self.mu_v = (total / (len(rows) * arr.shape[1])).float().to(self.device)
-        if c in ("text", "both"):
-            texts, n = train.texts, 0
-            idx = np.unique(train.text_index)
-            total = torch.zeros(texts.token_dim, dtype=torch.float64)
-            for s in range(0, len(idx), TEXT_EMBED_ROWS):
-                tokens, mask = texts.token_batch(idx[s : s + TEXT_EMBED_ROWS])
-                total += (tokens.double() * mask.unsqueeze(-1)).sum((0, 1))
-                n += int(mask.sum())
-            self.mu_t = (total / max(n, 1)).float().to(self.device)
+        img_rows = np.unique(_abs_rows(train.images, train.image_index))
+        mu_v = _scan_tokens(train.images.tokens, img_rows, "image tokens", want_mean=c in ("image", "both"))
+        txt_rows = _ragged_token_rows(train.texts.offsets, np.unique(_abs_rows(train.texts, train.text_index)))
+        mu_t = _scan_tokens(train.texts.tokens, txt_rows, "text tokens", want_mean=c in ("text", "both"))
+        self.mu_v = None if mu_v is None else mu_v.to(self.device)
+        self.mu_t = None if mu_t is None else mu_t.to(self.device)
 
     def _deviations(self) -> list[str]:
         default = PALConfig()
