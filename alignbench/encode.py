@@ -68,21 +68,15 @@ def _image_id(images: Any, i: int) -> str:
 def _collate(items):
     """Stack a batch, or return the first error message in it.
 
-    In a worker the batch is stacked straight into shared memory, as torch's
-    default collate does, so handing it to the main process copies nothing.
+    torch's ``default_collate`` stacks a worker's batch straight into shared
+    memory, so handing it to the main process copies nothing.
     """
-    import torch
-    from torch.utils.data import get_worker_info
+    from torch.utils.data import default_collate
 
     for _, err in items:
         if err is not None:
             return None, err
-    xs = [x for x, _ in items]
-    out = None
-    if get_worker_info() is not None:
-        storage = xs[0].untyped_storage()._new_shared(len(xs) * xs[0].numel() * xs[0].element_size())
-        out = xs[0].new(storage).resize_(len(xs), *xs[0].shape)
-    return torch.stack(xs, out=out), None
+    return default_collate([x for x, _ in items]), None
 
 
 def _split_transform(transform: Any) -> tuple[Any, Any]:
