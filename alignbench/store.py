@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,16 +77,26 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 
 
 class NpyWriter:
-    """A ``.npy`` file written by rows with ``pwrite`` (fixed rows) or appended (ragged)."""
+    """A ``.npy`` file written by rows with ``pwrite`` (fixed rows) or appended (ragged).
+
+    A fixed-shape file written front to back in one go also hashes its bytes as they
+    pass (:attr:`sha256`), so the finished entry's checksum needs no second read of a
+    file that can be gigabytes.
+    """
 
     def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...], *, resume_rows: int | None = None):
         self.path, self.dtype, self.shape = path, np.dtype(dtype), tuple(shape)
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._hash: Any = None  # running sha256 of bytes [0, _hashed_to), while writes arrive in order
+        self._hashed_to = 0
         if resume_rows is None:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.pwrite(self.fd, _npy_header(self.dtype, self.shape), 0)
+            header = _npy_header(self.dtype, self.shape)
+            os.pwrite(self.fd, header, 0)
             os.ftruncate(self.fd, HEADER + self.shape[0] * self.row_bytes)
             self.rows = 0
+            if self.shape[0]:  # a ragged file's header changes at the end: no running hash
+                self._hash, self._hashed_to = hashlib.sha256(header), HEADER
         else:  # ragged files resume at their checkpointed length
             self.fd = os.open(path, os.O_RDWR)
             self.rows = resume_rows
@@ -95,9 +106,25 @@ class NpyWriter:
     def write(self, row: int, arr: np.ndarray) -> None:
         buf = memoryview(np.ascontiguousarray(arr, dtype=self.dtype)).cast("B")
         off = HEADER + row * self.row_bytes
+        if self._hash is not None:
+            if off == self._hashed_to:
+                self._hash.update(buf)
+                self._hashed_to += len(buf)
+            else:
+                self._hash = None
+        start = off
         while len(buf):
             n = os.pwrite(self.fd, buf, off)
             buf, off = buf[n:], off + n
+        if _START_WRITEBACK is not None:  # the disk writes while we compute, so the final fsync is short
+            _START_WRITEBACK(self.fd, start, off - start)
+
+    @property
+    def sha256(self) -> str | None:
+        """The whole file's sha256 if every byte was hashed on its way in, else None."""
+        if self._hash is None or self._hashed_to != HEADER + self.shape[0] * self.row_bytes:
+            return None
+        return self._hash.hexdigest()
 
     def append(self, arr: np.ndarray) -> None:
         self.write(self.rows, arr)
@@ -118,6 +145,19 @@ class NpyWriter:
             self.fd = -1
 
 
+def _start_writeback_linux(fd: int, offset: int, length: int) -> None:
+    """Queue the pages just written for writeback now instead of at the final fsync.
+
+    On Linux ``POSIX_FADV_DONTNEED`` starts asynchronous writeback of dirty pages (and
+    drops only pages that are already clean, so nothing just written leaves the cache).
+    """
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+_START_WRITEBACK = _start_writeback_linux if sys.platform.startswith("linux") and hasattr(os, "posix_fadvise") else None
+
+
 def _sample_offsets(size: int) -> list[int]:
     if size <= SAMPLE_BLOCKS * SAMPLE_SIZE:
         return [0]
@@ -125,8 +165,8 @@ def _sample_offsets(size: int) -> list[int]:
     return [int(i * step) for i in range(SAMPLE_BLOCKS)]
 
 
-def _file_digests(path: Path, *, full: bool) -> dict[str, Any]:
-    """Size, sampled-block sha256 and (if ``full``) whole-file sha256."""
+def _file_digests(path: Path, *, full: bool, sha256: str | None = None) -> dict[str, Any]:
+    """Size, sampled-block sha256 and (if ``full``) whole-file sha256 (``sha256``: already known)."""
     size = path.stat().st_size
     out: dict[str, Any] = {"size": size}
     with open(path, "rb") as f:
@@ -135,7 +175,9 @@ def _file_digests(path: Path, *, full: bool) -> dict[str, Any]:
             f.seek(off)
             s.update(f.read(SAMPLE_SIZE if size > SAMPLE_BLOCKS * SAMPLE_SIZE else size))
         out["sample_sha256"] = s.hexdigest()
-        if full:
+        if full and sha256 is not None:
+            out["sha256"] = sha256
+        elif full:
             f.seek(0)
             h = hashlib.sha256()
             for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -279,12 +321,17 @@ class FeatureStore:
     # -- public API ---------------------------------------------------------------
     def image_features(self, encoder: str, dataset: Any, split: str, *, layer: int | None = None,
                        dtype: str = "fp32", data_root: Any = None, progress: bool = True,
-                       batch_size: int | None = None, num_workers: int | None = None,
+                       batch_size: int | None = None, num_workers: int | None = None, decode: str = "auto",
                        encoder_options: dict | None = None, tokens: bool = True,
                        verify: bool = False) -> ImageFeatures:
-        """Global (N, d) float32 and token (N, T, d) float16 features of a split's images."""
+        """Global (N, d) float32 and token (N, T, d) float16 features of a split's images.
+
+        ``decode``/``num_workers``: how images are decoded (:func:`alignbench.encode.iter_image_batches`);
+        they change speed only, never the vectors, so they are not part of the key.
+        """
         req = self._image_request(encoder, dataset, split, layer, dtype, data_root, encoder_options, tokens)
-        return self._get(req, progress=progress, batch_size=batch_size, num_workers=num_workers, verify=verify)
+        return self._get(req, progress=progress, batch_size=batch_size, num_workers=num_workers, decode=decode,
+                         verify=verify)
 
     def text_features(self, encoder: str, dataset: Any, split: str, *, layer: int | None = None,
                       dtype: str = "fp32", data_root: Any = None, progress: bool = True,
@@ -471,7 +518,7 @@ class FeatureStore:
 
     # -- get: load or encode -------------------------------------------------------------
     def _get(self, req: _Request, *, progress: bool, batch_size: int | None = None,
-             num_workers: int | None = None, verify: bool = False):
+             num_workers: int | None = None, decode: str = "auto", verify: bool = False):
         key = req.key
         path = self._path(req, key)
         feats = self._try_load(path, key, verify=verify)
@@ -483,7 +530,8 @@ class FeatureStore:
             if feats is not None:
                 self.last_action = "reused"
                 return feats
-            self._encode(req, key, path, progress=progress, batch_size=batch_size, num_workers=num_workers)
+            self._encode(req, key, path, progress=progress, batch_size=batch_size, num_workers=num_workers,
+                         decode=decode)
         feats = self._try_load(path, key, verify=False)
         if feats is None:  # pragma: no cover - we just wrote and checked it
             raise DataError(f"feature cache entry {path} could not be read back after encoding")
@@ -566,7 +614,7 @@ class FeatureStore:
 
     # -- encode ---------------------------------------------------------------------------
     def _encode(self, req: _Request, key: dict, path: Path, *, progress: bool, batch_size: int | None,
-                num_workers: int | None) -> None:
+                num_workers: int | None, decode: str = "auto") -> None:
         tmp = path.parent / f".tmp-{path.name}"
         state_file = tmp / "progress.json"
         state = None
@@ -590,14 +638,16 @@ class FeatureStore:
         self.last_action = "resumed" if state["done"] else "encoded"
         items = req.items()
         if req.kind == "images":
-            extra = self._encode_images(req, items, tmp, state, state_file, progress, batch_size, num_workers)
+            extra = self._encode_images(req, items, tmp, state, state_file, progress, batch_size, num_workers,
+                                        decode)
         else:
             extra = self._encode_texts(req, items, tmp, state, state_file, progress, batch_size)
+        hashed = extra.pop("hashed", {})  # sha256 of files hashed while they were written
         files = {}
         for f in sorted(tmp.iterdir()):
             if f.name in ("progress.json", "meta.json") or f.name.endswith(".tmp"):
                 continue
-            files[f.name] = _file_digests(f, full=True)
+            files[f.name] = _file_digests(f, full=True, sha256=hashed.get(f.name))
         meta = {
             "format": FORMAT, "key": key, "key_hash": _hash_json(key), "kind": req.kind,
             "encoder": _safe(req.encoder_name), "encoder_name": req.encoder_name, "dataset": req.dataset,
@@ -635,7 +685,8 @@ class FeatureStore:
 
         return checkpoint
 
-    def _encode_images(self, req, images, tmp, state, state_file, progress, batch_size, num_workers) -> dict:
+    def _encode_images(self, req, images, tmp, state, state_file, progress, batch_size, num_workers,
+                       decode) -> dict:
         from alignbench.encode import iter_image_batches
 
         enc, n = req.encoder, len(images)
@@ -644,7 +695,7 @@ class FeatureStore:
         resume = state["done"] > 0
         shapes = state.get("shapes")
         batches = iter_image_batches(enc, images, start=state["done"], tokens=req.tokens, batch_size=batch_size,
-                                     num_workers=num_workers, progress=progress,
+                                     num_workers=num_workers, decode=decode, progress=progress,
                                      desc=f"{req.encoder_name} {req.label}")
         writers: dict[str, NpyWriter] = {}
         checkpoint = None
@@ -681,12 +732,13 @@ class FeatureStore:
             batches.close()
             for w in writers.values():
                 w.close()
+        hashed = {w.path.name: w.sha256 for w in writers.values() if w.sha256 is not None}
         fn = enc.final_norm() if req.tokens else None
         if fn is not None:
             w, bias, eps = fn
             np.savez(tmp / "final_norm.npz", weight=np.asarray(w, np.float32), bias=np.asarray(bias, np.float32),
                      eps=np.float64(eps))
-        return {"shapes": shapes, "grid": list(enc.grid), "n_prefix": int(enc.n_prefix),
+        return {"hashed": hashed, "shapes": shapes, "grid": list(enc.grid), "n_prefix": int(enc.n_prefix),
                 "resolution": int(enc.resolution)}
 
     def _encode_texts(self, req, texts, tmp, state, state_file, progress, batch_size) -> dict:

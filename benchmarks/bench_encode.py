@@ -116,19 +116,24 @@ def _bare_texts(enc, texts, batch_size: int) -> tuple[float, float]:
         return _timed(run)
 
 
-def _row(what: str, unit: str, n: int, pipe: tuple[float, float], n_bare: int, bare: list[tuple[float, float]]):
-    """Items/s of the pipeline and the bare loop; the ratio is pipeline/bare (1.0 = no overhead)."""
-    pw, pc = n / pipe[0], n / pipe[1]  # items per wall / CPU second
-    bw = n_bare * len(bare) / sum(b[0] for b in bare)
-    bc = n_bare * len(bare) / sum(b[1] for b in bare)
+def _row(what: str, unit: str, n: int, pipe: list[tuple[float, float]], n_bare: int,
+         bare: list[tuple[float, float]]):
+    """Items/s of the pipeline and the bare loop; the ratio is pipeline/bare (1.0 = no overhead).
+
+    Medians over the repeats: on a small shared VM single runs swing by ±5%.
+    """
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    pw, pc = med([n / p[0] for p in pipe]), med([n / p[1] for p in pipe])  # items per wall / CPU second
+    bw, bc = med([n_bare / b[0] for b in bare]), med([n_bare / b[1] for b in bare])
+    runs = lambda xs, k: ", ".join(f"{k / x[0]:.1f}" for x in xs)  # noqa: E731
     return (what,
-            f"pipeline {pw:.1f} {unit}/s, bare {bw:.1f} {unit}/s "
-            f"(bare runs {', '.join(f'{n_bare / b[0]:.1f}' for b in bare)}); CPU s per 1k: pipeline "
-            f"{1000 / pc:.1f}, bare {1000 / bc:.1f}",
-            f"ratio {pw / bw:.2f} wall, {pc / bc:.2f} CPU [>= 0.9]")
+            f"pipeline {pw:.1f} {unit}/s (runs {runs(pipe, n)}), bare {bw:.1f} {unit}/s (runs {runs(bare, n_bare)}); "
+            f"CPU s per 1k: pipeline {1000 / pc:.1f}, bare {1000 / bc:.1f}",
+            f"ratio of medians {pw / bw:.3f} wall, {pc / bc:.3f} CPU [>= 0.9]")
 
 
 def throughput(args) -> list[tuple[str, str, str]]:
+    """Bare and pipeline runs alternate (bare first and last), so drifting machine load hits both."""
     from alignbench.store import FeatureStore
 
     rows = []
@@ -140,21 +145,25 @@ def throughput(args) -> list[tuple[str, str, str]]:
         store = FeatureStore(tmp)
         enc = store.encoder(args.encoder, dtype=args.dtype)
         n_bare = -(-len(images) // args.batch_size) * args.batch_size  # whole batches
-        bare = [_bare_images(enc, images, args.batch_size, n_bare)]
-        pipe = _timed(lambda: store.image_features(args.encoder, ds, "all", dtype=args.dtype,
-                                                   batch_size=args.batch_size, num_workers=args.workers,
-                                                   progress=False))
-        bare.append(_bare_images(enc, images, args.batch_size, n_bare))
-        rows.append(_row(f"images {args.encoder} {args.dtype} bs{args.batch_size} n={len(images)}", "img",
-                         len(images), pipe, n_bare, bare))
+        bare, pipe = [_bare_images(enc, images, args.batch_size, n_bare)], []
+        for _ in range(args.repeat):
+            store.remove(kind="images")  # every run encodes, with the bare loop's encoder instance
+            pipe.append(_timed(lambda: store.image_features(
+                args.encoder, ds, "all", dtype=args.dtype, batch_size=args.batch_size, num_workers=args.workers,
+                decode=args.decode, progress=False)))
+            bare.append(_bare_images(enc, images, args.batch_size, n_bare))
+        rows.append(_row(f"images {args.encoder} {args.dtype} bs{args.batch_size} n={len(images)} "
+                         f"decode={args.decode}", "img", len(images), pipe, n_bare, bare))
         if args.text_encoder:
             cds = FlickrCaptions(args.n)
             texts = cds.captions("all")
             tenc = store.encoder(args.text_encoder, dtype=args.dtype)
-            bare = [_bare_texts(tenc, texts, args.batch_size)]
-            pipe = _timed(lambda: store.text_features(args.text_encoder, cds, "all", dtype=args.dtype,
-                                                      batch_size=args.batch_size, progress=False))
-            bare.append(_bare_texts(tenc, texts, args.batch_size))
+            bare, pipe = [_bare_texts(tenc, texts, args.batch_size)], []
+            for _ in range(args.repeat):
+                store.remove(kind="texts")
+                pipe.append(_timed(lambda: store.text_features(args.text_encoder, cds, "all", dtype=args.dtype,
+                                                               batch_size=args.batch_size, progress=False)))
+                bare.append(_bare_texts(tenc, texts, args.batch_size))
             rows.append(_row(f"texts {args.text_encoder} {args.dtype} bs{args.batch_size} n={len(texts)}", "txt",
                              len(texts), pipe, len(texts), bare))
     return rows
@@ -237,7 +246,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=512, help="images for the throughput ratio (captions: 5 per image)")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="decode threads/processes (default: auto)")
+    p.add_argument("--decode", default="auto", choices=("auto", "threads", "processes"),
+                   help="image decoding mode (default auto: threads for a CPU model)")
+    p.add_argument("--repeat", type=int, default=3, help="pipeline runs, each followed by a bare run (default 3)")
     p.add_argument("--rss", action="store_true", help="also encode ALL Flickr8k images and report peak RSS")
     p.add_argument("--rss-n", type=int, default=None, help="limit the memory run to this many images")
     p.add_argument("--rerun", action="store_true", help="also time a cached `alignbench encode` rerun")

@@ -155,6 +155,34 @@ def test_image_transform_batch_normalisation_is_bit_identical_to_per_image_float
         assert pixels.dtype == torch.uint8 and pixels.shape == (2, 3, 224, 224)
         np.testing.assert_array_equal(tf.normalise(pixels).numpy(), expected)
         np.testing.assert_array_equal(tf(Image.fromarray(batch[1])).numpy(), expected[1])
+        slot = np.full(tf.shape, np.nan, np.float32)  # decode threads write into a reused buffer
+        tf.into(Image.fromarray(batch[0]), slot)
+        np.testing.assert_array_equal(slot, expected[0])
+
+
+@pytest.mark.parametrize("resize", ["crop", "squash"])
+def test_image_transform_into_equals_the_tensor_path_on_odd_sizes(resize):
+    """``into`` (decode threads) and ``pixels``+``normalise`` (worker processes) crop the same pixels."""
+    rng = np.random.default_rng(1)
+    tf = ImageTransform.imagenet(32, resize)
+    mean, std = np.asarray(tf.mean, np.float32), np.asarray(tf.std, np.float32)
+    for h, w in ((40, 57), (57, 40), (32, 32), (20, 90)):
+        img = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        if resize == "squash":
+            ref = img.resize((32, 32), Image.BICUBIC)
+        else:  # PIL's own resize + crop, written out
+            s = 32 / min(w, h)
+            ref = img.resize((max(32, round(w * s)), max(32, round(h * s))), Image.BICUBIC) if min(w, h) != 32 else img
+            left, top = (ref.width - 32) // 2, (ref.height - 32) // 2
+            ref = ref.crop((left, top, left + 32, top + 32))
+        expected = ((np.asarray(ref).astype(np.float32) - mean) / std).transpose(2, 0, 1)
+        slot = np.empty(tf.shape, np.float32)
+        tf.into(img, slot)
+        np.testing.assert_array_equal(slot, expected)
+        np.testing.assert_array_equal(tf.normalise(tf.pixels(img)[None])[0].numpy(), expected)
+        gray = img.convert("L")  # other modes are converted to RGB first
+        tf.into(gray, slot)
+        np.testing.assert_array_equal(slot, tf(gray.convert("RGB")).numpy())
 
 
 # -- timm family -------------------------------------------------------------------------

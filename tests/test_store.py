@@ -176,10 +176,63 @@ def test_uint8_worker_pipeline_delivers_exactly_the_per_image_transform(caps):
 
     images = caps.images("train")
     want = torch.stack([EchoEncoder.transform(images[i]) for i in range(len(images))]).flatten(1).numpy()
-    for workers in (0, 2):
-        got = np.concatenate([b.pooled for b in iter_image_batches(
-            EchoEncoder(), images, tokens=False, batch_size=3, num_workers=workers, progress=False)])
-        np.testing.assert_array_equal(got, want)
+    for decode in ("threads", "processes"):
+        for workers in (0, 2):
+            # several batches through one reused buffer: each batch must come out as it went in,
+            # although this encoder's outputs are views of that buffer
+            got = np.concatenate([b.pooled for b in iter_image_batches(
+                EchoEncoder(), images, tokens=False, batch_size=3, num_workers=workers, decode=decode,
+                progress=False)])
+            np.testing.assert_array_equal(got, want)
+
+
+def test_thread_decoding_of_a_plain_transform_and_a_resumed_start(caps):
+    """Transforms without ``into`` (hub encoders' torchvision/processor pipelines) are stacked per batch."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from alignbench.encode import iter_image_batches
+    from alignbench.encoders.transforms import ImageTransform
+
+    tf = ImageTransform.imagenet(16)
+
+    class PlainEncoder:
+        transform = staticmethod(lambda img: tf(img) * 2)  # no ``into``/``shape``
+        device = "cpu"
+
+        def encode(self, x, tokens=True):
+            return SimpleNamespace(pooled=x.flatten(1), tokens=x.flatten(2).transpose(1, 2))
+
+    images = caps.images("train")
+    want = torch.stack([tf(images[i]) * 2 for i in range(len(images))])
+    batches = list(iter_image_batches(PlainEncoder(), images, start=5, batch_size=4, decode="threads",
+                                      progress=False))
+    assert [b.start for b in batches] == [5, 9]
+    np.testing.assert_array_equal(np.concatenate([b.pooled for b in batches]), want[5:].flatten(1).numpy())
+    assert batches[0].tokens.dtype == np.float16
+
+
+def test_decode_mode_follows_the_model_device():
+    from alignbench.encode import resolve_decode
+
+    assert resolve_decode("auto", "cpu") == "threads"
+    assert resolve_decode("auto", "cuda:0") == "processes"
+    assert resolve_decode("processes", "cpu") == "processes"
+    with pytest.raises(ConfigError, match="threads"):
+        resolve_decode("fork", "cpu")
+
+
+def test_checksums_hashed_while_writing_equal_the_files(store, caps):
+    """The token file's sha256 is computed as its rows stream in; it must be the file's own hash
+    (a resumed encode re-reads its files instead: test_interrupted_encode_resumes verifies one)."""
+    import hashlib
+
+    f = store.image_features("tiny-vit", caps, "train", progress=False, batch_size=4)
+    path = Path(f.meta["path"])
+    meta = json.loads((path / "meta.json").read_text())
+    for name in ("pooled.npy", "tokens.npy"):
+        assert meta["files"][name]["sha256"] == hashlib.sha256((path / name).read_bytes()).hexdigest()
 
 
 def test_entry_layout_and_meta(store, caps):
@@ -288,9 +341,11 @@ def test_unreadable_image_names_the_file(store, caps, tmp_path):
     bad = caps.paths["train"][3]
     bad.write_bytes(b"this is not a png")
     broken = TinyCaptions(tmp_path / "data")
-    for workers in (0, 2):
-        with pytest.raises(DataError, match=bad.name):
-            store.image_features("tiny-vit", broken, "train", progress=False, batch_size=2, num_workers=workers)
+    for decode in ("threads", "processes"):
+        for workers in (0, 2):
+            with pytest.raises(DataError, match=bad.name):
+                store.image_features("tiny-vit", broken, "train", progress=False, batch_size=2,
+                                     num_workers=workers, decode=decode)
     assert not store.entries()
 
 

@@ -31,7 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="feature cache folder (default: $ALIGNBENCH_CACHE or "
                    "~/.cache/alignbench/features)")
     p.add_argument("--batch-size", type=int, default=None, help="images/texts per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=None, help="image decoding worker processes (default: auto)")
+    p.add_argument("--decode", default="auto", choices=("auto", "threads", "processes"),
+                   help="image decoding: threads between forward passes (auto on CPU) or worker processes "
+                   "running ahead (auto on GPU)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding threads or processes (default: auto)")
     p.add_argument("--no-tokens", action="store_true", help="store only global features (smaller, no token methods)")
     p.add_argument("--verify", action="store_true", help="fully re-hash cached files before reusing them")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -89,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("no dataset given (e.g. --datasets flickr8k,cifar10)")
     common = {"layer": None, "dtype": args.dtype, "data_root": args.data_root, "progress": not args.no_progress,
               "batch_size": args.batch_size, "tokens": not args.no_tokens, "verify": args.verify}
-    img = dict(common, layer=args.image_layer, num_workers=args.workers)
+    img = dict(common, layer=args.image_layer, num_workers=args.workers, decode=args.decode)
     txt = dict(common, layer=args.text_layer)
     done: list[str] = []  # "encoded" | "resumed" | "reused", one per item
 

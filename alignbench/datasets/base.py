@@ -72,7 +72,11 @@ class FileImageLoader:
 
         p = self.paths[i]
         try:
-            with Image.open(p) as im:
+            im = Image.open(p)
+            im.load()
+            if im.mode == "RGB" and im.fp is None:  # decoded, file closed by Pillow: no copy needed
+                return im
+            with im:
                 return im.convert("RGB")
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"cannot read image {p!r}: {exc}") from exc

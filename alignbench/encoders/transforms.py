@@ -50,6 +50,11 @@ class ImageTransform:
         """EfficientNet-Lite's ``(x − 127) / 128`` on 0–255 pixels."""
         return cls(resolution, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0), resize)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """C×H×W of every output (both resize modes end at ``resolution``²)."""
+        return (3, self.resolution, self.resolution)
+
     def __call__(self, image: Any):
         """PIL image → normalised float32 C×H×W tensor."""
         return self.normalise(self.pixels(image))
@@ -57,23 +62,18 @@ class ImageTransform:
     def pixels(self, image: Any):
         """PIL image → resized/cropped uint8 C×H×W tensor (what decode workers ship: 4× less than float)."""
         import torch
-        from PIL import Image
 
-        img = image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
-        r = self.resolution
-        w, h = img.size
-        if self.resize == "squash":
-            if (w, h) != (r, r):
-                img = img.resize((r, r), Image.BICUBIC)
-        else:
-            if min(w, h) != r:
-                s = r / min(w, h)
-                img = img.resize((max(r, round(w * s)), max(r, round(h * s))), Image.BICUBIC)
-            w, h = img.size
-            left, top = (w - r) // 2, (h - r) // 2
-            if (w, h) != (r, r):
-                img = img.crop((left, top, left + r, top + r))
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+        return torch.from_numpy(np.ascontiguousarray(self._fitted(image).transpose(2, 0, 1)))
+
+    def into(self, image: Any, out: np.ndarray) -> None:
+        """Write the normalised C×H×W float32 of ``image`` into ``out`` (a slot of a reused batch buffer).
+
+        The same two float32 operations as :meth:`normalise`, so the numbers are identical;
+        decode threads call it, so no uint8 batch and no fresh float batch is ever allocated.
+        """
+        mean, std = self._constants()
+        np.subtract(self._fitted(image).transpose(2, 0, 1), mean, out=out, dtype=np.float32)
+        np.divide(out, std, out=out)
 
     def normalise(self, pixels: Any):
         """uint8 (…, 3, H, W) tensor → float32 ``(x − mean) / std``, one vectorised pass per batch.
@@ -83,10 +83,32 @@ class ImageTransform:
         import torch
 
         u8 = pixels.numpy()
+        mean, std = self._constants()
         x = np.empty(u8.shape, dtype=np.float32)
-        np.subtract(u8, np.asarray(self.mean, np.float32).reshape(3, 1, 1), out=x, dtype=np.float32)
-        np.divide(x, np.asarray(self.std, np.float32).reshape(3, 1, 1), out=x)
+        np.subtract(u8, mean, out=x, dtype=np.float32)
+        np.divide(x, std, out=x)
         return torch.from_numpy(x)
+
+    def _constants(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(self.mean, np.float32).reshape(3, 1, 1), np.asarray(self.std, np.float32).reshape(3, 1, 1))
+
+    def _fitted(self, image: Any) -> np.ndarray:
+        """PIL image → resized, centre-cropped H×W×3 uint8 array (the crop is a view, not a copy)."""
+        from PIL import Image
+
+        img = image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
+        r = self.resolution
+        w, h = img.size
+        if self.resize == "squash":
+            if (w, h) != (r, r):
+                img = img.resize((r, r), Image.BICUBIC)
+            return np.asarray(img, dtype=np.uint8)
+        if min(w, h) != r:
+            s = r / min(w, h)
+            img = img.resize((max(r, round(w * s)), max(r, round(h * s))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - r) // 2, (h - r) // 2
+        return np.asarray(img, dtype=np.uint8)[top : top + r, left : left + r]
 
     def describe(self) -> dict[str, Any]:
         """What goes into an encoder fingerprint."""
