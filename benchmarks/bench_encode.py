@@ -2,10 +2,11 @@
 
 Prints three measurements (targets from the issue in brackets):
 
-1. throughput  ``alignbench``'s encode (DataLoader decode + model + streamed
-   writes + checksums) over the same images/captions vs a bare loop of the
-   same encoder's forward on pre-made batches, same batch size and dtype
-   [ratio >= 0.9];
+1. throughput  ``alignbench``'s encode (decode + model + streamed writes +
+   checksums, into an empty cache) over the same images/captions vs a bare
+   loop of the same encoder's forward on pre-made batches, same batch size and
+   dtype; ``--repeat`` pipeline runs alternate with bare runs and the ratio is
+   of the medians [ratio >= 0.9];
 2. memory      peak RSS while encoding every Flickr8k image with tokens, for
    the encoding process alone and with its decode workers, and the token
    cache's size on disk [< 4 GiB];
