@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -55,8 +55,8 @@ def resolve_decode(decode: str, device: Any) -> str:
 
     Measured on 2 cores with effnet-lite0 (benchmarks/bench_encode.py): worker
     processes decoding beside the forward pass made each forward ~5% slower
-    (cache and scheduling contention) on top of their own CPU time: 0.84×
-    the bare model loop; decoding between forwards in threads: ≥ 0.9×.
+    (cache and scheduling contention) on top of their own CPU time, 0.84× the
+    bare model loop; threads decoding between forwards, 0.90–0.92×.
     """
     from alignbench.errors import ConfigError
 
@@ -229,9 +229,10 @@ class _WorkerDecoder:
 class _ThreadDecoder:
     """A thread pool decodes one batch at a time, between forward passes.
 
-    PIL releases the GIL while it decodes and resizes, so threads scale (Flickr8k on 2
-    cores: 0.35 ms wall per image with 2 threads vs 0.65 with one).  Transforms with ``into`` write each image straight into one
-    reused float32 buffer; others are stacked per batch.
+    PIL releases the GIL while it decodes and resizes, so threads scale (Flickr8k
+    on 2 cores: 0.35 ms wall per image with 2 threads vs 0.65 with one).
+    Transforms with ``into`` write each image straight into one reused float32
+    buffer; others are stacked per batch.
     """
 
     def __init__(self, transform: Any, images: Sequence[Any], start: int, bs: int, num_workers: int | None):
@@ -250,7 +251,7 @@ class _ThreadDecoder:
     def submit(self, row: int) -> None:
         rows = range(row, min(len(self.images), row + self.bs))
         if self.pool is None:
-            self.pending = [_Done(self._one(i, k)) for k, i in enumerate(rows)]
+            self.pending = [_finished(self._one(i, k)) for k, i in enumerate(rows)]
         else:
             self.pending = [self.pool.submit(self._one, i, k) for k, i in enumerate(rows)]
 
@@ -270,14 +271,11 @@ class _ThreadDecoder:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Done:
-    """A finished result with a future's ``result()`` (decoding in the calling thread)."""
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
+def _finished(value: Any) -> Future:
+    """A future that already holds ``value`` (decoding in the calling thread)."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def iter_text_chunks(
