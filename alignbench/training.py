@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -35,12 +35,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
-    """Optimiser / schedule / stopping settings of the shared trainer."""
+class TrainerSettings:
+    """The shared trainer's hyperparameters.
+
+    Trained methods' configs inherit them (changing a default where METHODS.md
+    says so), so every trained method takes the same names and the same checks.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
     batch_size: int = 4096
     max_epochs: int = 200
     patience: int = 10
@@ -51,6 +54,17 @@ class TrainConfig:
     val_every: int = 1
     temperature: float = 0.05
     dtype: str = "fp32"  # fp32 | bf16 (autocast)
+
+    def train_config(self) -> "TrainConfig":
+        """These settings as the trainer's config."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainerSettings)})
+
+
+@dataclass
+class TrainConfig(TrainerSettings):
+    """Optimiser / schedule / stopping settings of the shared trainer."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
 
     def check(self) -> None:
         if not self.lr > 0:

@@ -7,7 +7,6 @@ the methods comparable.  No method is registered here.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -18,7 +17,7 @@ from torch import nn
 
 from alignbench.errors import ConfigError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
-from alignbench.training import TrainConfig, info_nce, train_contrastive
+from alignbench.training import TrainConfig, TrainerSettings, info_nce, train_contrastive
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs
 
 log = logging.getLogger(__name__)
@@ -27,34 +26,20 @@ EMBED_CHUNK = 8192  # rows per forward when embedding (bounds memory for patch t
 
 
 @dataclass
-class HeadConfig(MethodConfig):
-    """Trainer hyperparameters shared by the contrastive heads (METHODS.md defaults)."""
+class HeadConfig(MethodConfig, TrainerSettings):
+    """Head width plus the shared trainer's hyperparameters (METHODS.md defaults)."""
 
     dim: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 4096
     # Small budgets give one step per epoch, and Adam's early overshoot makes the
     # validation loss rise for several epochs before it falls again: patience 10
     # stopped such runs after ~20 steps.  The reference uses 1000 epochs, patience 200.
     max_epochs: int = 1000
     patience: int = 50
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    lr_range_test: bool = False
-    temperature: float = 0.05
-    grad_clip: float = 1.0
-    val_every: int = 1
-    dtype: str = "fp32"
 
     def check(self) -> None:
         if self.dim < 1:
             raise ConfigError(f"dim must be >= 1, got {self.dim}")
         self.train_config().check()
-
-    def train_config(self) -> TrainConfig:
-        names = {f.name for f in fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
 
 class GlobalHeadMethod(Method):

@@ -28,7 +28,7 @@ from alignbench.cap import ArrayTokens, DenseTokens, Workspace, cap_profiles, ch
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
-from alignbench.training import TrainConfig, info_nce, train_contrastive
+from alignbench.training import TrainConfig, TrainerSettings, info_nce, train_contrastive
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ COMPILE_MIN_SIMS_EMBED = 10**9
 
 
 @dataclass
-class PALConfig(MethodConfig):
+class PALConfig(MethodConfig, TrainerSettings):
     """PAL hyperparameters (METHODS.md defaults) plus trainer and speed settings.
 
     ``pool``: cap (faithful) | mean (mean over tokens) | cls (global feature
@@ -65,18 +65,6 @@ class PALConfig(MethodConfig):
     K: int = 512
     tau_p: float = 0.03
     pool: str = "cap"
-    temperature: float = 0.05
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 4096
-    max_epochs: int = 200
-    patience: int = 10
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    lr_range_test: bool = False
-    grad_clip: float = 1.0
-    val_every: int = 1
-    dtype: str = "fp32"
     val_max_pairs: int = 1000
     chunk_elems: int = 1 << 22
     compile: str = "auto"
@@ -108,10 +96,8 @@ class PALConfig(MethodConfig):
         self.train_config().check()
 
     def train_config(self) -> TrainConfig:
-        names = {f.name for f in fields(TrainConfig)}
-        kw = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
-        kw["dtype"] = "fp32"  # bf16 is applied inside CAP; the B×B InfoNCE stays fp32
-        return TrainConfig(**kw)
+        # bf16 is applied inside CAP; the B×B InfoNCE stays fp32
+        return dataclasses.replace(super().train_config(), dtype="fp32")
 
     @property
     def torch_dtype(self) -> torch.dtype:
