@@ -32,6 +32,13 @@ class _RowView:
     pooled: np.ndarray
     rows: np.ndarray | None
 
+    def __len__(self) -> int:
+        return len(self.pooled) if self.rows is None else len(self.rows)
+
+    @property
+    def dim(self) -> int:
+        return int(self.pooled.shape[1])
+
     def subset(self, idx: Sequence[int] | np.ndarray):
         """A view of rows ``idx`` of this view (no copy)."""
         idx = np.asarray(idx, dtype=np.int64)
@@ -69,13 +76,6 @@ class ImageFeatures(_RowView):
     final_norm: tuple[np.ndarray, np.ndarray, float] | None = None
     rows: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.pooled) if self.rows is None else len(self.rows)
-
-    @property
-    def dim(self) -> int:
-        return int(self.pooled.shape[1])
 
     @property
     def token_dim(self) -> int:
@@ -134,13 +134,6 @@ class TextFeatures(_RowView):
     rows: np.ndarray | None = None
     texts: list[str] | None = None
     meta: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.pooled) if self.rows is None else len(self.rows)
-
-    @property
-    def dim(self) -> int:
-        return int(self.pooled.shape[1])
 
     @property
     def token_dim(self) -> int:

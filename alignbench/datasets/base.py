@@ -155,10 +155,8 @@ class CaptionDataset(Dataset):
         """(n_captions,) index into ``images(split)`` of each caption's image."""
 
 
-class ClassificationDataset(Dataset):
-    """Labelled images with class names and CLIP prompt templates."""
-
-    kind = "classification"
+class NamedClassesDataset(Dataset):
+    """Images whose classes have names, and so zero-shot prompts (classification and segmentation)."""
 
     @property
     @abstractmethod
@@ -166,30 +164,27 @@ class ClassificationDataset(Dataset):
 
     @property
     def templates(self) -> list[str]:
+        """CLIP prompt templates for this dataset (``alignbench.datasets.templates``)."""
         from alignbench.datasets.templates import templates_for
 
         return templates_for(self.registry_name)
+
+
+class ClassificationDataset(NamedClassesDataset):
+    """Labelled images with class names and CLIP prompt templates."""
+
+    kind = "classification"
 
     @abstractmethod
     def labels(self, split: str) -> np.ndarray: ...
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(NamedClassesDataset):
     """Images with dense masks; ``ignore_index`` is excluded from the metrics."""
 
     kind = "segmentation"
     ignore_index: ClassVar[int] = 255
     background_index: ClassVar[int | None] = None  # class id of "background", if the dataset has one
-
-    @property
-    @abstractmethod
-    def classnames(self) -> list[str]: ...
-
-    @property
-    def templates(self) -> list[str]:
-        from alignbench.datasets.templates import templates_for
-
-        return templates_for(self.registry_name)
 
     @abstractmethod
     def mask(self, split: str, i: int) -> np.ndarray:
