@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from alignbench import __version__
@@ -64,13 +65,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._main(args) or 0)
+        rc = int(args._main(args) or 0)
+        sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
+        return rc
     except AlignbenchError as exc:
         print(f"alignbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"alignbench {args.command}: interrupted; finished work is kept, rerun to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `alignbench ls | head`: the reader left; stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,3 +101,18 @@ def test_ls_is_fast_and_imports_nothing_heavy():
     assert "HEAVY []" in out
     for name in ("pal", "retrieval", "dinov2-s14", "flickr8k", "timm:<name>"):
         assert name in out
+
+
+def test_listing_into_a_closed_pipe_stops_quietly(monkeypatch, capsys):
+    """`alignbench ls | head`: when the reader has gone, the CLI stops with SIGPIPE's status, no traceback."""
+    import os
+
+    from alignbench.cli import main
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left before anything was written
+    with open(write_end, "w") as closed_pipe:
+        monkeypatch.setattr(sys, "stdout", closed_pipe)
+        assert main(["ls"]) == 141
+        monkeypatch.undo()
+    assert "Traceback" not in capsys.readouterr().err
