@@ -56,8 +56,8 @@ class TrainerSettings:
     dtype: str = "fp32"  # fp32 | bf16 (autocast)
 
     def train_config(self) -> "TrainConfig":
-        """These settings as the trainer's config."""
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainerSettings)})
+        """These settings as the trainer's config (a TrainConfig gives an equal copy, betas included)."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig) if hasattr(self, f.name)})
 
 
 @dataclass

@@ -212,3 +212,18 @@ def test_lr_range_test_picks_a_sane_lr_and_restores_state():
     info = train_contrastive(list(w.parameters()), step_loss, 256, val_loss=None, seed=0,
                              config=TrainConfig(lr_range_test=True, max_epochs=2, batch_size=64))
     assert info["lr"] == pytest.approx(out["lr"]) and info["lr_range_test"]["chosen_lr"] == info["lr"]
+
+
+def test_method_configs_hand_their_trainer_settings_to_the_trainer():
+    """Trainer settings are declared once (TrainerSettings); each trained method's config passes its
+    values — including changed defaults — to the trainer, and a TrainConfig copies itself whole."""
+    from alignbench.methods.global_head import HeadConfig
+    from alignbench.methods.pal import PALConfig
+    from alignbench.training import TrainConfig
+
+    head = HeadConfig().update({"lr": "0.02", "warmup_steps": "5"}).train_config()
+    assert (head.lr, head.warmup_steps, head.max_epochs, head.patience) == (0.02, 5, 1000, 50)
+    pal = PALConfig(dtype="bf16", temperature=0.1).train_config()
+    assert (pal.temperature, pal.max_epochs, pal.dtype) == (0.1, 200, "fp32")  # bf16 stays inside CAP
+    custom = TrainConfig(lr=0.5, betas=(0.8, 0.9))
+    assert custom.train_config() == custom
