@@ -199,7 +199,7 @@ def test_mlp_open_gate_is_a_real_mlp_matching_the_formula(data):
     m = MLP(max_epochs=20, patience=20, batch_size=128, lr=3e-3, gate_init=0.1)
     m.fit(train, val, seed=0)
     head = m.image_head
-    assert torch.count_nonzero(head.up.weight) > 0 and float(head.gate()) != pytest.approx(0.1, abs=1e-9)
+    assert torch.count_nonzero(head.up.weight) > 0 and float(head.gate().detach()) != pytest.approx(0.1, abs=1e-9)
     x = test.image().global_array().astype(np.float64)
     z = mlp_forward64(head, x)
     np.testing.assert_allclose(m.embed_image(test.image()).numpy(), z / np.linalg.norm(z, axis=1, keepdims=True),
