@@ -265,6 +265,7 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
         "evals": [{"key": ev.key, "task": ev.task, "dataset": ev.dataset, "split": ev.split} for ev in evals],
         "metrics": metrics,
         "timings": timings,
+        "layers": {"image": _layer_of(all_train.images), "text": _layer_of(all_train.texts)},
         "method": {
             "name": spec.method,
             "level": getattr(method, "level", None),
@@ -292,6 +293,12 @@ def _fetch(source: Any, need: Any) -> None:
         source.pairs(need.dataset, need.split)
     else:  # pragma: no cover - a task declared something the source cannot give
         raise ConfigError(f"unknown feature need {need.what!r}")
+
+
+def _layer_of(features: Any) -> int | None:
+    """The encoder layer the cached features come from (resolved: 'last' is a number here)."""
+    layer = (getattr(features, "meta", None) or {}).get("key", {}).get("encoder", {}).get("layer")
+    return None if layer is None else int(layer)
 
 
 def _num_parameters(method: Any) -> int | None:
@@ -330,7 +337,7 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
 
 _ORDER = (
     "schema_version", "status", "run_id", "spec", "budget", "data", "evals", "metrics",
-    "timings", "method", "provenance", "started_at", "finished_at", "outcomes",
+    "timings", "layers", "method", "provenance", "started_at", "finished_at", "outcomes",
 )  # fmt: skip
 
 
