@@ -69,20 +69,12 @@ class FeatureSource:
         """Image features for dense tasks: the WHOLE image resized to the encoder's input (``resize=squash``).
 
         Why: the default centre crop leaves mask pixels without a patch (CamVid
-        frames are 4:3), so segmentation asks for this instead.  Encoders that
-        know no ``resize`` option give their default images.
+        frames are 4:3), so segmentation asks for this instead (see
+        :meth:`FeatureStore.dense_image_features`).
         """
-        from alignbench.errors import ConfigError
-
         def make():
             opts = dict(self._image_opts)
-            opts["encoder_options"] = {**(opts.get("encoder_options") or {}), "resize": "squash"}
-            try:
-                return self.store.image_features(self.image_encoder, self.dataset(dataset), split, **opts)
-            except ConfigError as exc:
-                if "resize" not in str(exc):
-                    raise
-                return self.images(dataset, split)
+            return self.store.dense_image_features(self.image_encoder, self.dataset(dataset), split, **opts)
 
         return self._memo(("dense_images", dataset, split), make)
 
