@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+from alignbench.atomic import fsync_dir
 from alignbench.errors import DiskFullError
 
 log = logging.getLogger(__name__)
@@ -27,19 +28,10 @@ SPACE_MARGIN = 16 << 20  # keep this much free beyond an entry's estimate (metad
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (unique temp file, fsync, rename)."""
-    from alignbench.results import atomic_write_json
+    """Write JSON atomically and durably (the project's one atomic writer)."""
+    from alignbench.atomic import write_json_atomic
 
-    atomic_write_json(path, obj)
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_json_atomic(path, obj, indent=1, sort_keys=True)
 
 
 @contextlib.contextmanager
