@@ -582,3 +582,38 @@ def test_float16_finiteness_check_by_exponent_bits_matches_numpy():
         b = a.copy()
         b[100] = bad
         assert not _all_finite(b) and not _all_finite(b.astype(np.float32))
+
+
+def _make_legacy(path: Path) -> None:
+    """Rewrite an entry's meta.json as the previous store wrote it: whole-file and sampled sha256 per
+    file, no checksum of the meta itself."""
+    import hashlib
+
+    meta = json.loads((path / "meta.json").read_text())
+    meta.pop("meta_xxh3_128")
+    for name, rec in meta["files"].items():
+        digest = hashlib.sha256((path / name).read_bytes()).hexdigest()
+        meta["files"][name] = {"size": rec["size"], "sha256": digest, "sample_sha256": digest}
+    (path / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
+def test_entries_of_the_previous_format_are_verified_and_upgraded_not_reencoded(store, caps):
+    f = store.image_features("tiny-vit", caps, "train", progress=False)
+    path = Path(f.meta["path"])
+    want = json.loads((path / "meta.json").read_text())
+    _make_legacy(path)
+    forget_verified()
+    g = store.image_features("tiny-vit", caps, "train", progress=False)
+    assert store.last_action == "reused" and g.meta["path"] == str(path)
+    assert json.loads((path / "meta.json").read_text())["files"] == want["files"]  # upgraded in place
+    forget_verified()
+    store.image_features("tiny-vit", caps, "train", progress=False, verify=True)
+    assert store.last_action == "reused"
+    # a legacy entry whose bytes no longer match its recorded sha256 is caught during that one check
+    _make_legacy(path)
+    with open(path / "tokens.npy", "r+b") as fh:
+        fh.seek(300)
+        fh.write(b"\x01\x02\x03")
+    forget_verified()
+    store.image_features("tiny-vit", caps, "train", progress=False)
+    assert store.last_action == "encoded"

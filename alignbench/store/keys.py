@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 FORMAT = 1  # part of every key: changing it re-encodes every cache, so checksum upgrades never touch it
-KINDS = ("images", "texts", "prompts", "textlist")
 
 
 def safe_name(name: str) -> str:
@@ -50,7 +49,7 @@ def dataset_options(ds: Any) -> Any:
 class Request:
     """What to encode and where it goes; its key is computed without building a model."""
 
-    kind: str  # one of KINDS
+    kind: str  # images | texts | prompts | textlist
     encoder: Any  # an (unbuilt) encoder instance
     encoder_name: str
     dataset: str
