@@ -36,8 +36,18 @@ class DeviceChoice:
         return self.resolved
 
 
+#: A GPU driver leaves one of these; without any, CUDA cannot be there and torch need not be imported
+#: (so ``auto`` stays instant for a cached ``alignbench encode``).
+_GPU_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
 def cuda_device_count() -> int:
     """Visible CUDA devices (0 without CUDA or without a CUDA build of torch)."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules and not any(os.path.exists(p) for p in _GPU_DRIVER_PATHS):
+        return 0
     try:
         import torch
 
