@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
 
     from alignbench.devices import parse_device, warn_if_slow_dtype
 
-    device = parse_device(args.device).resolved  # before any work: --device cuda without CUDA fails at once
+    device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
     specs = build_specs(args)
     check_budgets(specs, args.data_root)
     todo, done = (specs, []) if args.overwrite else plan(specs, args.results)
