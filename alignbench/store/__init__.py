@@ -14,8 +14,8 @@ from __future__ import annotations
 from alignbench.store.checksums import CorruptEntry, forget_verified
 from alignbench.store.encoding import all_finite as _all_finite
 from alignbench.store.entries import CacheEntry
-from alignbench.store.feature_store import DENSE_OPTIONS, ENV_CACHE, FeatureStore, default_root
+from alignbench.store.feature_store import ENV_CACHE, FeatureStore, default_root
 from alignbench.store.keys import FORMAT, EntryKey, texts_fingerprint
 
-__all__ = ["CacheEntry", "CorruptEntry", "DENSE_OPTIONS", "ENV_CACHE", "EntryKey", "FORMAT", "FeatureStore",
+__all__ = ["CacheEntry", "CorruptEntry", "ENV_CACHE", "EntryKey", "FORMAT", "FeatureStore",
            "default_root", "forget_verified", "texts_fingerprint"]

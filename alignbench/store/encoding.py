@@ -23,8 +23,9 @@ import numpy as np
 from alignbench.errors import AlignbenchError, DataError, FeatureError
 from alignbench.store.checksums import file_record, mark_verified, seal
 from alignbench.store.keys import FORMAT, EntryKey, Request, hash_json, safe_name
-from alignbench.store.locking import (disk_full_error, ensure_space, fsync_dir, is_disk_full, save_progress,
-                                      start_or_resume, temp_folder, write_json)
+from alignbench.atomic import fsync_dir
+from alignbench.store.locking import (disk_full_error, ensure_space, is_disk_full, save_progress, start_or_resume,
+                                      temp_folder, write_json)
 from alignbench.store.npyfile import NpyWriter, npy_bytes
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ class EntryWriter:
             "format": FORMAT, "key": key, "key_hash": hash_json(key), "kind": req.kind,
             "encoder": safe_name(req.encoder_name), "encoder_name": req.encoder_name, "dataset": req.dataset,
             "split": req.split, "count": len(items), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "encode_seconds": round(time.time() - t0, 3), "alignbench": __version__, **extra,
+            "encode_seconds": round(time.time() - t0, 3), "device": str(getattr(req.encoder, "device", "cpu")),
+            "alignbench": __version__, **extra,
         })
         (tmp / "progress.json").unlink(missing_ok=True)
         write_json(tmp / "meta.json", meta)

@@ -31,7 +31,6 @@ log = logging.getLogger("alignbench.store")
 
 ENV_CACHE = "ALIGNBENCH_CACHE"
 CHECKPOINT_SECONDS = 20.0
-DENSE_OPTIONS = {"resize": "squash"}  # dense tasks: the whole image resized, so every mask pixel has a patch
 
 
 def default_root() -> Path:
@@ -52,8 +51,9 @@ class FeatureStore:
     """
 
     def __init__(self, root: str | os.PathLike | None = None, *, checkpoint_seconds: float = CHECKPOINT_SECONDS,
-                 text_chunk: int | None = None):
+                 text_chunk: int | None = None, device: str = "cpu"):
         self.root = Path(root).expanduser() if root is not None else default_root()
+        self.device = str(device)  # where encoders compute (a resolved device: "cpu", "cuda:0"); not in the key
         self.checkpoint_seconds = checkpoint_seconds  # how often an encode saves a resumable checkpoint
         self.text_chunk = text_chunk  # texts sorted by length within chunks of this many (default 4096)
         self._encoders: dict[Any, Any] = {}
@@ -88,9 +88,12 @@ class FeatureStore:
         """Image features for dense tasks: the WHOLE image squashed to the encoder's input (``resize=squash``).
 
         Why: a centre crop leaves mask pixels without a patch (CamVid frames are
-        4:3).  Encoders that know no ``resize`` option give their default images.
+        4:3).  Encoders that know no ``resize`` option give their default images
+        (:func:`alignbench.feature_kinds.dense_options` decides).
         """
-        opts = self._dense_options(encoder, kw.get("layer"), kw.get("dtype", "fp32"), encoder_options)
+        from alignbench.feature_kinds import dense_options
+
+        opts = dense_options(self, encoder, kw.get("layer"), kw.get("dtype", "fp32"), encoder_options) or None
         return self.image_features(encoder, dataset, split, encoder_options=opts, **kw)
 
     def text_features(self, encoder: str, dataset: Any, split: str, *, layer: int | None = None,
@@ -129,7 +132,9 @@ class FeatureStore:
         ``kind``: images | dense_images | texts | prompts (``split`` is ignored for prompts).
         """
         if kind == "dense_images":
-            encoder_options = self._dense_options(encoder, layer, dtype, encoder_options)
+            from alignbench.feature_kinds import dense_options
+
+            encoder_options = dense_options(self, encoder, layer, dtype, encoder_options) or None
             kind = "images"
         build = {"images": self._image_request, "texts": self._text_request}.get(kind)
         if build is not None:
@@ -224,7 +229,7 @@ class FeatureStore:
             kw = dict(options or {})
             if modality is not None:
                 kw["modality"] = modality
-            self._encoders[key] = _get_encoder(name, layer=layer, dtype=dtype, **kw)
+            self._encoders[key] = _get_encoder(name, layer=layer, dtype=dtype, device=self.device, **kw)
         return self._encoders[key]
 
     def dataset(self, dataset: Any, data_root: Any = None):
@@ -253,17 +258,6 @@ class FeatureStore:
             raise ConfigError(f"{name!r} is a{'n' if enc.modality == 'image' else ''} {enc.modality} encoder; "
                               f"it cannot encode {modality}s (pairs are VISION+TEXT)")
         return enc
-
-    def _dense_options(self, encoder, layer, dtype, options) -> dict | None:
-        """``options`` plus ``resize=squash``, or ``options`` alone for an encoder without that option."""
-        dense = {**(options or {}), **DENSE_OPTIONS}
-        try:
-            self.encoder(encoder, layer=layer, dtype=dtype, options=dense, modality="image")
-        except ConfigError as exc:
-            if "resize" not in str(exc):
-                raise
-            return options
-        return dense
 
     def _image_request(self, encoder, dataset, split, layer, dtype, data_root, options, tokens) -> Request:
         enc = self._enc(encoder, "image", layer, dtype, options)
