@@ -101,9 +101,8 @@ class FuseMix(GlobalHeadMethod):
 
     Config = FuseMixConfig
     inherent_deviations = (
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
         "validation loss = InfoNCE without mixup at the current learnable temperature",
-        "max_epochs 1000 / patience 50 epochs (shared head defaults; FuseMix trains for a fixed schedule)",
+        "early stopping on the validation loss (FuseMix trains for a fixed schedule)",
     )
     test_overrides = {"max_epochs": 40, "patience": 10, "batch_size": 256, "n_blocks": 1, "expansion": 2,
                       "dropout": 0.1}

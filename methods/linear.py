@@ -19,10 +19,6 @@ class Linear(GlobalHeadMethod):
     """Contrastive Linear(d, 512) per modality on global features (Merullo et al. idea, STRUCTURE recipe)."""
 
     Config = LinearConfig
-    inherent_deviations = (
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
-        "patience 50 epochs (reference 200)",
-    )
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:

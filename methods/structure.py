@@ -83,10 +83,6 @@ class Structure(GlobalHeadMethod):
     """STRUCTURE: contrastive Linear (or MLP) head + neighbourhood-structure regulariser (JS of batch softmax)."""
 
     Config = StructureConfig
-    inherent_deviations = (
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
-        "patience 50 epochs (reference 200)",
-    )
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3, "lambda_warmup_steps": 20}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
