@@ -256,6 +256,27 @@ def test_structure_lambda_warmup_and_loss(data):
         Structure(early_stop_on="train")
 
 
+def test_structure_warmup_in_epochs_or_a_fraction_lets_lambda_act(data):
+    """At one step per epoch, 1,000 warm-up steps outlast early stopping; epochs/fractions scale with the budget."""
+    train, val, _ = data  # 400 pairs, batch 100: 4 steps per epoch
+    kw = dict(max_epochs=3, batch_size=100, lr=3e-3, lam=2.0)
+    steps = Structure(**kw)
+    steps.fit(train, val, seed=0)
+    info = steps.fit_info
+    assert info["lambda_warmup_steps_used"] == 1000 and info["lambda_at_end"] == pytest.approx(2.0 * 12 / 1000)
+    epochs = Structure(lambda_warmup_epochs=2, **kw)
+    epochs.fit(train, val, seed=0)
+    assert epochs.fit_info["lambda_warmup_steps_used"] == 8 and epochs.fit_info["lambda_at_end"] == 2.0
+    assert epochs.fit_info["lambda_at_best_epoch"] == pytest.approx(2.0 * min(1, 4 * epochs.fit_info["best_epoch"] / 8))
+    assert any("lambda_warmup_epochs=2" in d for d in epochs.fit_info["deviations"])
+    assert Structure(lambda_warmup_fraction=0.5, **kw).config.warmup_steps_for(400) == 6  # half of 3 epochs × 4
+    assert Structure(lambda_warmup_fraction=0.5).config.warmup_steps_for(1000) == 500  # 1000 epochs × 1 step
+    for bad in ({"lambda_warmup_epochs": -1}, {"lambda_warmup_fraction": 1.5},
+                {"lambda_warmup_epochs": 1, "lambda_warmup_fraction": 0.1}):
+        with pytest.raises(ConfigError, match="lambda_warmup"):
+            Structure(**bad)
+
+
 def test_structure_mlp_head_option(data):
     train, val, test = data
     s = Structure(head="mlp", max_epochs=2, lr_range_test=False)
