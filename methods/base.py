@@ -105,6 +105,7 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     registry_name: ClassVar[str] = ""
     test_overrides: ClassVar[dict[str, Any]] = {}  # conformance-suite speed-ups only
+    search_space: ClassVar[dict[str, Any]] = {}  # config field → FloatRange/IntRange/Choice, for `alignbench tune`
 
     def __init__(self, config: MethodConfig | None = None, **overrides: Any):
         cfg = config if config is not None else self.Config()

@@ -24,6 +24,7 @@ from alignbench.errors import ConfigError
 from alignbench.features import Pairs
 from alignbench.methods.base import register_method
 from alignbench.methods.global_head import GlobalHeadMethod, HeadConfig, linear_head, mlp_head
+from alignbench.search_space import FloatRange, IntRange
 from alignbench.training import info_nce
 
 
@@ -105,6 +106,8 @@ class Structure(GlobalHeadMethod):
     """STRUCTURE: contrastive Linear (or MLP) head + neighbourhood-structure regulariser (JS of batch softmax)."""
 
     Config = StructureConfig
+    search_space = {"lam": FloatRange(0.1, 30.0, log=True), "lambda_warmup_epochs": IntRange(0, 50),
+                    "levels": IntRange(1, 3)}
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3, "lambda_warmup_steps": 20}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
