@@ -31,7 +31,8 @@ from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
 from alignbench.methods.fusemix import LearnableTemperature
 from alignbench.methods.global_head import HeadConfig
-from alignbench.training import info_nce, train_contrastive
+from alignbench.search_space import FloatRange
+from alignbench.training import REFERENCE_TRAINER, info_nce, train_contrastive, trainer_deviations
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ class FreezeAlign(Method):
 
     level = "token"
     Config: ClassVar[type[MethodConfig]] = FreezeAlignConfig
+    search_space: ClassVar[dict[str, Any]] = {"lr": FloatRange(1e-4, 1e-2, log=True),
+                                              "weight_decay": FloatRange(1e-6, 1e-1, log=True),
+                                              "dropout": FloatRange(0.0, 0.5)}
     test_overrides: ClassVar[dict[str, Any]] = {"dim": 32, "max_epochs": 40, "patience": 10, "batch_size": 128,
                                                 "lr": 3e-3}
 
@@ -225,13 +229,12 @@ class FreezeAlign(Method):
 
     def _deviations(self) -> list[str]:
         default = FreezeAlignConfig()
-        out = ["shared trainer and its default lr instead of the official recipe "
-               "(enable the LR range test with lr_range_test=true)"]
+        out = ["shared contrastive trainer instead of the official training script"]
         for f in fields(self.config):
             v, d = getattr(self.config, f.name), getattr(default, f.name)
-            if v != d and f.name != "val_max_pairs":
+            if v != d and f.name not in ("val_max_pairs", *REFERENCE_TRAINER):
                 out.append(f"{f.name}={v!r} (faithful default {d!r})")
-        return out
+        return out + trainer_deviations(self.config)
 
     # -- embedding ------------------------------------------------------------------------
     def _fitted(self) -> None:

@@ -13,6 +13,8 @@ EXAMPLES = [
     "alignbench encode --pair effnet-lite0+minilm-l6 --datasets flickr8k,cifar10,camvid",
     "alignbench encode --pair dinov2-s14+minilm-l6 --datasets flickr8k --splits train,dev --dtype bf16",
     "alignbench encode --pair dinov2-s14+minilm-l6 --datasets flickr8k --image-layer 8 --text-layer 4",
+    "alignbench encode --pair timm:vit_large_patch14_dinov2.lvd142m+st:sentence-transformers/all-roberta-large-v1 "
+    "--datasets coco --device cuda --dtype bf16",
     "alignbench encode --list",
 ]
 DEFAULT_DATASETS = "flickr8k,cifar10,fashion-mnist,camvid"
@@ -26,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default=None, help="comma-separated splits to encode (default: every split found on disk)")
     p.add_argument("--image-layer", type=int, default=None, help="image encoder block (default: last; -1 = last)")
     p.add_argument("--text-layer", type=int, default=None, help="text encoder layer (default: last; -1 = last)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="compute dtype (default fp32)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="encoder compute dtype, autocast (default fp32; part of the cache key)")
+    p.add_argument("--device", default="auto", help="where encoders compute: auto (CUDA when present), cpu, cuda, "
+                   "cuda:N (default auto; not part of the cache key, recorded in each entry)")
     p.add_argument("--data-root", default=None, help="datasets folder (default: $ALIGNBENCH_DATA)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $ALIGNBENCH_CACHE or "
                    "~/.cache/alignbench/features)")
@@ -36,21 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "running ahead (auto on GPU)")
     p.add_argument("--workers", type=int, default=None, help="image decoding threads or processes (default: auto)")
     p.add_argument("--no-tokens", action="store_true", help="store only global features (smaller, no token methods)")
-    p.add_argument("--verify", action="store_true", help="fully re-hash cached files before reusing them")
+    p.add_argument("--verify", action="store_true", help="re-hash every cached file (meta.json included) before "
+                   "reusing it, even if already verified; damaged entries are quarantined and re-encoded")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--list", action="store_true", help="list what the cache holds and exit")
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
 def _list(store) -> int:
     from tabulate import tabulate
+
+    from alignbench.store.locking import size_text as _size
 
     st = store.status()
     rows = [[r["encoder"], r["kind"], r["dataset"], r["split"], r["layer"], r["dtype"], r["count"], r["dim"],
@@ -61,6 +61,8 @@ def _list(store) -> int:
                                       "tokens", "size"]))
     for p in st["partial"]:
         print(f"partial (interrupted; resumed on the next encode): {p}")
+    for p in st["quarantined"]:
+        print(f"quarantined (failed its checksums; re-encoded when next used): {p}")
     return 0
 
 
@@ -77,13 +79,17 @@ def _on_disk(ds, split: str, name: str) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     from alignbench.config import DEFAULT_PAIR, split_list
+    from alignbench.devices import parse_device, warn_if_slow_dtype
     from alignbench.errors import ConfigError
     from alignbench.source import split_pair
     from alignbench.store import FeatureStore
+    from alignbench.store.locking import size_text as _size
 
-    store = FeatureStore(args.cache)
     if args.list:
-        return _list(store)
+        return _list(FeatureStore(args.cache))
+    device = parse_device(args.device)
+    warn_if_slow_dtype(args.dtype, device.resolved)
+    store = FeatureStore(args.cache, device=device.resolved)
     t_start = time.time()
     vision, text = split_pair(args.pair or DEFAULT_PAIR)
     datasets = split_list(args.datasets)
@@ -119,8 +125,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"skipped  {name}: no split {'among ' + ', '.join(wanted) if wanted else 'on disk'} "
                   f"(it has {', '.join(ds.splits)})")
             continue
+        # a segmentation dataset is read as squashed whole images (tasks.base.dense_images), never cropped
+        dense = getattr(ds, "kind", "") == "segmentation"
+        images = store.dense_image_features if dense else store.image_features
         for split in splits:
-            record("images", f"{vision} {name}:{split}", lambda: store.image_features(vision, ds, split, **img))
+            record("dense" if dense else "images", f"{vision} {name}:{split}",
+                   lambda: images(vision, ds, split, **img))
             if hasattr(ds, "captions"):
                 record("texts", f"{text} {name}:{split}", lambda: store.text_features(text, ds, split, **txt))
         if hasattr(ds, "classnames"):

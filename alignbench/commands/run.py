@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image encoder block (default: last), or 'best': the choice stored by `alignbench layers`")
     p.add_argument("--text-layer", default=None,
                    help="text encoder layer (default: last), or 'best': the choice stored by `alignbench layers`")
-    p.add_argument("--device", default="auto", help="device for fitting: cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--device", default="auto", help="where encoders and fits compute: auto (CUDA when present, "
+                   "default), cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="redo runs whose result already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -52,7 +53,6 @@ def build_specs(args: argparse.Namespace) -> list:
     """The RunSpecs of this command, every name and hyperparameter checked (no data read)."""
     import dataclasses
 
-    from alignbench.config import EncoderOptions
     from alignbench.runner import validate_spec
     from alignbench.sweep_config import build_config, expand
 
@@ -122,12 +122,13 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.report import format_budget
     from alignbench.runner import plan, run_one
 
+    from alignbench.devices import parse_device, warn_if_slow_dtype
+
+    device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
     specs = build_specs(args)
     check_budgets(specs, args.data_root)
     todo, done = (specs, []) if args.overwrite else plan(specs, args.results)
-    from alignbench.devices import parse_device
-
-    device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
+    warn_if_slow_dtype(args.dtype, device)
     print(f"{len(specs)} run(s): {len(todo)} to do, {len(done)} already done in {args.results}"
           + (" (--overwrite redoes them)" if done else ""), file=sys.stderr)
     failed = []
@@ -185,4 +186,4 @@ def _print_summary(specs: list, results: str) -> None:
     if not records:
         return
     print()
-    print(render(store.to_frame(records), fmt="markdown"))
+    print(render(records, fmt="markdown"))
