@@ -134,7 +134,8 @@ def _out_file(args: argparse.Namespace, dest: str) -> None:
 
 
 def _plot_dir(args: argparse.Namespace, dest: str) -> None:
-    if getattr(args, "plot", False) or getattr(args, dest) != "results/figures":
+    wanted = getattr(args, "plot", not getattr(args, "no_plot", False))  # report: --plot; analyze: unless --no-plot
+    if wanted or getattr(args, dest) != "results/figures":
         writable_dir(getattr(args, dest), _flag(dest))
 
 
