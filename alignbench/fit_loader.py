@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alignbench.analyses import StoredFit
-from alignbench.errors import DataError
+from alignbench.errors import AlignbenchError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,19 @@ class FitLoader:
         return StoredFit(record=record, method=method)
 
     def _stored(self, record: dict[str, Any]) -> Any:
-        """The method rebuilt from a fitted state kept beside the result, when this alignbench keeps them."""
-        from alignbench import results
-
-        load = getattr(results, "load_fitted", None)
-        if load is None:
-            return None
+        """The method rebuilt from the fitted state kept beside the result (``alignbench.fits``), if any."""
         try:
-            return load(record, self.results)
-        except (OSError, ValueError, KeyError, DataError) as exc:  # a missing or damaged state: refit instead
-            log.warning("fitted state of %s unusable (%s); refitting", record.get("run_id"), exc)
+            from alignbench.fits import load_fitted, state_path
+        except ImportError:  # an alignbench that does not keep fitted states
+            return None
+        fit_id = record.get("fit_id")
+        folder = Path(record["_file"]).parent if record.get("_file") else self.results  # states sit beside results
+        if not fit_id or not state_path(folder, fit_id).is_file():
+            return None  # schema-1 results, or a run stored before states were kept: refit (noted)
+        try:
+            return load_fitted(record, folder)
+        except AlignbenchError as exc:  # damaged, or another method version: refit instead, never use it
+            log.warning("%s; refitting %s from its record", exc, record.get("run_id"))
             return None
 
     def _refit(self, record: dict[str, Any]) -> Any:
