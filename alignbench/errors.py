@@ -44,3 +44,7 @@ class ConfigError(AlignbenchError, ValueError):
 
 class TrainingDivergedError(AlignbenchError, RuntimeError):
     """Training produced a non-finite loss."""
+
+
+class PluginError(AlignbenchError):
+    """A plug-in (entry point) or dataset card that cannot be used: failed import, taken name."""
