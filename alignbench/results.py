@@ -2,8 +2,8 @@
 
 Why one file per run: sweep workers never share a file, so a crashed or
 duplicated job cannot corrupt anyone else's numbers, and "is this run done?"
-is a file-exists check.  Files are written to a temporary name in the same
-folder and ``os.replace``d into place, so a reader never sees half a result.
+is a file-exists check.  Files are written with ``alignbench.atomic`` (temp file,
+fsync, ``os.replace``), so a reader never sees half a result.
 
 A record (schema version 1) looks like::
 
@@ -21,10 +21,10 @@ import json
 import logging
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from alignbench.atomic import write_json_atomic
 from alignbench.config import RunSpec
 from alignbench.errors import DataError
 
@@ -62,21 +62,8 @@ def _json_safe(obj: Any) -> Any:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` to ``path`` via a unique temp file + ``os.replace`` (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(obj), f, indent=2, sort_keys=False, default=str, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write a result (NaN/inf stored as null) atomically: see ``alignbench.atomic``."""
+    return write_json_atomic(path, _json_safe(obj))
 
 
 class ResultStore:

@@ -244,12 +244,15 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
 
     # 3. evaluate.
     metrics: dict[str, dict[str, float]] = {}
+    outcomes: dict[str, dict[str, Any]] = {}
     timings["eval"] = {}
     for ev in evals:
         log.info("%s: evaluating %s", spec.run_id, ev)
         state["phase"] = f"eval {ev}"
         t = time.perf_counter()
-        metrics[ev.key] = tasks[ev.task].evaluate(method, source, source.dataset(ev.dataset), ev.split)
+        metrics[ev.key], found = tasks[ev.task].evaluate_with_outcomes(method, source, source.dataset(ev.dataset), ev.split)
+        if found is not None:  # per-query / per-image outcomes: intervals and paired tests need no refit
+            outcomes[ev.key] = found.to_json()
         timings["eval"][ev.key] = time.perf_counter() - t
 
     return {
@@ -270,6 +273,7 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
             "num_parameters": _num_parameters(method),
         },
         "provenance": provenance.collect(device, spec.encoder.dtype),
+        "outcomes": outcomes,
     }
 
 
@@ -326,7 +330,7 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
 
 _ORDER = (
     "schema_version", "status", "run_id", "spec", "budget", "data", "evals", "metrics",
-    "timings", "method", "provenance", "started_at", "finished_at",
+    "timings", "method", "provenance", "started_at", "finished_at", "outcomes",
 )  # fmt: skip
 
 
