@@ -143,7 +143,8 @@ def test_html_report_in_a_real_browser(results, tmp_path, browser, capsys):
     assert "linear-x-b10-s0-000000000000" in failed and "TrainingDivergedError: loss became nan at epoch 3" in failed
 
     shot = tmp_path / "report.png"
-    browser.refresh()  # the page as first opened
+    browser.get(page.as_uri())  # the page as first opened, from the top
+    browser.execute_script("window.scrollTo(0, 0)")
     assert browser.save_screenshot(str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if os.environ.get("ALIGNBENCH_UPDATE_SCREENSHOT"):
