@@ -92,6 +92,15 @@ brokenplug = "abplug_ridge.broken:Thing"
 shadowplug = "abplug_ridge.shadow:Shadow"
 csa = "abplug_ridge.method:RidgeMap"
 
+[project.entry-points."alignbench.datasets"]
+plugpets = "abplug_ridge.data:PlugPets"
+
+[project.entry-points."alignbench.encoders"]
+plugenc = "abplug_ridge.encoder:PlugEncoder"
+
+[project.entry-points."alignbench.tasks"]
+plugtask = "abplug_ridge.task:PlugTask"
+
 [tool.setuptools]
 packages = ["abplug_ridge"]
 '''
@@ -122,16 +131,20 @@ def sh(env, *args, timeout=600) -> subprocess.CompletedProcess:
 
 
 def test_listed_from_metadata_without_import(plugin_env):
-    r = sh(plugin_env, "-m", "alignbench.cli", "ls", "methods")
+    r = sh(plugin_env, "-m", "alignbench.cli", "ls")
     assert r.returncode == 0, r.stderr
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.startswith("  ")}
+    for what, name in (("datasets", "plugpets"), ("encoders", "plugenc"), ("tasks", "plugtask")):
+        section = r.stdout.split(f"{what}:\n", 1)[1].split(":\n", 1)[0]
+        assert f"  {name} " in section and "[plug-in abplug-ridge" in lines[name]
     assert "ridgemap" in lines and "plug-in abplug-ridge (abplug_ridge.method:RidgeMap)" in lines["ridgemap"]
     assert "brokenplug" in lines  # listed: its metadata is fine, only importing it fails
     assert "plug-in problems:" in r.stdout
     assert "method csa: plug-in 'abplug_ridge.method:RidgeMap' from abplug-ridge registers method 'csa', " \
            "which already exists (alignbench.methods.csa); ignored" in r.stdout
-    probe = sh(plugin_env, "-c", "import sys; from alignbench.registry import METHODS; "
-                                 "print(METHODS.names()); print(sorted(m for m in sys.modules if 'abplug' in m))")
+    probe = sh(plugin_env, "-c", "import sys; from alignbench.registry import REGISTRIES; "
+                                 "print(REGISTRIES['methods'].names()); [r.names() for r in REGISTRIES.values()]; "
+                                 "print(sorted(m for m in sys.modules if 'abplug' in m))")
     names, imported = probe.stdout.splitlines()
     assert "'ridgemap'" in names and imported == "[]"
 
