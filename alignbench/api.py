@@ -63,6 +63,10 @@ def run(methods: str | Sequence[str], *, budget: Any = "10k", pair: str | Sequen
     )  # fmt: skip
     if not args.methods:
         raise ConfigError("no methods given: e.g. ab.run(methods=['pal', 'csa'], budget='1k')")
+    from alignbench.preflight import check
+
+    args.device, args.data_root, args.results, args.cache = device, data_root, results, cache
+    check("run", args)  # the CLI's checks of every value and path, in the same order
     specs = run_cmd.build_specs(args)
     run_cmd.check_budgets(specs, data_root)
     choice = parse_device(device)

@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             from alignbench.datasets.cards import use
 
             use(args.dataset_file, getattr(args, "data_root", None))  # the names exist before any is resolved
+        from alignbench.preflight import check
+
+        check(args.command, args)  # every value and path, before any data is read or fitted
         rc = int(args._main(args) or 0)
         sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
         return rc

@@ -106,7 +106,9 @@ def main(args: argparse.Namespace) -> int:
     specs = build_specs(args)
     check_budgets(specs, args.data_root)
     todo, done = (specs, []) if args.overwrite else plan(specs, args.results)
-    device = _device(args.device)
+    from alignbench.devices import parse_device
+
+    device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
     print(f"{len(specs)} run(s): {len(todo)} to do, {len(done)} already done in {args.results}"
           + (" (--overwrite redoes them)" if done else ""), file=sys.stderr)
     failed = []
@@ -135,14 +137,6 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
     _print_summary(specs, args.results)
     return 1 if failed else 0
-
-
-def _device(text: str) -> str:
-    if text != "auto":
-        return text
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _method_label(spec) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 from alignbench.datasets._bases import Labelled, ListedClassification, ListedSegmentation, Masked, folder_listing
 from alignbench.datasets._layout import SplitCache, digest, list_images, read_lines, readable, subfolders
 from alignbench.datasets.base import CaptionDataset, FileImageLoader, ImageList
-from alignbench.errors import DataError
+from alignbench.errors import DataError, MalformedDataError
 
 KINDS = ("captions", "classification", "segmentation")
 ONE_SPLIT = "all"  # the split of a dataset whose card declares none
@@ -95,7 +95,7 @@ class CardDataset:
         lines = read_lines(self.card.templates, f"dataset {self.card.name!r} templates")
         for n, t in enumerate(lines, 1):
             if t.count("{}") != 1:
-                raise DataError(f"{self.card.templates} line {n}: template {t!r} must contain '{{}}' exactly once "
+                raise MalformedDataError(f"{self.card.templates} line {n}: template {t!r} must contain '{{}}' exactly once "
                                 "(where the class name goes)")
         if not lines:
             raise DataError(f"{self.card.templates}: no templates (one per line, e.g. 'a photo of a {{}}.')")
@@ -116,7 +116,7 @@ class CardDataset:
             folder, sep, name = line.partition(":")
             folder, name = folder.strip(), (name.strip() if sep else readable(folder.strip()))
             if folder in folders:
-                raise DataError(f"{self.card.classes} line {n}: class {folder!r} is listed twice")
+                raise MalformedDataError(f"{self.card.classes} line {n}: class {folder!r} is listed twice")
             folders.append(folder)
             names.append(name or folder)
         if not folders:
@@ -154,7 +154,7 @@ class FileCaptions(CardDataset, CaptionDataset):
                 by_image[row.image] = row
                 continue
             if row.split != seen.split:
-                raise DataError(f"{card.captions} line {row.line}: image {row.image!r} is in split {row.split!r} "
+                raise MalformedDataError(f"{card.captions} line {row.line}: image {row.image!r} is in split {row.split!r} "
                                 f"here but in split {seen.split!r} on line {seen.line}")
             seen.captions += row.captions
         missing = [(r.line, r.image) for r in by_image.values() if not (card.images / r.image).is_file()]
@@ -183,7 +183,7 @@ class FileCaptions(CardDataset, CaptionDataset):
             for name, row in by_image.items():
                 split = row.split or ONE_SPLIT
                 if split not in members:
-                    raise DataError(f"{card.captions} line {row.line}: split {split!r} is not one of the card's "
+                    raise MalformedDataError(f"{card.captions} line {row.line}: split {split!r} is not one of the card's "
                                     f"splits ({', '.join(card.splits)}; {card.file})")
                 members[split].append(name)
             return members
@@ -192,9 +192,9 @@ class FileCaptions(CardDataset, CaptionDataset):
             members[split] = []
             for n, name in enumerate(read_lines(path, f"dataset {card.name!r} split {split!r}"), 1):
                 if name not in by_image:
-                    raise DataError(f"{path} line {n}: image {name!r} has no caption in {card.captions}")
+                    raise MalformedDataError(f"{path} line {n}: image {name!r} has no caption in {card.captions}")
                 if name in owner_of:
-                    raise DataError(f"{path} line {n}: image {name!r} is also in split {owner_of[name]!r}")
+                    raise MalformedDataError(f"{path} line {n}: image {name!r} is also in split {owner_of[name]!r}")
                 owner_of[name] = split
                 members[split].append(name)
         return members
@@ -232,19 +232,19 @@ def _rows(path: Path, cols: dict[str, str], *, split_wanted: bool) -> Iterator[_
         reader.fieldnames = header
         for what in ("image", "caption"):
             if cols[what] not in header:
-                raise DataError(f"{path} line 1: no column {cols[what]!r} (columns: {', '.join(header) or 'none'}); "
+                raise MalformedDataError(f"{path} line 1: no column {cols[what]!r} (columns: {', '.join(header) or 'none'}); "
                                 f"name it in the card with columns: {{{what}: <column>}}")
         has_split = cols["split"] in header
         if has_split and not split_wanted:
             raise DataError(f"{path} has a {cols['split']!r} column: list its values in the card "
                             "(splits: [train, test]) to use it")
         if split_wanted and not has_split:
-            raise DataError(f"{path} line 1: no column {cols['split']!r} for the card's splits "
+            raise MalformedDataError(f"{path} line 1: no column {cols['split']!r} for the card's splits "
                             f"(columns: {', '.join(header)})")
         for rec in reader:
             line = reader.line_num
             if None in rec:
-                raise DataError(f"{path} line {line}: more fields than the header's {len(header)} "
+                raise MalformedDataError(f"{path} line {line}: more fields than the header's {len(header)} "
                                 "(quote captions that contain the delimiter)")
             yield _row(path, line, rec.get(cols["image"]), rec.get(cols["caption"]),
                        rec.get(cols["split"]) if has_split else None, split_wanted)
@@ -258,17 +258,17 @@ def _jsonl_rows(path: Path, cols: dict[str, str], split_wanted: bool) -> Iterato
             try:
                 rec = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {line}: not valid JSON ({exc.msg})") from None
+                raise MalformedDataError(f"{path} line {line}: not valid JSON ({exc.msg})") from None
             if not isinstance(rec, dict):
-                raise DataError(f"{path} line {line}: expected a JSON object, found {type(rec).__name__}")
+                raise MalformedDataError(f"{path} line {line}: expected a JSON object, found {type(rec).__name__}")
             caps = rec.get(cols["caption"], rec.get(cols["caption"] + "s"))
             for what, value in (("image", rec.get(cols["image"])), ("caption", caps)):
                 if value is None:
-                    raise DataError(f"{path} line {line}: no {cols[what]!r} field (fields: {', '.join(rec) or 'none'})")
+                    raise MalformedDataError(f"{path} line {line}: no {cols[what]!r} field (fields: {', '.join(rec) or 'none'})")
             if split_wanted and cols["split"] not in rec:
-                raise DataError(f"{path} line {line}: no {cols['split']!r} field for the card's splits")
+                raise MalformedDataError(f"{path} line {line}: no {cols['split']!r} field for the card's splits")
             if not split_wanted and cols["split"] in rec:
-                raise DataError(f"{path} line {line} has a {cols['split']!r} field: list the split names in the "
+                raise MalformedDataError(f"{path} line {line} has a {cols['split']!r} field: list the split names in the "
                                 "card (splits: [train, test]) to use it")
             yield _row(path, line, rec[cols["image"]], caps, rec.get(cols["split"]), split_wanted)
 
@@ -276,14 +276,14 @@ def _jsonl_rows(path: Path, cols: dict[str, str], split_wanted: bool) -> Iterato
 def _row(path: Path, line: int, image: Any, caption: Any, split: Any, split_wanted: bool) -> _Row:
     image = str(image or "").strip()
     if not image:
-        raise DataError(f"{path} line {line}: empty image path")
+        raise MalformedDataError(f"{path} line {line}: empty image path")
     caps = caption if isinstance(caption, list) else [caption]
     caps = [str(c if c is not None else "").strip() for c in caps]
     if not caps or not all(caps):
-        raise DataError(f"{path} line {line}: empty caption for image {image!r}")
+        raise MalformedDataError(f"{path} line {line}: empty caption for image {image!r}")
     split = str(split).strip() if split is not None else None
     if split_wanted and not split:
-        raise DataError(f"{path} line {line}: empty split for image {image!r}")
+        raise MalformedDataError(f"{path} line {line}: empty split for image {image!r}")
     return _Row(image, caps, split, line)
 
 
