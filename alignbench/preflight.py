@@ -145,6 +145,14 @@ def _device(args: argparse.Namespace, dest: str) -> None:
         setattr(args, dest, parse_device(getattr(args, dest)))
 
 
+def _device_text(args: argparse.Namespace, dest: str) -> None:
+    """A sweep's device is resolved on each worker (its node's GPU): here only the spelling is checked."""
+    from alignbench.devices import check_device_text
+
+    if getattr(args, dest) is not None:
+        setattr(args, dest, check_device_text(getattr(args, dest)))
+
+
 def _seeds(args: argparse.Namespace, dest: str) -> None:
     from alignbench.config import parse_seeds
 
@@ -201,9 +209,9 @@ Check = Callable[[argparse.Namespace, str], None]
 COMMAND_CHECKS: dict[str, dict[str, Check]] = {
     "run": {"seeds": _seeds, "device": _device, "methods": _methods, "data_root": _data_root,
             "results": _results_writable, "cache": _cache},
-    "sweep": {"seeds": _seeds, "methods": _methods, "data_root": _data_root, "results": _results_writable,
+    "sweep": {"seeds": _seeds, "device": _device_text, "methods": _methods, "data_root": _data_root, "results": _results_writable,
               "cache": _cache},
-    "encode": {"splits": _splits, "data_root": _data_root, "cache": _cache_writable},
+    "encode": {"device": _device, "splits": _splits, "data_root": _data_root, "cache": _cache_writable},
     "report": {"results": _results_readable, "out": _out_file, "plot_dir": _plot_dir},
     "data": {"data_root": _data_root},
     "analyze": {"results": _results_readable, "out": _out_file, "plot_dir": _plot_dir},

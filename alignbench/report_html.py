@@ -2,8 +2,8 @@
 
 Why a page: researchers share results as pages; this one needs no server and
 no network (styles, script and figures are inline; figures are base64 PNG).
-The table is the Markdown report's table (``report.build_table``, the same
-rows, labels and cell text), with sortable columns and a filter box; each
+The table is the Markdown report's table (``report.build_table``: the same
+rows, labels, cell text with 95% intervals, bold and caption), with sortable columns and a filter box; each
 row links to the runs behind it, whose config, package versions, git
 revision and device open on demand.  Runs recorded from other code than the
 current checkout are flagged stale; failed runs without a result are listed.
@@ -16,12 +16,9 @@ import json
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
-from alignbench.report import CONTROLS, Table, _fmt, _headers, build_table, format_budget
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+from alignbench.report import CONTROLS, Table, _fmt, _headers, build_table, caption
 
 esc = html.escape
 
@@ -64,12 +61,12 @@ SCRIPT = """
 """
 
 
-def render_html(records: list[dict[str, Any]], frame: "pd.DataFrame", *, by: str = "budget",
-                metrics: Iterable[str] | None = None, failures: Iterable[dict[str, Any]] = (),
-                figures: bool = True, title: str = "alignbench report") -> str:
-    """The page as one string; ``records`` are the runs of ``frame`` (``ResultStore``), ``failures`` failed ones."""
+def render_html(records: list[dict[str, Any]], *, by: str = "budget", metrics: Iterable[str] | None = None,
+                failures: Iterable[dict[str, Any]] = (), figures: bool = True,
+                title: str = "alignbench report") -> str:
+    """The page as one string; ``records`` are stored results (``ResultStore``), ``failures`` failed runs."""
     metrics = list(metrics) if metrics is not None else None
-    table = build_table(frame, by=by, metrics=metrics)
+    table = build_table(records, by=by, metrics=metrics)
     current = _current_revision()
     stale = {r["run_id"]: why for r in records if (why := stale_reason(r, current))}
     failures = list(failures)
@@ -88,19 +85,18 @@ def render_html(records: list[dict[str, Any]], frame: "pd.DataFrame", *, by: str
         "<h2>Methods × tasks</h2>",
         '<p><input id="filter" type="search" placeholder="filter rows (method, budget, pair…)"> '
         '<span class="meta">click a column header to sort</span></p>',
-        table_html(table, _run_ids(frame, table), stale),
-        f'<p class="meta">Mean ± s.d. over seeds (percent). Best value per column within each '
-        f'{esc(" and ".join(table.group_names))} in bold. ⚠ = recorded by other code than this checkout.</p>',
+        table_html(table, stale),
+        f'<p class="meta">{esc(caption(table))} ⚠ = recorded by other code than this checkout.</p>',
     ]  # fmt: skip
     if figures:
-        parts += ["<h2>Budget curves</h2>", _figure(frame, metrics)]
+        parts += ["<h2>Budget curves</h2>", _figure(records, metrics)]
     if failures:
         parts += ["<h2>Failed runs</h2>", _failures_html(failures)]
     parts += ["<h2>Runs and provenance</h2>", _runs_html(records, stale), f"<script>{SCRIPT}</script></body></html>"]
     return "\n".join(parts) + "\n"
 
 
-def table_html(table: Table, run_ids: dict[tuple, list[str]], stale: dict[str, str]) -> str:
+def table_html(table: Table, stale: dict[str, str]) -> str:
     """The Table as HTML: every group value shown (rows can be re-sorted), numbers in ``data-value``."""
     heads = _headers(table)
     th = [f'<th data-type="text">{esc(g)}</th>' for g in table.group_names]
@@ -109,8 +105,8 @@ def table_html(table: Table, run_ids: dict[tuple, list[str]], stale: dict[str, s
     th += ['<th data-type="text">runs</th>']
     out = ['<table id="results">', "<thead><tr>" + "".join(th) + "</tr></thead>", "<tbody>"]
     for r in table.rows:
-        ids = run_ids.get((r.group, r.method), [])
-        cls = [c for c, on in (("control", r.method.split(":")[0] in CONTROLS),
+        ids = sorted(rec["run_id"] for recs in (r.runs.runs.values() if r.runs else ()) for rec in recs)
+        cls = [c for c, on in (("control", (r.runs.method if r.runs else r.method) in CONTROLS),
                                ("stale", any(i in stale for i in ids))) if on]
         tds = [f"<td>{esc(v)}</td>" for v in r.group]
         tds += [f"<td>{esc(r.method)}</td>", f'<td class="num" data-value="{r.seeds}">{r.seeds}</td>']
@@ -122,16 +118,6 @@ def table_html(table: Table, run_ids: dict[tuple, list[str]], stale: dict[str, s
         tds.append(f"<td>{links}</td>")
         out.append(f'<tr class="{" ".join(cls)}" data-runs="{esc(" ".join(ids))}">' + "".join(tds) + "</tr>")
     return "\n".join(out + ["</tbody></table>"])
-
-
-def _run_ids(frame: "pd.DataFrame", table: Table) -> dict[tuple, list[str]]:
-    """(row group display values, method label) → the run ids aggregated in that row."""
-    out: dict[tuple, list[str]] = {}
-    cols = table.group_names
-    for rec in frame.drop_duplicates("run_id").to_dict("records"):
-        group = tuple(format_budget(rec[g]) if g == "budget" else str(rec[g]) for g in cols)
-        out.setdefault((group, rec["method_label"]), []).append(rec["run_id"])
-    return {k: sorted(v) for k, v in out.items()}
 
 
 def _current_revision() -> str | None:
@@ -151,11 +137,11 @@ def stale_reason(record: dict[str, Any], current: str | None) -> str | None:
     return None
 
 
-def _figure(frame: "pd.DataFrame", metrics: list[str] | None) -> str:
+def _figure(records: list[dict[str, Any]], metrics: list[str] | None) -> str:
     from alignbench.plots import plot_budget_curves
 
     with tempfile.TemporaryDirectory(prefix="alignbench-report-") as tmp:
-        (path,) = plot_budget_curves(frame, tmp, metrics=metrics, formats=("png",))
+        (path,) = plot_budget_curves(records, tmp, metrics=metrics, formats=("png",))
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return f'<img class="figure" alt="metric vs paired budget, one panel per task" src="data:image/png;base64,{data}">'
 

@@ -195,7 +195,7 @@ def run_one(
 def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, state: dict) -> dict[str, Any]:
     import torch
 
-    from alignbench import provenance
+    from alignbench import feature_kinds, provenance
     from alignbench.registry import METHODS, TASKS
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
@@ -203,7 +203,7 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
     timings: dict[str, Any] = {}
     source = FeatureSource(
         spec.pair,
-        store=FeatureStore(store_root) if store_root is not None else None,
+        store=FeatureStore(store_root, device=device),
         data_root=data_root,
         image_layer=spec.encoder.image_layer,
         text_layer=spec.encoder.text_layer,
@@ -227,7 +227,7 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
         task = tasks[ev.task]
         task.check_dataset(source.dataset(ev.dataset))
         for need in task.needs(ev.dataset, ev.split):
-            _fetch(source, need)
+            feature_kinds.fetch(source, need.what, need.dataset, need.split)
     timings["encode"] = time.perf_counter() - t
 
     # 2. subsample the budget (nested by seed) and fit.
@@ -272,26 +272,10 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
             "fit_info": dict(method.fit_info),
             "num_parameters": _num_parameters(method),
         },
+        "features": source.reads,
         "provenance": provenance.collect(device, spec.encoder.dtype),
         "outcomes": outcomes,
     }
-
-
-def _fetch(source: Any, need: Any) -> None:
-    if need.what == "images":
-        source.images(need.dataset, need.split)
-    elif need.what == "dense_images":
-        from alignbench.tasks.base import dense_images
-
-        dense_images(source, need.dataset, need.split)
-    elif need.what == "texts":
-        source.texts(need.dataset, need.split)
-    elif need.what == "prompts":
-        source.prompts(need.dataset)
-    elif need.what == "pairs":
-        source.pairs(need.dataset, need.split)
-    else:  # pragma: no cover - a task declared something the source cannot give
-        raise ConfigError(f"unknown feature need {need.what!r}")
 
 
 def _num_parameters(method: Any) -> int | None:
@@ -330,7 +314,7 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
 
 _ORDER = (
     "schema_version", "status", "run_id", "spec", "budget", "data", "evals", "metrics",
-    "timings", "method", "provenance", "started_at", "finished_at", "outcomes",
+    "timings", "method", "features", "provenance", "started_at", "finished_at", "outcomes",
 )  # fmt: skip
 
 

@@ -302,8 +302,9 @@ class FeatureStore:
     """
 
     def __init__(self, root: str | os.PathLike | None = None, *, checkpoint_seconds: float = CHECKPOINT_SECONDS,
-                 text_chunk: int | None = None):
+                 text_chunk: int | None = None, device: str = "cpu"):
         self.root = Path(root).expanduser() if root is not None else default_root()
+        self.device = str(device)  # where encoders compute (a resolved device: "cpu", "cuda:0"); not in the key
         self.checkpoint_seconds = checkpoint_seconds  # how often an encode saves a resumable checkpoint
         self.text_chunk = text_chunk  # texts sorted by length within chunks of this many (default 4096)
         self._encoders: dict[Any, Any] = {}
@@ -441,7 +442,7 @@ class FeatureStore:
             kw = dict(options or {})
             if modality is not None:
                 kw["modality"] = modality
-            self._encoders[key] = _get_encoder(name, layer=layer, dtype=dtype, **kw)
+            self._encoders[key] = _get_encoder(name, layer=layer, dtype=dtype, device=self.device, **kw)
         return self._encoders[key]
 
     def dataset(self, dataset: Any, data_root: Any = None):
@@ -652,7 +653,7 @@ class FeatureStore:
             "format": FORMAT, "key": key, "key_hash": _hash_json(key), "kind": req.kind,
             "encoder": _safe(req.encoder_name), "encoder_name": req.encoder_name, "dataset": req.dataset,
             "split": req.split, "count": len(items), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "encode_seconds": round(time.time() - t0, 3), **extra,
+            "encode_seconds": round(time.time() - t0, 3), "device": str(req.encoder.device), **extra,
         }
         from alignbench import __version__
 

@@ -48,18 +48,25 @@ def results(tmp_path) -> Path:
     return runs
 
 
-def expected_cells(results: Path) -> dict[tuple[str, str, str], str]:
-    """(budget, pair, method) → flickr8k I→T R@1 cell text, straight from the JSON files."""
-    values: dict[tuple[str, str, str], list[float]] = {}
+def stored(results: Path) -> dict[str, float]:
+    """run id → flickr8k I→T R@1, straight from the JSON files (not through the report code)."""
+    out = {}
     for p in results.glob("*.json"):
         rec = json.loads(p.read_text())
-        if rec.get("status") != "ok" or "retrieval/flickr8k" not in rec["metrics"]:
-            continue
-        spec = rec["spec"]
-        key = (format_budget(rec["budget"]["pairs"]), spec["pair"], method_label(spec["method"], spec["method_options"]))
-        values.setdefault(key, []).append(rec["metrics"]["retrieval/flickr8k"]["i2t_R@1"])
-    return {k: f"{statistics.mean(v):.1f}" + (f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else "")
-            for k, v in values.items()}
+        if rec.get("status") == "ok" and "retrieval/flickr8k" in rec["metrics"]:
+            out[rec["run_id"]] = rec["metrics"]["retrieval/flickr8k"]["i2t_R@1"]
+    return out
+
+
+def expected_text(values: list[float]) -> str:
+    """Several seeds: mean ± 95% Student-t half-width; one seed: the value (its bootstrap ± is checked elsewhere)."""
+    from scipy import stats
+
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return f"{mean:.1f} ± {half:.1f}"
 
 
 @pytest.fixture
@@ -91,36 +98,42 @@ def test_html_report_in_a_real_browser(results, tmp_path, browser, capsys):
     heads = [th.text.replace("\n", " ") for th in browser.find_elements(By.CSS_SELECTOR, "#results thead th")]
     assert heads[:4] == ["budget", "pair", "method", "seeds"]
     col = heads.index("flickr8k I→T R@1")
-    expected = expected_cells(results)
+    values = stored(results)
 
-    def shown() -> list[tuple[tuple[str, str, str], str, str]]:
+    def shown() -> list[tuple[tuple[str, str, str], str, str, list[str]]]:
         out = []
         for tr in browser.find_elements(By.CSS_SELECTOR, "#results tbody tr"):
             if not tr.is_displayed():
                 continue
             tds = tr.find_elements(By.TAG_NAME, "td")
-            out.append(((tds[0].text, tds[1].text, tds[2].text), tds[col].text, tds[col].get_attribute("data-value")))
+            out.append(((tds[0].text, tds[1].text, tds[2].text), tds[col].text, tds[col].get_attribute("data-value"),
+                        tr.get_attribute("data-runs").split()))
         return out
 
     rows = shown()
-    assert {k: text for k, text, _ in rows if text != "–"} == expected  # every stored run, right values
-    assert len(rows) == len({k for k, _, _ in rows})
+    assert sorted(i for *_, ids in rows for i in ids) == sorted(values)  # every stored run in exactly one row
+    assert len(rows) == len({k for k, *_ in rows})
+    for _, text, value, ids in rows:  # each cell: the stored values of that row's runs
+        mine = [values[i] for i in ids]
+        assert float(value) == pytest.approx(statistics.mean(mine), abs=1e-9)
+        assert text == expected_text(mine) if len(mine) > 1 else text.split(" ±")[0] == expected_text(mine)
 
     header = browser.find_elements(By.CSS_SELECTOR, "#results thead th")[col]
     header.click()
     assert header.get_attribute("aria-sort") == "descending"
-    values = [float(v) for _, _, v in shown() if v]
-    assert values == sorted(values, reverse=True) and len(values) == len(expected)
-    assert shown()[0][1] == max(expected.values(), key=lambda t: float(t.split()[0]))
+    order = [float(v) for _, _, v, _ in shown() if v]
+    assert order == sorted(order, reverse=True) and len(order) == len(rows)
+    best = max(rows, key=lambda r: float(r[2]))
+    assert shown()[0][3] == best[3]
     header.click()
-    values = [float(v) for _, _, v in shown() if v]
-    assert values == sorted(values)
+    order = [float(v) for _, _, v, _ in shown() if v]
+    assert order == sorted(order)
 
     box = browser.find_element(By.ID, "filter")
     box.send_keys("asif")
     visible = shown()
-    assert visible and all(k[2] == "asif" for k, _, _ in visible)
-    assert len(visible) == len({k for k in expected if k[2] == "asif"})
+    assert visible and all(k[2] == "asif" for k, *_ in visible)
+    assert len(visible) == len([r for r in rows if r[0][2] == "asif"])
     box.clear()
     box.send_keys(" ")  # clearing via keys fires the input event; a blank query shows every row again
     assert len(shown()) == len(rows)
@@ -164,4 +177,4 @@ def test_html_table_matches_markdown_rows(results, tmp_path):
         cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
         for c in cells[2:]:
             if c and c != "–":
-                assert f">{c.replace('±', '±')}</td>" in text
+                assert f">{c}</td>" in text

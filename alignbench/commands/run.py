@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder precision")
     p.add_argument("--image-layer", type=int, default=None, help="image encoder block (default: last)")
     p.add_argument("--text-layer", type=int, default=None, help="text encoder layer (default: last)")
-    p.add_argument("--device", default="auto", help="device for fitting: cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--device", default="auto", help="where encoders and fits compute: auto (CUDA when present, "
+                   "default), cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="redo runs whose result already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -103,12 +104,13 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.report import format_budget
     from alignbench.runner import plan, run_one
 
+    from alignbench.devices import parse_device, warn_if_slow_dtype
+
+    device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
     specs = build_specs(args)
     check_budgets(specs, args.data_root)
     todo, done = (specs, []) if args.overwrite else plan(specs, args.results)
-    from alignbench.devices import parse_device
-
-    device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
+    warn_if_slow_dtype(args.dtype, device)
     print(f"{len(specs)} run(s): {len(todo)} to do, {len(done)} already done in {args.results}"
           + (" (--overwrite redoes them)" if done else ""), file=sys.stderr)
     failed = []
@@ -166,4 +168,4 @@ def _print_summary(specs: list, results: str) -> None:
     if not records:
         return
     print()
-    print(render(store.to_frame(records), fmt="markdown"))
+    print(render(records, fmt="markdown"))
