@@ -23,7 +23,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+import dataclasses
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -53,7 +54,7 @@ class TrainerSettings:
     lr_range_test: bool = False
     val_every: int = 1
     temperature: float = 0.05
-    dtype: str = "fp32"  # fp32 | bf16 (autocast)
+    dtype: str = "fp32"  # auto | fp32 | bf16 (autocast; auto = bf16 where it is native: alignbench.devices)
 
     def train_config(self) -> "TrainConfig":
         """These settings as the trainer's config (a TrainConfig gives an equal copy, betas included)."""
@@ -81,8 +82,10 @@ class TrainConfig(TrainerSettings):
             raise ConfigError("warmup_steps, min_lr and weight_decay must be >= 0")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        from alignbench.devices import MATMUL_DTYPES
+
+        if self.dtype not in MATMUL_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.dtype!r}")
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
@@ -287,7 +290,11 @@ def train_contrastive(
     load_state = load_state or _restore(flat)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    info: dict[str, Any] = {}
+    from alignbench.devices import matmul_dtype
+
+    resolved, why = matmul_dtype(config.dtype, flat[0].device)  # auto: the fastest faithful dtype here
+    config = dataclasses.replace(config, dtype=resolved)
+    info: dict[str, Any] = {"dtype": resolved, "dtype_reason": why}
 
     lr = config.lr
     if config.lr_range_test:
@@ -375,8 +382,3 @@ def train_contrastive(
         desc, epoch, step, info["best_epoch"], info["best_val_loss"], lr, info["time_s"],
     )
     return info
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    """Plain dict of a TrainConfig (for results)."""
-    return asdict(config)

@@ -69,6 +69,7 @@ class PALConfig(MethodConfig, TrainerSettings):
     chunk_elems: int = 1 << 22
     compile: str = "auto"
     center: str = "none"
+    dtype: str = "auto"  # the token–anchor matmuls: auto = bf16 where native (AMX, AVX-512 bf16, GPU), else fp32
 
     def __post_init__(self) -> None:
         if isinstance(self.compile, bool):  # compile=True/False from Python
@@ -87,8 +88,10 @@ class PALConfig(MethodConfig, TrainerSettings):
             raise ConfigError(f"center must be one of {', '.join(CENTER)}, got {self.center!r}")
         if self.center != "none" and self.pool == "cls":
             raise ConfigError("center shifts tokens; pool=cls uses the global feature only (use center=none)")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        from alignbench.devices import MATMUL_DTYPES
+
+        if self.dtype not in MATMUL_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.dtype!r}")
         if self.compile not in ("auto", "on", "off"):
             raise ConfigError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.chunk_elems < 1:
@@ -98,10 +101,6 @@ class PALConfig(MethodConfig, TrainerSettings):
     def train_config(self) -> TrainConfig:
         # bf16 is applied inside CAP; the B×B InfoNCE stays fp32
         return dataclasses.replace(super().train_config(), dtype="fp32")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.dtype == "bf16" else torch.float32
 
 
 def _abs_rows(f: ImageFeatures | TextFeatures, idx: np.ndarray | None = None) -> np.ndarray:
@@ -176,10 +175,18 @@ class PAL(Method):
         c = self.config.compile
         return c == "on" or (c == "auto" and rows * tokens * self.config.K >= min_sims)
 
+    def matmul_dtype(self) -> tuple[torch.dtype, str, str]:
+        """(torch dtype, name, why) of CAP's token–anchor matmuls on this method's device (``dtype`` option)."""
+        from alignbench.devices import matmul_dtype
+
+        name, why = matmul_dtype(self.config.dtype, self.device)
+        return (torch.bfloat16 if name == "bf16" else torch.float32), name, why
+
     def _cap(self, src, anchors: torch.Tensor, name: str) -> torch.Tensor:
         c = self.config
         compile = self._compile_fit if self._compile_fit is not None else self._use_compile(src.n, src.T)
-        return cap_profiles(src, anchors, c.tau_p, chunk_elems=c.chunk_elems, dtype=c.torch_dtype, compile=compile,
+        return cap_profiles(src, anchors, c.tau_p, chunk_elems=c.chunk_elems, dtype=self.matmul_dtype()[0],
+                            compile=compile,
                             workspace=self._workspace, name=name)
 
     def _image_profiles(self, f: ImageFeatures, rows: np.ndarray, A: torch.Tensor) -> torch.Tensor:
@@ -237,8 +244,9 @@ class PAL(Method):
             d_v, d_t = train.images.token_dim, train.texts.token_dim
         self._scan_training_tokens(train)
         self._init_anchors(d_v, d_t, seed)
+        _, matmul, why = self.matmul_dtype()
         info: dict[str, Any] = {"n_train": len(train), "K": cfg.K, "pool": cfg.pool,
-                                "n_params": cfg.K * (d_v + d_t), "dtype": cfg.dtype, "center": cfg.center}
+                                "n_params": cfg.K * (d_v + d_t), "center": cfg.center}
 
         steps_per_epoch = math.ceil(len(train) / min(cfg.batch_size, len(train)))
         epoch_starts: list[float] = []
@@ -278,6 +286,9 @@ class PAL(Method):
             self._workspace = None
             compiled, self._compile_fit = self._compile_fit, None
         info.update(result)
+        # the trainer reports its own (fp32) InfoNCE dtype; PAL's record is CAP's matmul dtype
+        info.update(dtype=matmul if cfg.pool == "cap" else "fp32", dtype_reason=why if cfg.pool == "cap" else
+                    "pool without token-anchor matmuls", infonce_dtype=result.get("dtype"))
         ends = epoch_starts[1:] + [(time.perf_counter(), time.process_time())]
         # wall and process-CPU time of each epoch (training steps + its validation check), for speed reports
         info["epoch_times_s"] = [round(e[0] - s_[0], 4) for s_, e in zip(epoch_starts, ends)]
