@@ -67,10 +67,6 @@ class MLP(GlobalHeadMethod):
     """MLP: STRUCTURE's low-rank residual head; faithful gate_init=0 keeps the gate shut, so it trains as a bias-free linear map (gate_init=0.1: a real MLP)."""
 
     Config = MLPConfig
-    inherent_deviations = (
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
-        "patience 50 epochs (reference 200)",
-    )
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
