@@ -8,7 +8,7 @@ import numpy as np
 
 from alignbench.encoders.hub_base import _LazyImageEncoder, _layer_norm_params
 from alignbench.errors import ConfigError
-from alignbench.registry import register_encoder_family
+from alignbench.registry import register_encoder, register_encoder_family
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +126,16 @@ class TimmEncoder(_LazyImageEncoder):
             "dtype": self.dtype,
             "backend": "torch",
         }
+
+
+@register_encoder("dinov2-l14-timm", aliases=("dinov2-vitl14-224",))
+class DinoV2L14Timm(TimmEncoder):
+    """DINOv2 ViT-L/14 (timm, LVD-142M weights) at 224 px: 257 tokens x 1024, the PAL paper's image encoder.
+
+    Why a name of its own: ``timm:vit_large_patch14_dinov2.lvd142m`` runs at timm's
+    518 px (1370 tokens, 5.3x the token cache); a sweep cannot pass ``resolution``.
+    """
+
+    def __init__(self, **kw: Any):
+        kw.setdefault("resolution", 224)
+        super().__init__("vit_large_patch14_dinov2.lvd142m", **kw)
