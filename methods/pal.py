@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from alignbench.cap import ArrayTokens, DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed
+from alignbench.cap import DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
@@ -156,6 +156,7 @@ class PAL(Method):
         self.mu_v: torch.Tensor | None = None  # mean training token subtracted before the cosines (center option)
         self.mu_t: torch.Tensor | None = None
         self._workspace: Workspace | None = None  # reused similarity buffers, only while fitting
+        self._resident: tuple[Any, Any] | None = None  # (token array, ResidentTokens) on the GPU while fitting
         self._compile_fit: bool | None = None  # compile decision for the whole fit (None: per call)
 
     # -- anchors ------------------------------------------------------------------
@@ -198,11 +199,21 @@ class PAL(Method):
         """Profiles of images at absolute ``rows`` (sorted for memmap reads by the caller)."""
         pool = self.config.pool
         if pool == "cap":
-            return self._cap(ArrayTokens(f.tokens, rows, shift=self.mu_v), A, "image")
+            return self._cap(self._image_tokens(f, rows), A, "image")
         if pool == "mean":
             return self._mean_tokens_images(f, rows).to(self.device) @ A.T
         x = torch.from_numpy(np.asarray(f.pooled[rows], dtype=np.float32)).to(self.device)
         return torch.nn.functional.normalize(x, dim=-1) @ A.T
+
+    def _image_tokens(self, f: ImageFeatures, rows: np.ndarray):
+        """The image tokens of ``rows`` for CAP: gathered on the device when the training tokens are resident
+        there, else streamed from the memmap with the next block read ahead (alignbench.token_stream)."""
+        from alignbench.token_stream import PrefetchTokens
+
+        res = self._resident
+        if res is not None and res[0] is f.tokens and res[1].holds(f.tokens, rows):
+            return res[1].source(rows, self.mu_v)
+        return PrefetchTokens(f.tokens, rows, self.device, shift=self.mu_v)
 
     def _mean_tokens_images(self, f: ImageFeatures, rows: np.ndarray) -> torch.Tensor:
         """Mean of the L2-normalised tokens per image (pool=mean), streamed in chunks."""
@@ -279,6 +290,8 @@ class PAL(Method):
                 return float(info_nce(pv, pt, cfg.temperature))
 
         self._workspace = Workspace()
+        if cfg.pool == "cap":
+            info["token_source"] = self._place_training_tokens(train)
         n_tok = train.images.n_tokens if cfg.pool == "cap" else 0
         self._compile_fit = cfg.pool == "cap" and self._use_compile(len(train) * max(cfg.max_epochs, 1), n_tok,
                                                                        COMPILE_MIN_SIMS_FIT)
@@ -288,7 +301,7 @@ class PAL(Method):
                 seed=seed, desc="pal",
             )
         finally:
-            self._workspace = None
+            self._workspace = self._resident = None
             compiled, self._compile_fit = self._compile_fit, None
         info.update(result)
         # the trainer reports its own (fp32) InfoNCE dtype; PAL's record is CAP's matmul dtype
@@ -305,6 +318,17 @@ class PAL(Method):
         if cfg.pool == "cap":
             info["compiled_cap"] = bool(compiled and not compile_failed())
         self.fit_info = info
+
+    def _place_training_tokens(self, train: Pairs) -> str:
+        """Copy the training image tokens to the GPU once when they fit there; else they stream per step."""
+        from alignbench.token_stream import ResidentTokens, fits_on_device
+
+        rows = np.unique(_abs_rows(train.images, train.image_index))
+        nbytes = len(rows) * train.images.n_tokens * train.images.token_dim * 2
+        if not fits_on_device(nbytes, self.device):
+            return "streamed (memmap, next block prefetched" + (", pinned)" if self.device.type == "cuda" else ")")
+        self._resident = (train.images.tokens, ResidentTokens(train.images.tokens, rows, self.device))
+        return f"resident on {self.device} ({nbytes / 2**30:.2f} GiB fp16)"
 
     def _scan_training_tokens(self, train: Pairs) -> None:
         """Check the training tokens are finite and, for ``center``, take their means, in one pass each.
