@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(p)
+        if name != "report":
+            p.add_argument("--dataset-file", action="append", default=[], metavar="CARD",
+                           help="a dataset card (YAML) declaring your own datasets; repeatable "
+                                "(cards at <data root>/[<folder>/]alignbench.yaml are found without it)")
         p.set_defaults(_main=mod.main)
     return parser
 
@@ -65,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "dataset_file", None) or getattr(args, "data_root", None):
+            from alignbench.datasets.cards import use
+
+            use(args.dataset_file, getattr(args, "data_root", None))  # the names exist before any is resolved
         from alignbench.preflight import check
 
         check(args.command, args)  # every value and path, before any data is read or fitted
