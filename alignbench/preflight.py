@@ -170,11 +170,11 @@ def _methods(args: argparse.Namespace, dest: str) -> None:
     value = getattr(args, dest)
     if not value:
         return
-    from alignbench.config import parse_method_spec, split_methods
+    from alignbench.config import parse_method_spec, split_methods, split_tuned
     from alignbench.registry import METHODS
 
     for text in split_methods(value):
-        name, options = parse_method_spec(text)
+        name, options = parse_method_spec(split_tuned(text)[0])  # METHOD:tuned: resolved from its study later
         try:
             METHODS.get(name).Config().update(options)
         except ConfigError as exc:
