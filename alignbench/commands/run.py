@@ -111,6 +111,7 @@ def check_budgets(specs: list, data_root: str | None) -> None:
 def main(args: argparse.Namespace) -> int:
     from alignbench.errors import AlignbenchError, TrainingDivergedError
     from alignbench.report import format_budget
+    from alignbench.results import ResultStore
     from alignbench.runner import plan, run_one
 
     from alignbench.devices import parse_device, warn_if_slow_dtype
@@ -139,8 +140,9 @@ def main(args: argparse.Namespace) -> int:
             raise  # a user/data error would repeat for every run: stop and say it once
         except Exception as exc:
             failed.append((spec, exc))
-            print(f"{label}: FAILED ({type(exc).__name__}: {exc}); traceback in "
-                  f"{args.results}/{spec.run_id}.failed.json", file=sys.stderr)
+            record = ResultStore(args.results).failed_path_for(spec)
+            where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
+            print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
             continue
         print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}", file=sys.stderr)
     if todo:
