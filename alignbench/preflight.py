@@ -212,15 +212,16 @@ def _splits(args: argparse.Namespace, dest: str) -> None:
 
 Check = Callable[[argparse.Namespace, str], None]
 
-#: command -> argument dest -> check.  Order matters only for which error shows first.
+#: command -> argument dest -> check.  Paths first (instant), method options last (they import torch).
 COMMAND_CHECKS: dict[str, dict[str, Check]] = {
-    "run": {"seeds": _seeds, "device": _device, "methods": _methods, "data_root": _data_root,
-            "results": _results_writable, "cache": _cache},
-    "sweep": {"seeds": _seeds, "device": _device_text, "methods": _methods, "data_root": _data_root, "results": _results_writable,
-              "cache": _cache},
-    "encode": {"device": _device, "splits": _splits, "data_root": _data_root, "cache": _cache_writable},
-    "tune": {"seeds": _seeds, "device": _device, "methods": _methods, "data_root": _data_root, "cache": _cache,
-             "tune_dir": _tune_dir},
+    "run": {"results": _results_writable, "cache": _cache, "data_root": _data_root, "seeds": _seeds,
+            "device": _device, "methods": _methods},
+    "sweep": {"results": _results_writable, "cache": _cache, "data_root": _data_root, "seeds": _seeds,
+              "device": _device_text, "methods": _methods},
+    "tune": {"tune_dir": _tune_dir, "cache": _cache, "data_root": _data_root, "seeds": _seeds, "device": _device,
+             "methods": _methods},
+    "encode": {"cache": _cache_writable, "data_root": _data_root, "device": _device, "splits": _splits},
+    "layers": {"cache": _cache_writable, "data_root": _data_root},
     "report": {"results": _results_readable, "out": _out_file, "plot_dir": _plot_dir},
     "data": {"data_root": _data_root},
     "analyze": {"results": _results_readable, "out": _out_file, "plot_dir": _plot_dir},

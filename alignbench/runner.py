@@ -265,6 +265,7 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
         "evals": [{"key": ev.key, "task": ev.task, "dataset": ev.dataset, "split": ev.split} for ev in evals],
         "metrics": metrics,
         "timings": timings,
+        "layers": {"image": _layer_of(all_train.images), "text": _layer_of(all_train.texts)},
         "method": {
             "name": spec.method,
             "level": getattr(method, "level", None),
@@ -276,6 +277,12 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
         "provenance": provenance.collect(device, spec.encoder.dtype),
         "outcomes": outcomes,
     }
+
+
+def _layer_of(features: Any) -> int | None:
+    """The encoder layer the cached features come from (resolved: 'last' is a number here)."""
+    layer = (getattr(features, "meta", None) or {}).get("key", {}).get("encoder", {}).get("layer")
+    return None if layer is None else int(layer)
 
 
 def _num_parameters(method: Any) -> int | None:
@@ -314,7 +321,7 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
 
 _ORDER = (
     "schema_version", "status", "run_id", "spec", "budget", "data", "evals", "metrics",
-    "timings", "method", "features", "provenance", "started_at", "finished_at", "outcomes",
+    "timings", "layers", "method", "features", "provenance", "started_at", "finished_at", "outcomes",
 )  # fmt: skip
 
 

@@ -70,6 +70,9 @@ class SweepConfig:
     data_root: str | None = None
     name: str | None = None
     device: str = "auto"  # checked spelling; resolved on each worker (not part of any run id)
+    image_layer: int | None = None  # encoder options of every run (part of the feature key and the run id)
+    text_layer: int | None = None
+    dtype: str = "fp32"
     tune_dir: str = "results/tune"  # where ``:tuned`` methods find their studies (alignbench tune)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +170,18 @@ def build_config(file_values: dict[str, Any] | None = None, **overrides: Any) ->
     for key in ("train", "executor", "profile", "results", "cache", "data_root", "name", "tune_dir"):
         if merged.get(key) is not None:
             setattr(cfg, key, str(merged[key]))
+    for key in ("image_layer", "text_layer"):
+        if merged.get(key) is not None:
+            try:
+                setattr(cfg, key, int(merged[key]))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} must be an integer block index, got {merged[key]!r}") from None
+    if merged.get("dtype") is not None:
+        from alignbench.encoders.base import DTYPES
+
+        if str(merged["dtype"]) not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {merged['dtype']!r}")
+        cfg.dtype = str(merged["dtype"])
     if merged.get("device") is not None:
         from alignbench.devices import check_device_text
 
@@ -205,6 +220,10 @@ def expand(cfg: SweepConfig) -> list[RunSpec]:
         base["train"] = cfg.train
     if cfg.val is not _UNSET:
         base["val"] = cfg.val
+    from alignbench.config import EncoderOptions
+
+    if (cfg.image_layer, cfg.text_layer, cfg.dtype) != (None, None, "fp32"):
+        base["encoder"] = EncoderOptions(image_layer=cfg.image_layer, text_layer=cfg.text_layer, dtype=cfg.dtype)
     specs, seen = [], set()
     for pair in cfg.pairs:
         for name, opts, tuned in methods:

@@ -19,6 +19,7 @@ from torch import nn
 from alignbench.errors import ConfigError
 from alignbench.methods.base import register_method
 from alignbench.methods.global_head import GlobalHeadMethod, HeadConfig
+from alignbench.search_space import Choice, FloatRange
 
 
 class LowRankResidualHead(nn.Module):
@@ -67,6 +68,8 @@ class MLP(GlobalHeadMethod):
     """MLP: STRUCTURE's low-rank residual head; faithful gate_init=0 keeps the gate shut, so it trains as a bias-free linear map (gate_init=0.1: a real MLP)."""
 
     Config = MLPConfig
+    search_space = {"lr": FloatRange(1e-4, 1e-1, log=True), "weight_decay": FloatRange(1e-6, 1e-1, log=True),
+                    "gate_init": Choice((0.0, 0.1))}
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
