@@ -176,13 +176,12 @@ def _methods(args: argparse.Namespace, dest: str) -> None:
     value = getattr(args, dest)
     if not value:
         return
-    from alignbench.config import parse_method_spec, split_methods
+    from alignbench.config import parse_method_spec, split_methods, split_tuned
     from alignbench.registry import METHODS
 
     for text in split_methods(value):
         # ':tuned' (take the best trial of `alignbench tune`) is resolved by run itself, not an option here
-        text = ":".join(part for part in text.split(":") if part.strip() != "tuned")
-        name, options = parse_method_spec(text)
+        name, options = parse_method_spec(split_tuned(text)[0])
         try:
             METHODS.get(name).Config().update(options)
         except ConfigError as exc:

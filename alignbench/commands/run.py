@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text encoder layer (default: last), or 'best': the choice stored by `alignbench layers`")
     p.add_argument("--device", default="auto", help="where encoders and fits compute: auto (CUDA when present, "
                    "default), cpu, cuda, cuda:N")
+    p.add_argument("--tuned", action="store_true",
+                   help="run every method with the best config of its (pair, budget) study (as METHOD:tuned)")
+    p.add_argument("--tune-dir", default=None, help="study files for :tuned methods (default: results/tune)")
     p.add_argument("--overwrite", action="store_true", help="redo runs whose result already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -57,9 +60,15 @@ def build_specs(args: argparse.Namespace) -> list:
     from alignbench.sweep_config import build_config, expand
 
     _check_task_dataset_kinds(args.tasks, args.datasets)
+    methods = args.methods
+    if getattr(args, "tuned", False):
+        from alignbench.config import split_methods
+
+        methods = [m if m.split(":")[-1] == "tuned" else f"{m}:tuned" for m in split_methods(methods)]
     cfg = build_config(
-        methods=args.methods, pairs=args.pair, budgets=args.budget, seeds=args.seeds, tasks=args.tasks,
+        methods=methods, pairs=args.pair, budgets=args.budget, seeds=args.seeds, tasks=args.tasks,
         datasets=args.datasets, evals=args.evals, train=args.train, val=args.val, executor="debug",
+        tune_dir=getattr(args, "tune_dir", None),
     )  # fmt: skip
     specs = [dataclasses.replace(s, encoder=_encoder_options(s, args)) for s in expand(cfg)]
     checked = set()
