@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         from alignbench.preflight import check
 
         check(args.command, args)  # every value and path, before any data is read or fitted
-        rc = int(args._main(args) or 0)
+        from alignbench.progress import progress_scope
+
+        with progress_scope(False if getattr(args, "no_progress", False) else None):  # every bar, training too
+            rc = int(args._main(args) or 0)
         sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
         return rc
     except AlignbenchError as exc:

@@ -144,6 +144,9 @@ class TextChunk:
 def _progress(total: int, initial: int, unit: str, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
+    from alignbench.progress import progress_silenced
+
+    enabled = enabled and not progress_silenced()  # a command's --no-progress reaches these bars too
     return tqdm(total=total, initial=initial, unit=unit, unit_scale=True, desc=desc, disable=not enabled,
                 dynamic_ncols=True, smoothing=0.1)
 

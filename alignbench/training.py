@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import sys
 import time
 import dataclasses
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 
 from alignbench.errors import ConfigError, TrainingDivergedError
+from alignbench.progress import progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +127,6 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor
     target = torch.arange(len(a), device=a.device)
     ce = torch.nn.functional.cross_entropy
     return 0.5 * (ce(logits, target) + ce(logits.T, target))
-
-
-def progress_enabled() -> bool:
-    """Progress bars on a TTY unless ALIGNBENCH_PROGRESS=0 (=1 forces them on)."""
-    env = os.environ.get("ALIGNBENCH_PROGRESS")
-    if env is not None:
-        return env.strip().lower() not in ("0", "false", "no", "off", "")
-    return sys.stderr.isatty()
 
 
 def epoch_batches(n_train: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -1,0 +1,40 @@
+"""``--no-progress`` silences every bar (training included); long commands print an overall ETA."""
+from __future__ import annotations
+
+import pytest
+
+from alignbench.cli import main as cli
+from alignbench.progress import format_eta, progress_enabled, progress_scope
+from test_run_cli import PAIR, dirs, tiny_root  # noqa: F401  (fixtures)
+
+
+def _run(dirs, *extra):  # noqa: F811
+    return cli([
+        "run", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]),
+        "--results", str(dirs["results"]), "--device", "cpu", "--datasets", "flickr8k",
+        "--evals", "retrieval:flickr8k:test", "--methods", "linear:lr=1e-3:max_epochs=3", "--budget", "40", *extra,
+    ])  # fmt: skip
+
+
+def test_progress_scope_overrides_the_environment(monkeypatch):
+    monkeypatch.setenv("ALIGNBENCH_PROGRESS", "1")
+    assert progress_enabled()
+    with progress_scope(False):
+        assert not progress_enabled()
+        with progress_scope(None):  # None keeps the default rule
+            assert progress_enabled()
+    assert progress_enabled()
+
+
+@pytest.mark.parametrize("flag, bars", [((), True), (("--no-progress",), False)])
+def test_no_progress_silences_training_bars(dirs, capsys, monkeypatch, flag, bars):  # noqa: F811
+    monkeypatch.setenv("ALIGNBENCH_PROGRESS", "1")  # bars forced on, as on a terminal
+    assert _run(dirs, *flag) == 0
+    err = capsys.readouterr().err
+    assert ("ep/s" in err or "s/ep" in err) is bars, err[-2000:]
+
+
+def test_format_eta_scales_its_unit():
+    assert format_eta(42) == "~42 s"
+    assert format_eta(7 * 60) == "~7 min"
+    assert format_eta(2.3 * 3600) == "~2.3 h"
