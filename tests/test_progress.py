@@ -38,3 +38,10 @@ def test_format_eta_scales_its_unit():
     assert format_eta(42) == "~42 s"
     assert format_eta(7 * 60) == "~7 min"
     assert format_eta(2.3 * 3600) == "~2.3 h"
+
+
+def test_run_prints_an_overall_eta_after_each_run_but_the_last(dirs, capsys):  # noqa: F811
+    assert _run(dirs, "--no-progress", "--seeds", "0,1,2") == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ": done in " in ln]
+    assert len(lines) == 3
+    assert "2 left, ETA ~" in lines[0] and "1 left, ETA ~" in lines[1] and "ETA" not in lines[2]

@@ -162,12 +162,24 @@ def main(args: argparse.Namespace) -> int:
             where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
             print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
             continue
-        print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}", file=sys.stderr)
+        print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}{_eta(t_all, i, len(todo))}",
+              file=sys.stderr)
     if todo:
         print(f"finished {len(todo) - len(failed)}/{len(todo)} run(s) in {time.perf_counter() - t_all:.1f} s",
               file=sys.stderr)
     _print_summary(specs, args.results)
     return 1 if failed else 0
+
+
+def _eta(started: float, finished: int, total: int) -> str:
+    """'; 3 left, ETA ~7 min' from the mean time of the runs so far (nothing after the last run)."""
+    from alignbench.progress import format_eta
+
+    left = total - finished
+    if left <= 0:
+        return ""
+    per_run = (time.perf_counter() - started) / finished
+    return f"; {left} left, ETA {format_eta(per_run * left)}"
 
 
 def _method_label(spec) -> str:
