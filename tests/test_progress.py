@@ -45,3 +45,19 @@ def test_run_prints_an_overall_eta_after_each_run_but_the_last(dirs, capsys):  #
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ": done in " in ln]
     assert len(lines) == 3
     assert "2 left, ETA ~" in lines[0] and "1 left, ETA ~" in lines[1] and "ETA" not in lines[2]
+
+
+def test_sweep_status_shows_an_eta_at_the_pace_of_the_runs_done():
+    from datetime import datetime, timedelta, timezone
+
+    from alignbench.launch.status import RunStatus, SweepReport
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    runs = [RunStatus("a", "done"), RunStatus("b", "done"), RunStatus("c", "running"), RunStatus("d", "pending"),
+            RunStatus("e", "missing")]
+    report = SweepReport("s", None, "local", runs, started_at=start.isoformat())
+    now = (start + timedelta(minutes=10)).timestamp()
+    assert report.eta(now=now) == "~10 min"  # 2 runs in 10 min, 2 left
+    assert "ETA ~" in report.format()
+    assert SweepReport("s", None, "local", runs[:2], started_at=start.isoformat()).eta(now=now) is None  # all done
+    assert SweepReport("s", None, "local", runs).eta(now=now) is None  # no start time known

@@ -33,12 +33,30 @@ class SweepReport:
     encodes_submitted: int = 0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    started_at: str | None = None  # the ledger's created_at (ISO, UTC): the clock the ETA runs on
 
     def counts(self) -> dict[str, int]:
         out = {k: 0 for k in ("done", "running", "pending", "failed", "lost", "missing")}
         for r in self.runs:
             out[r.state] = out.get(r.state, 0) + 1
         return out
+
+    def eta(self, now: float | None = None) -> str | None:
+        """'~12 min' for the queued and running runs, at the pace of the runs done since the sweep started."""
+        import time
+        from datetime import datetime
+
+        from alignbench.progress import format_eta
+
+        c = self.counts()
+        left = c["running"] + c["pending"]
+        if not (self.started_at and c["done"] and left):
+            return None
+        try:
+            elapsed = (now if now is not None else time.time()) - datetime.fromisoformat(self.started_at).timestamp()
+        except ValueError:
+            return None
+        return format_eta(elapsed / c["done"] * left) if elapsed > 0 else None
 
     @property
     def finished(self) -> bool:
@@ -53,6 +71,10 @@ class SweepReport:
         c = self.counts()
         lines = [f"sweep {self.sweep_id}: {len(self.runs)} runs ({self.executor}); ledger {self.ledger}",
                  "  " + "  ".join(f"{k} {v}" for k, v in c.items() if v or k in ("done", "missing"))]
+        eta = self.eta()
+        if eta:
+            lines.append(f"  ETA {eta} for the {c['running'] + c['pending']} queued/running runs "
+                         "(at the pace of the runs done so far)")
         lines += [f"  {n}" for n in self.notes]
         quiet = {"done"} if verbose else {"done", "running", "pending", "missing"}
         if not verbose and c["running"] + c["pending"] + c["missing"] <= max_lines:

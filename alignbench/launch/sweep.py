@@ -43,7 +43,8 @@ def sweep_status(cfg: SweepConfig) -> SweepReport:
         led = Ledger(path, {"runs": {s.run_id: {"spec": s.to_dict(), "job_id": None, "attempts": []} for s in specs},
                             "jobs": {}, "runs_dir": str(cfg.runs_dir)})
         executor = cfg.executor
-    return SweepReport(sid, path, executor, collect_status(led, specs, executor=executor))
+    return SweepReport(sid, path, executor, collect_status(led, specs, executor=executor),
+                       started_at=led.data.get("created_at"))
 
 
 def all_ledgers_status(results: str | Path) -> list[SweepReport]:
@@ -55,7 +56,8 @@ def all_ledgers_status(results: str | Path) -> list[SweepReport]:
         led = Ledger.load(path)
         executor = led.data.get("executor", "local")
         status = collect_status(led, executor=executor)
-        out.append(SweepReport(led.data.get("sweep_id", path.stem), path, executor, status))
+        out.append(SweepReport(led.data.get("sweep_id", path.stem), path, executor, status,
+                               started_at=led.data.get("created_at")))
     return out
 
 
