@@ -423,6 +423,7 @@ def collect_status(ledger: Ledger, specs: list[RunSpec] | None = None, *, execut
     executor = executor or ledger.data.get("executor", "local")
     run_ids = [s.run_id for s in specs] if specs is not None else list(ledger.runs)
     live = _live_jobs(ledger, executor, run_ids)
+    done = _done(ledger, specs, run_ids)
     out: list[RunStatus] = []
     for rid in run_ids:
         info = ledger.runs.get(rid, {})
@@ -430,7 +431,7 @@ def collect_status(ledger: Ledger, specs: list[RunSpec] | None = None, *, execut
         job = ledger.jobs.get(job_id, {}) if job_id else {}
         st = RunStatus(rid, "missing", job_id, job.get("stdout"), job.get("stderr"))
         failed = runs_dir / f"{rid}.failed.json"
-        if (runs_dir / f"{rid}.json").is_file():
+        if rid in done:
             st.state = "done"
         elif job_id and job_id in live:
             state, reason = live[job_id]
@@ -452,6 +453,15 @@ def collect_status(ledger: Ledger, specs: list[RunSpec] | None = None, *, execut
                 else:
                     r.detail = f"{r.detail}\n(job {states[r.job_id]})"
     return out
+
+
+def _done(ledger: Ledger, specs: list[RunSpec] | None, run_ids: list[str]) -> set[str]:
+    """Ledger keys whose current, valid result is stored (alignbench.planning: stale/damaged ones are not)."""
+    from alignbench.planning import sweep_done
+
+    cfg = ledger.data.get("config") or {}
+    specs = specs if specs is not None else [RunSpec.from_dict(ledger.runs[r]["spec"]) for r in run_ids]
+    return sweep_done(specs, ledger.data["runs_dir"], store_root=cfg.get("cache"), data_root=cfg.get("data_root"))[0]
 
 
 def _live_jobs(ledger: Ledger, executor: str, run_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -668,7 +678,10 @@ def run_sweep(cfg: SweepConfig, profile: Profile | None = None, *, wait: bool = 
     specs, sid, path = prepare(cfg)
     runs_dir = cfg.runs_dir
     # Fast path: nothing to do when every result exists (no scheduler, no submitit, no torch).
-    if all((runs_dir / f"{s.run_id}.json").is_file() for s in specs):
+    from alignbench.planning import sweep_done
+
+    done, why = sweep_done(specs, runs_dir, store_root=cfg.store_root, data_root=cfg.data_path)
+    if len(done) == len(specs):
         status = [RunStatus(s.run_id, "done") for s in specs]
         return SweepReport(sid, path, cfg.executor, status, dry_run=dry_run)
     check_executor_available(cfg.executor)
@@ -682,6 +695,7 @@ def run_sweep(cfg: SweepConfig, profile: Profile | None = None, *, wait: bool = 
         status = collect_status(led, specs, executor=prev_executor or cfg.executor, final_states=False)
         todo = [s for s, st in zip(specs, status) if st.state in ("missing", "failed", "lost")]
         report = SweepReport(sid, path, cfg.executor, status, dry_run=dry_run)
+        report.notes += [f"redoing {k}: {w}" for k, w in why.items()]
         busy = [st for st in status if st.state in ("running", "pending")]
         if busy:
             report.notes.append(f"{len(busy)} runs still queued or running from an earlier submission: left alone")

@@ -36,8 +36,8 @@ class FeatureSource:
                  image_layer: int | None = None, text_layer: int | None = None, dtype: str = "fp32",
                  progress: bool = True, encoder_options: dict[str, dict] | None = None):
         self.pair = pair
-        self.image_encoder, self.text_encoder = split_pair(pair)
         self.store = store if store is not None else FeatureStore()
+        self.image_encoder, self.text_encoder = (self.store._canonical(n) for n in split_pair(pair))
         self.data_root = data_root
         self.image_layer, self.text_layer = image_layer, text_layer
         self.dtype = dtype
@@ -49,8 +49,44 @@ class FeatureSource:
                            "encoder_options": opts.get("text"), "progress": progress}
         self._cache: dict[Any, Any] = {}
 
+    @classmethod
+    def for_run(cls, run: Any, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
+                progress: bool = True) -> "FeatureSource":
+        """The source a ResolvedRun reads: its canonical encoders, resolved layers and dtype."""
+        return cls(run.pair, store=store, data_root=data_root, image_layer=run.image.layer,
+                   text_layer=run.text.layer, dtype=run.dtype, progress=progress)
+
     def __repr__(self) -> str:
         return f"FeatureSource({self.pair!r}, store={self.store!r})"
+
+    def resolved_layers(self) -> tuple[int, int]:
+        """(image layer, text layer) as non-negative indices (no model is built)."""
+        img = self.store._enc(self.image_encoder, "image", self.image_layer, self.dtype,
+                              self._image_opts["encoder_options"])
+        txt = self.store._enc(self.text_encoder, "text", self.text_layer, self.dtype,
+                              self._text_opts["encoder_options"])
+        return int(img.layer), int(txt.layer)
+
+    def feature_key(self, what: str, dataset: str, split: str | None) -> str:
+        """The cache entry (``<encoder>/<folder>``) that ``what`` (images, dense_images, texts, prompts) reads."""
+        from alignbench.errors import ConfigError
+
+        kw = {"layer": None, "dtype": self.dtype, "data_root": self.data_root}
+        if what in ("images", "dense_images"):
+            kw["layer"] = self.image_layer
+            opts = self._image_opts["encoder_options"]
+            if what == "dense_images":
+                try:
+                    return self.store.entry_name("images", self.image_encoder, self.dataset(dataset), split, **kw,
+                                                 encoder_options={**(opts or {}), "resize": "squash"})
+                except ConfigError as exc:
+                    if "resize" not in str(exc):
+                        raise
+            return self.store.entry_name("images", self.image_encoder, self.dataset(dataset), split, **kw,
+                                         encoder_options=opts)
+        kw["layer"] = self.text_layer
+        return self.store.entry_name(what, self.text_encoder, self.dataset(dataset), split, **kw,
+                                     encoder_options=self._text_opts["encoder_options"])
 
     def _memo(self, key: Any, make):
         if key not in self._cache:

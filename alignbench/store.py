@@ -378,6 +378,26 @@ class FeatureStore:
         req = self._prompt_request(encoder, dataset, layer, dtype, data_root, encoder_options, tokens)
         return self._valid(req)
 
+    def entry_name(self, kind: str, encoder: str, dataset: Any, split: str | None = None, *,
+                   layer: int | None = None, dtype: str = "fp32", data_root: Any = None,
+                   encoder_options: dict | None = None, tokens: bool = True) -> str:
+        """``<encoder>/<entry folder>`` that a request of ``kind`` (images|texts|prompts) reads.
+
+        Nothing is encoded or read beyond the dataset listing: run identities
+        (alignbench.identity) hash these names.
+        """
+        args = (layer, dtype, data_root, encoder_options, tokens)
+        if kind == "images":
+            req = self._image_request(encoder, dataset, split, *args)
+        elif kind == "texts":
+            req = self._text_request(encoder, dataset, split, *args)
+        elif kind == "prompts":
+            req = self._prompt_request(encoder, dataset, *args)
+        else:
+            raise ConfigError(f"unknown feature kind {kind!r} (images, texts or prompts)")
+        path = self._path(req, req.key)
+        return f"{path.parent.name}/{path.name}"
+
     def entries(self) -> list[CacheEntry]:
         """Complete entries under the root (folders with a ``meta.json``), sorted by path."""
         out = []

@@ -184,3 +184,5 @@ class CanonicalMethod(Method):
 @register_method("cca")
 class CCA(CanonicalMethod):
     """Regularised CCA (float64 closed form), cosine similarity in the canonical space."""
+
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)

@@ -35,6 +35,8 @@ class CSAConfig(CCAConfig):
 class CSA(CanonicalMethod):
     """Canonical Similarity Analysis: CCA fit, ρ-weighted similarity of normalised projections."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config: ClassVar[type[MethodConfig]] = CSAConfig
 
     def _keep(self) -> int:

@@ -18,6 +18,8 @@ class LinearConfig(HeadConfig):
 class Linear(GlobalHeadMethod):
     """Contrastive Linear(d, 512) per modality on global features (Merullo et al. idea, STRUCTURE recipe)."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config = LinearConfig
     inherent_deviations = (
         "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",

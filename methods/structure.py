@@ -82,6 +82,8 @@ class StructureConfig(HeadConfig):
 class Structure(GlobalHeadMethod):
     """STRUCTURE: contrastive Linear (or MLP) head + neighbourhood-structure regulariser (JS of batch softmax)."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config = StructureConfig
     inherent_deviations = (
         "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",

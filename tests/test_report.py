@@ -69,7 +69,7 @@ def test_latex_is_a_valid_booktabs_table(name):
     n_cols = len(re.match(r"\\begin\{tabular\}\{(\w+)\}", body[0]).group(1))
     rows = [line for line in body if line.endswith("\\\\")]
     assert rows and all(_latex_columns(r) == n_cols for r in rows)
-    assert "csa:s\\_dim=64" in tex or "report_pair_all" in name
+    assert "csa:latent\\_dim=64" in tex or "report_pair_all" in name
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
@@ -91,7 +91,7 @@ def test_best_per_column_is_bold_within_each_group():
     rows = {(r.group, r.method): r for r in table.rows}
     t2i = names.index("retrieval/flickr8k/t2i_R@1")
     ten_k = ("10k", "effnet-lite0+minilm-l6")
-    assert rows[ten_k, "csa:s_dim=64"].cells[t2i].bold  # 21.0 beats pal's 20.0 at 10k
+    assert rows[ten_k, "csa:latent_dim=64"].cells[t2i].bold  # 21.0 beats pal's 20.0 at 10k
     assert not rows[ten_k, "pal"].cells[t2i].bold
     assert rows[("1k", "effnet-lite0+minilm-l6"), "pal"].cells[t2i].bold
     # alone in its (budget, pair) group: nothing to compare with, nothing bold
@@ -135,7 +135,7 @@ def test_corrupted_result_is_reported_skipped_and_untouched(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out, err = r.stdout, r.stderr
-    assert victim.name in err and "corrupted" in err  # a warning on stderr names the file
+    assert victim.name in err and "damaged" in err  # a warning on stderr names the file
     assert victim.read_bytes() == broken
     # the other two pal seeds at 1k are still reported: mean of 20+0 and 20+1
     assert "**20.5 ± 0.7**" in out
