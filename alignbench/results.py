@@ -1,11 +1,11 @@
 """The result store: one JSON file per run, written atomically, read back as a table.
 
 Why one file per run: sweep workers never share a file, so a crashed or
-duplicated job cannot corrupt anyone else's numbers.  Files are written to a
-temporary name in the same folder and ``os.replace``d into place, so a reader
-never sees half a result; every reader still parses each file against its
-schema (:func:`validate_record`), so a damaged or partial file is named and
-redone, never counted as done.
+duplicated job cannot corrupt anyone else's numbers.  Files are written with
+``alignbench.atomic`` (temp file, fsync, ``os.replace``), so a reader never sees
+half a result; every reader still parses each file against its schema
+(:func:`validate_record`), so a damaged or partial file is named and redone,
+never counted as done.
 
 A record (schema version 2) looks like::
 
@@ -43,10 +43,10 @@ import json
 import logging
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from alignbench.atomic import write_json_atomic
 from alignbench.config import RunSpec
 from alignbench.errors import DataError
 
@@ -84,21 +84,8 @@ def _json_safe(obj: Any) -> Any:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` to ``path`` via a unique temp file + ``os.replace`` (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(obj), f, indent=2, sort_keys=False, default=str, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write a result (NaN/inf stored as null) atomically: see ``alignbench.atomic``."""
+    return write_json_atomic(path, _json_safe(obj))
 
 
 class ResultStore:

@@ -206,12 +206,15 @@ def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: boo
 
     # 3. evaluate.
     metrics: dict[str, dict[str, float]] = {}
+    outcomes: dict[str, dict[str, Any]] = {}
     timings["eval"] = {}
     for ev in run.evals:
         log.info("%s: evaluating %s", run.run_id, ev)
         state["phase"] = f"eval {ev}"
         t = time.perf_counter()
-        metrics[ev.key] = tasks[ev.task].evaluate(method, source, source.dataset(ev.dataset), ev.split)
+        metrics[ev.key], found = tasks[ev.task].evaluate_with_outcomes(method, source, source.dataset(ev.dataset), ev.split)
+        if found is not None:  # per-query / per-image outcomes: intervals and paired tests need no refit
+            outcomes[ev.key] = found.to_json()
         timings["eval"][ev.key] = time.perf_counter() - t
 
     requested = run.spec.budget if run.spec is not None else run.budget
@@ -235,6 +238,7 @@ def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: boo
             "num_parameters": _num_parameters(method),
         },
         "provenance": provenance.collect(device, run.dtype),
+        "outcomes": outcomes,
     }
 
 
@@ -294,7 +298,7 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
 
 _ORDER = (
     "schema_version", "status", "run_id", "fit_id", "spec_key", "spec", "resolved", "budget", "data", "evals",
-    "metrics", "timings", "method", "fit", "provenance", "started_at", "finished_at",
+    "metrics", "timings", "method", "fit", "provenance", "started_at", "finished_at", "outcomes",
 )  # fmt: skip
 
 

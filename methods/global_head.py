@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alignbench.errors import ConfigError
+from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.training import TrainConfig, TrainerSettings, info_nce, train_contrastive
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs
@@ -72,6 +72,14 @@ class GlobalHeadMethod(Method):
     def temperature(self) -> float | torch.Tensor:
         return self.config.temperature
 
+    def image_inputs(self, f: ImageFeatures) -> torch.Tensor:
+        """(N, a) rows the image head consumes; default the global feature (SAIL adds the mean patch)."""
+        return f.global_tensor()
+
+    def text_inputs(self, f: TextFeatures) -> torch.Tensor:
+        """(N, a) rows the text head consumes; default the global feature."""
+        return f.global_tensor()
+
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         return info_nce(self.image_head(x), self.text_head(y), self.temperature())
 
@@ -111,9 +119,9 @@ class GlobalHeadMethod(Method):
 
     def fit(self, train: Pairs, val: Pairs | None = None, *, seed: int = 0) -> None:
         check_pairs(train, val)
-        self._init(train.images.dim, train.texts.dim, seed)
-        x = train.image().global_tensor().to(self.device)
-        y = train.text().global_tensor().to(self.device)
+        x = self.image_inputs(train.image()).to(self.device)
+        y = self.text_inputs(train.text()).to(self.device)
+        self._init(x.shape[1], y.shape[1], seed)
         cfg = self.train_config(len(train))
         self._train_mode(True)
 
@@ -123,8 +131,8 @@ class GlobalHeadMethod(Method):
 
         val_loss = None
         if val is not None and len(val) >= 2:  # InfoNCE needs at least two pairs
-            xv = val.image().global_tensor().to(self.device)
-            yv = val.text().global_tensor().to(self.device)
+            xv = self.image_inputs(val.image()).to(self.device)
+            yv = self.text_inputs(val.text()).to(self.device)
             val_loss = lambda: self.validation_loss(xv, yv, cfg.batch_size)  # noqa: E731
 
         info = train_contrastive(
@@ -158,10 +166,14 @@ class GlobalHeadMethod(Method):
     # -- embedding --------------------------------------------------------------
     @torch.no_grad()
     def _embed(self, head: nn.Module | None, f: ImageFeatures | TextFeatures, expected: int | None, side: str):
-        check_dim(f, expected, side)
+        if expected is None:
+            check_dim(f, None, side)  # "not fitted yet"
         f.validate(f"{side} features")
         head.eval()
-        x = f.global_tensor()
+        x = self.image_inputs(f) if side == "image" else self.text_inputs(f)
+        if x.shape[1] != expected:  # the head's input width (the feature dim unless a method adds inputs)
+            raise FeatureError(f"{side} features give {x.shape[1]}-d inputs but the method was fitted on "
+                               f"{expected}-d {side} inputs (same encoder and layer as at fit time?)")
         out = [head(x[i : i + EMBED_CHUNK].to(self.device)).float() for i in range(0, len(x), EMBED_CHUNK)]
         z = torch.cat(out) if out else torch.zeros(0, self.config.dim)
         return nn.functional.normalize(z, dim=-1).cpu()

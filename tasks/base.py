@@ -13,13 +13,14 @@ them to learn their headline metrics and must stay fast.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
 from alignbench.errors import AlignbenchError, FeatureError
+from alignbench.outcomes import Outcomes
 from alignbench.registry import register_task  # noqa: F401  (re-exported for task files)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,7 +55,12 @@ class FeatureNeed:
 
 
 class Task(ABC):
-    """Base class: set ``kind``, ``headline`` and ``metric_labels``; implement ``evaluate``."""
+    """Base class: set ``kind``, ``headline`` and ``metric_labels``; implement ``evaluate_with_outcomes``.
+
+    A task that also implements ``metrics_from_outcomes`` and ``resampled_metrics``
+    gets bootstrap intervals and paired tests over its units in reports; one
+    that only implements ``evaluate`` still runs (its results have no outcomes).
+    """
 
     kind: ClassVar[str] = ""  # dataset kind this task needs
     registry_name: ClassVar[str] = ""
@@ -80,9 +86,28 @@ class Task(ABC):
         """The features ``evaluate`` will read (the runner encodes them first)."""
         return []
 
-    @abstractmethod
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.evaluate is Task.evaluate and cls.evaluate_with_outcomes is Task.evaluate_with_outcomes:
+            raise TypeError(f"task {cls.__name__} must implement evaluate_with_outcomes (or evaluate)")
+
     def evaluate(self, method: "Method", source: Any, dataset: "Dataset", split: str) -> dict[str, float]:
         """Score ``method`` on ``dataset``'s ``split``; values in percent."""
+        return self.evaluate_with_outcomes(method, source, dataset, split)[0]
+
+    def evaluate_with_outcomes(
+        self, method: "Method", source: Any, dataset: "Dataset", split: str
+    ) -> tuple[dict[str, float], Outcomes | None]:
+        """The metrics and the per-unit outcomes they are computed from (None if the task keeps none)."""
+        return self.evaluate(method, source, dataset, split), None
+
+    def metrics_from_outcomes(self, outcomes: Outcomes) -> dict[str, float]:
+        """Every metric of ``evaluate``, recomputed from stored outcomes (equal to the stored metrics)."""
+        raise NotImplementedError(f"task {self.registry_name!r} cannot recompute metrics from outcomes")
+
+    def resampled_metrics(self, outcomes: Outcomes, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Metrics under B resamples of the units: ``weights[unit]`` is (B, n_unit) counts; values (B,)."""
+        raise NotImplementedError(f"task {self.registry_name!r} cannot resample its outcomes")
 
     def label(self, metric: str) -> str:
         return self.metric_labels.get(metric, metric)

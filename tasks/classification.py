@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from alignbench.errors import DataError
+from alignbench.outcomes import Outcomes
 from alignbench.tasks.base import FeatureNeed, Task, check_finite, embed_in_batches, register_task
 
 
@@ -42,7 +43,8 @@ class ClassificationTask(Task):
     def needs(self, dataset: str, split: str) -> list[FeatureNeed]:
         return [FeatureNeed("images", dataset, split), FeatureNeed("prompts", dataset)]
 
-    def evaluate(self, method: Any, source: Any, dataset: Any, split: str) -> dict[str, float]:
+    def evaluate_with_outcomes(self, method: Any, source: Any, dataset: Any, split: str) -> tuple[dict[str, float], Outcomes]:
+        """Top-1 / mean per-class accuracy plus the predicted class and label of every image."""
         import torch
 
         self.check_dataset(dataset)
@@ -61,4 +63,27 @@ class ClassificationTask(Task):
                 logits = method.similarity(emb, classes)
                 check_finite(logits, "class scores")
                 preds.append(logits.argmax(1).cpu().numpy())
-        return classification_metrics(np.concatenate(preds), labels, n_classes)
+        pred = np.concatenate(preds)
+        outcomes = Outcomes(
+            task="classification", unit="query", arrays={"pred": pred, "label": labels},
+            units={"image": len(labels)}, meta={"n_classes": int(n_classes)},
+        )  # fmt: skip
+        return classification_metrics(pred, labels, n_classes), outcomes
+
+    def metrics_from_outcomes(self, outcomes: Outcomes) -> dict[str, float]:
+        return classification_metrics(outcomes.arrays["pred"], outcomes.arrays["label"], int(outcomes.meta["n_classes"]))
+
+    def resampled_metrics(self, outcomes: Outcomes, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from scipy import sparse
+
+        pred, label = outcomes.arrays["pred"], outcomes.arrays["label"]
+        w = weights["image"]
+        n_classes = max(int(outcomes.meta["n_classes"]), int(label.max(initial=0)) + 1)
+        rows = np.arange(len(label))
+        onehot = sparse.csr_matrix((np.ones(len(label)), (rows, label)), shape=(len(label), n_classes))
+        correct = sparse.csr_matrix(((pred == label).astype(np.float64), (rows, label)), shape=onehot.shape)
+        total = np.asarray((onehot.T @ w.T).T)  # (B, C) images per class in each resample (sparse: ImageNet has 1k)
+        hit = np.asarray((correct.T @ w.T).T)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = np.where(total > 0, hit / np.maximum(total, 1), np.nan)
+        return {"top1": 100.0 * hit.sum(1) / len(label), "mean_per_class": 100.0 * np.nanmean(per_class, axis=1)}

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from alignbench.errors import DataError
+from alignbench.outcomes import Outcomes
 from alignbench.tasks.base import FeatureNeed, Task, check_finite, embed_in_batches, register_task
 
 KS = (1, 5, 10)
@@ -115,7 +116,11 @@ def recall_at(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[int, float]:
 
 def retrieval_metrics(image_emb, text_emb, caption_image, similarity, ks: tuple[int, ...] = KS) -> dict[str, float]:
     """``i2t_R@K`` and ``t2i_R@K`` for every K in ``ks``."""
-    i2t, t2i = retrieval_ranks(image_emb, text_emb, caption_image, similarity)
+    return metrics_from_ranks(*retrieval_ranks(image_emb, text_emb, caption_image, similarity), ks)
+
+
+def metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """``i2t_R@K`` and ``t2i_R@K`` from the 0-based ranks of the first correct item per query."""
     out = {f"i2t_R@{k}": v for k, v in recall_at(i2t, ks).items()}
     out.update({f"t2i_R@{k}": v for k, v in recall_at(t2i, ks).items()})
     return out
@@ -132,7 +137,8 @@ class RetrievalTask(Task):
     def needs(self, dataset: str, split: str) -> list[FeatureNeed]:
         return [FeatureNeed("pairs", dataset, split)]
 
-    def evaluate(self, method: Any, source: Any, dataset: Any, split: str) -> dict[str, float]:
+    def evaluate_with_outcomes(self, method: Any, source: Any, dataset: Any, split: str) -> tuple[dict[str, float], Outcomes]:
+        """Recall@K plus, per image query and per caption query, the rank of its first correct item."""
         import torch
 
         self.check_dataset(dataset)
@@ -149,4 +155,20 @@ class RetrievalTask(Task):
         with torch.no_grad():
             img = embed_in_batches(method.embed_image, pairs.images, self.batch_size)
             txt = embed_in_batches(method.embed_text, texts, self.batch_size)
-            return retrieval_metrics(img, txt, caption_image, method.similarity)
+            i2t, t2i = retrieval_ranks(img, txt, caption_image, method.similarity)
+        outcomes = Outcomes(
+            task="retrieval", unit="query", arrays={"i2t_rank": i2t, "t2i_rank": t2i},
+            units={"image_query": len(i2t), "caption_query": len(t2i)},
+        )  # fmt: skip
+        return metrics_from_ranks(i2t, t2i), outcomes
+
+    def metrics_from_outcomes(self, outcomes: Outcomes) -> dict[str, float]:
+        return metrics_from_ranks(outcomes.arrays["i2t_rank"], outcomes.arrays["t2i_rank"])
+
+    def resampled_metrics(self, outcomes: Outcomes, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for d, name, unit in (("i2t", "i2t_rank", "image_query"), ("t2i", "t2i_rank", "caption_query")):
+            ranks, w = outcomes.arrays[name], weights[unit]
+            for k in KS:
+                out[f"{d}_R@{k}"] = 100.0 * (w @ (ranks < k).astype(w.dtype)) / len(ranks)
+        return out

@@ -16,7 +16,10 @@ are given beside the all-class mIoU:
   only.
 
 Memory: score maps are upsampled one image at a time and reduced to a
-confusion matrix at once; nothing of mask size is kept.
+confusion matrix at once; nothing of mask size is kept.  The per-image
+confusion matrices are the task's outcomes (stored sparse in the result):
+their sum is the dataset's matrix, and resampling images gives bootstrap
+intervals without re-running the model.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from alignbench.errors import DataError, FeatureError
+from alignbench.outcomes import Outcomes, dense_rows, sparse_rows
 from alignbench.tasks.base import FeatureNeed, Task, check_finite, dense_images, register_task
 
 log = logging.getLogger(__name__)
@@ -128,7 +132,8 @@ class SegmentationTask(Task):
     def needs(self, dataset: str, split: str) -> list[FeatureNeed]:
         return [FeatureNeed("dense_images", dataset, split), FeatureNeed("prompts", dataset)]
 
-    def evaluate(self, method: Any, source: Any, dataset: Any, split: str) -> dict[str, float]:
+    def evaluate_with_outcomes(self, method: Any, source: Any, dataset: Any, split: str) -> tuple[dict[str, float], Outcomes]:
+        """The metrics plus one confusion matrix per image (their sum is the dataset's confusion matrix)."""
         import torch
 
         self.check_dataset(dataset)
@@ -145,8 +150,8 @@ class SegmentationTask(Task):
             raise FeatureError(f"{name}:{split} image features have no patch tokens; segmentation needs them")
         gh, gw = images.grid
 
-        conf = np.zeros((n_cls, n_cls), dtype=np.int64)
-        conf_nobg = np.zeros((n_cls - 1, n_cls - 1), dtype=np.int64) if bg is not None else None
+        per_image: list[np.ndarray] = []  # (C, C) each
+        per_image_nobg: list[np.ndarray] = []  # (C-1, C-1) each, where the dataset has a background class
         fg = [c for c in range(n_cls) if c != bg]
         stray = 0
         with torch.no_grad():
@@ -164,15 +169,85 @@ class SegmentationTask(Task):
                 for b, i in enumerate(idx):
                     gt = np.asarray(dataset.mask(split, int(i)))
                     up = upsample(maps[b], gt.shape[-2:])  # (H, W, C), one image at a time
+                    conf = np.zeros((n_cls, n_cls), dtype=np.int64)
                     stray += confusion_update(conf, gt, up.argmax(-1).numpy(), ignore)
-                    if conf_nobg is not None:  # background pixels ignored, argmax over foreground classes
+                    per_image.append(conf)
+                    if bg is not None:  # background pixels ignored, argmax over foreground classes
+                        conf_nobg = np.zeros((n_cls - 1, n_cls - 1), dtype=np.int64)
                         confusion_update(conf_nobg, _remap_foreground(gt, fg, bg), up[..., fg].argmax(-1).numpy(), -1)
+                        per_image_nobg.append(conf_nobg)
         if stray:
             log.warning("%s:%s: %d pixels had labels outside 0..%d and were ignored", name, split, stray, n_cls - 1)
-        out = segmentation_metrics(conf, classnames, bg)
-        if conf_nobg is not None and conf_nobg.sum() > 0:
-            out["mIoU_nobg"] = 100.0 * float(np.nanmean(iou_per_class(conf_nobg)))
+        if not per_image:
+            raise DataError(f"{name}:{split} has no images to evaluate")
+        arrays = sparse_rows(np.stack(per_image))
+        if bg is not None:
+            arrays.update({f"nobg_{k}": v for k, v in sparse_rows(np.stack(per_image_nobg)).items()})
+        meta = {"classes": classnames, "background_index": bg}
+        outcomes = Outcomes(task="segmentation", unit="image", arrays=arrays, units={"image": len(images)}, meta=meta)
+        return self.metrics_from_outcomes(outcomes), outcomes
+
+    def metrics_from_outcomes(self, outcomes: Outcomes) -> dict[str, float]:
+        a, classes, bg = outcomes.arrays, list(outcomes.meta["classes"]), outcomes.meta.get("background_index")
+        n = len(classes)
+        out = segmentation_metrics(_summed(a["cell"], a["count"], n), classes, bg)
+        if bg is not None:
+            conf_nobg = _summed(a["nobg_cell"], a["nobg_count"], n - 1)
+            if conf_nobg.sum() > 0:
+                out["mIoU_nobg"] = 100.0 * float(np.nanmean(iou_per_class(conf_nobg)))
         return out
+
+    def resampled_metrics(self, outcomes: Outcomes, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        a, classes, bg = outcomes.arrays, list(outcomes.meta["classes"]), outcomes.meta.get("background_index")
+        w, n = weights["image"], len(classes)
+        conf = _resampled_confusions(w, a["row"], a["cell"], a["count"], n)
+        out = _batched_metrics(conf, classes, bg)
+        if bg is not None:
+            nobg = _resampled_confusions(w, a["nobg_row"], a["nobg_cell"], a["nobg_count"], n - 1)
+            with np.errstate(invalid="ignore"):
+                out["mIoU_nobg"] = 100.0 * np.nanmean(_batched_iou(nobg), axis=1)
+        return out
+
+
+def _summed(cell: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
+    """The dataset confusion matrix: the per-image ones added up (integers, exact)."""
+    conf = np.zeros(n * n, dtype=np.int64)
+    np.add.at(conf, cell, count)
+    return conf.reshape(n, n)
+
+
+def _resampled_confusions(w: np.ndarray, row: np.ndarray, cell: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
+    """(B, n, n): each resample's confusion matrix, weights (B, n_images) times the per-image matrices."""
+    per_image = dense_rows(row, cell, count, w.shape[1], n * n)
+    return np.asarray((per_image.T @ w.T).T).reshape(len(w), n, n)
+
+
+def _batched_iou(conf: np.ndarray) -> np.ndarray:
+    """(B, C, C) → (B, C) IoU; NaN where a class is neither in the ground truth nor predicted."""
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    union = conf.sum(1) + conf.sum(2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def _batched_metrics(conf: np.ndarray, classes: list[str], bg: int | None) -> dict[str, np.ndarray]:
+    """:func:`segmentation_metrics` for a stack of confusion matrices (one value per resample)."""
+    iou = _batched_iou(conf)
+    gt = conf.sum(2)
+    total = np.maximum(gt.sum(1), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(gt > 0, np.diagonal(conf, axis1=1, axis2=2) / np.maximum(gt, 1), np.nan)
+        out = {
+            "mIoU": 100.0 * np.nanmean(iou, axis=1),
+            "fwIoU": 100.0 * np.nansum(gt / total[:, None] * np.nan_to_num(iou), axis=1),
+            "pixel_acc": 100.0 * np.trace(conf, axis1=1, axis2=2) / total,
+            "mean_acc": 100.0 * np.nanmean(acc, axis=1),
+        }
+        if bg is not None:
+            out["mIoU_fg"] = 100.0 * np.nanmean(np.delete(iou, bg, axis=1), axis=1)
+    for j, name in enumerate(classes):
+        out[f"IoU/{name}"] = 100.0 * iou[:, j]
+    return out
 
 
 def _remap_foreground(gt: np.ndarray, fg: list[int], bg: int) -> np.ndarray:

@@ -17,6 +17,8 @@ from alignbench.cli import main as cli
 from alignbench.config import RunSpec
 from alignbench.errors import BudgetError
 from alignbench.identity import Resolver
+from alignbench.outcomes import Outcomes
+from alignbench.registry import TASKS
 from alignbench.runner import plan, run_one, subsample_indices
 
 PAIR = "tiny-vit+tiny-text"
@@ -107,6 +109,14 @@ def test_run_then_report_end_to_end(dirs, capsys):
     assert {"encode", "fit", "eval", "total"} <= set(rec["timings"])
     for key, metrics in rec["metrics"].items():
         assert all(0.0 <= v <= 100.0 for k, v in metrics.items()), key
+    # per-query / per-image outcomes are stored, and every stored metric recomputes from them exactly
+    for f in files:
+        rec = json.loads(f.read_text())
+        assert set(rec["outcomes"]) == set(rec["metrics"])
+        for key, stored in rec["outcomes"].items():
+            task = TASKS.get(key.split("/")[0])()
+            again = task.metrics_from_outcomes(Outcomes.from_json(stored))
+            assert {k: None if v != v else v for k, v in again.items()} == rec["metrics"][key], key  # NaN is stored as null
 
     # a second identical command skips every run (nothing is lost or redone)
     mtimes = {f: f.stat().st_mtime_ns for f in files}

@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from alignbench.atomic import write_text_atomic
     from alignbench.config import split_list
     from alignbench.report import render
     from alignbench.results import ResultStore
@@ -43,8 +44,7 @@ def main(args: argparse.Namespace) -> int:
     text = render(frame, fmt=args.format, by=args.by, metrics=metrics)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        write_text_atomic(out, text)
         print(f"wrote {out} ({len(records)} runs)", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -23,7 +23,8 @@ import numpy as np
 
 from alignbench.encoders.base import EncodedImages, ImageEncoder
 from alignbench.encoders.transforms import ImageTransform
-from alignbench.encoders.weights import file_sha256, package_dir, temp_path_beside, weights_dir
+from alignbench.atomic import temp_path_beside
+from alignbench.encoders.weights import file_sha256, package_dir, weights_dir
 from alignbench.errors import ConfigError
 from alignbench.registry import register_encoder
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from alignbench.atomic import write_text_atomic
 from alignbench.encoders.base import EncodedImages, EncodedTexts, ImageEncoder, TextEncoder
 from alignbench.registry import register_encoder
 
@@ -147,9 +148,7 @@ def _tokenizer_dir() -> str:
     d.mkdir(exist_ok=True)
     chars = [chr(c) for c in range(33, 127)]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
-    tmp = d / f"vocab.txt.{os.getpid()}"
-    tmp.write_text("\n".join(vocab) + "\n")
-    os.replace(tmp, d / "vocab.txt")
+    write_text_atomic(d / "vocab.txt", "\n".join(vocab) + "\n")
     return str(d)
 
 

@@ -16,18 +16,15 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterable
 
+from alignbench.atomic import write_bytes_atomic
 from alignbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 _HASHES: dict[str, str] = {}
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-_FILE_MODE = 0o666 & ~_UMASK
 _LOCK = threading.Lock()
 
 
@@ -69,7 +66,7 @@ def file_sha256(path: str | os.PathLike) -> str:
         index = _read_json(_hash_index())
         index[key] = digest
         try:
-            atomic_write_bytes(_hash_index(), json.dumps(index, indent=0, sort_keys=True).encode())
+            write_bytes_atomic(_hash_index(), json.dumps(index, indent=0, sort_keys=True).encode())
         except OSError as exc:  # a read-only cache only costs speed
             log.debug("cannot write hash index: %s", exc)
     return digest
@@ -99,29 +96,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, _FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def temp_path_beside(path: Path) -> Path:
-    """A fresh temporary path in ``path``'s folder, to be renamed onto ``path`` when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; the cache is shared
-    return Path(tmp)
 
 
 def package_dir(module: str, install_hint: str) -> Path:
