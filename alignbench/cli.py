@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from alignbench.preflight import check
+
+        check(args.command, args)  # every value and path, before any data is read or fitted
         rc = int(args._main(args) or 0)
         sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
         return rc

@@ -77,19 +77,25 @@ def split_list(text: str | list | None) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
+_SEED_RE = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
+
+
 def parse_seeds(text: str | list | int) -> list[int]:
-    if isinstance(text, int):
-        return [text]
-    out = []
-    for t in split_list(text):
-        if "-" in t[1:]:
-            a, b = t.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            try:
-                out.append(int(t))
-            except ValueError as exc:
-                raise ConfigError(f"cannot read seed {t!r}: use integers such as 0,1,2 or 0-4") from exc
+    """'0,1,2' or '0-4' (or a mix) → the seeds in order, each once; ConfigError for anything else.
+
+    Seeds are non-negative (numpy's generators refuse negative ones, which used
+    to surface only when the first fit started)."""
+    items = [str(text)] if isinstance(text, int) and not isinstance(text, bool) else split_list(text)
+    out: list[int] = []
+    for t in items:
+        m = _SEED_RE.match(t)
+        if not m:
+            why = "seeds are >= 0" if t.lstrip().startswith("-") and t.strip()[1:].isdigit() else "cannot read it"
+            raise ConfigError(f"bad seed {t!r} ({why}): use integers >= 0 such as 0,1,2 or a range such as 0-4")
+        a, b = int(m.group(1)), int(m.group(2)) if m.group(2) is not None else None
+        if b is not None and b < a:
+            raise ConfigError(f"bad seed range {t!r}: the end is below the start (e.g. 0-4)")
+        out.extend(s for s in (range(a, b + 1) if b is not None else [a]) if s not in out)
     return out
 
 

@@ -7,10 +7,14 @@ into a :class:`DeviceChoice`; the core only ever sees ``DeviceChoice.resolved``.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from dataclasses import dataclass
 
 from alignbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Accepted spellings; ``cuda:N`` picks one GPU.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -32,14 +36,41 @@ class DeviceChoice:
         return self.resolved
 
 
+#: A GPU driver leaves one of these; without any, CUDA cannot be there and torch need not be imported
+#: (so ``auto`` stays instant for a cached ``alignbench encode``).
+_GPU_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
 def cuda_device_count() -> int:
     """Visible CUDA devices (0 without CUDA or without a CUDA build of torch)."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules and not any(os.path.exists(p) for p in _GPU_DRIVER_PATHS):
+        return 0
     try:
         import torch
 
         return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     except Exception:  # a broken driver must read as "no CUDA", not crash the CLI
         return 0
+
+
+def check_device_text(text: str | None) -> str:
+    """The normalised spelling of a device request, checked but NOT resolved.
+
+    For requests resolved elsewhere: a sweep submitted from a login node without
+    GPUs names the device its jobs will use on the compute nodes.
+    """
+    s = "auto" if text is None else str(text).strip().lower()
+    m = _PATTERN.match(s)
+    if not m or (m.group(1) != "cuda" and m.group(2) is not None):
+        import difflib
+
+        close = difflib.get_close_matches(s, ["auto", "cpu", "cuda"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown device {text!r}{hint}: use one of {', '.join(DEVICE_CHOICES)}")
+    return s
 
 
 def parse_device(text: str | None) -> DeviceChoice:
@@ -49,10 +80,9 @@ def parse_device(text: str | None) -> DeviceChoice:
     Raises ConfigError (one line, with what to use instead) for an unknown
     spelling, ``cuda`` without CUDA and a ``cuda:N`` index that is not visible.
     """
-    s = "auto" if text is None else str(text).strip().lower()
+    s = check_device_text(text)
     m = _PATTERN.match(s)
-    if not m or (m.group(1) != "cuda" and m.group(2) is not None):
-        raise ConfigError(f"unknown device {text!r}: use one of {', '.join(DEVICE_CHOICES)}")
+    assert m is not None
     kind, index = m.group(1), m.group(2)
     if kind == "cpu":
         return DeviceChoice(s, "cpu")
@@ -68,4 +98,51 @@ def parse_device(text: str | None) -> DeviceChoice:
     return DeviceChoice(s, f"cuda:{i}")
 
 
-__all__ = ["DEVICE_CHOICES", "DeviceChoice", "cuda_device_count", "parse_device"]
+# -- what the CPU computes fast ----------------------------------------------------------
+#: CPU flags (``/proc/cpuinfo``) that make bf16 matmuls native: AMX tiles or AVX-512 bf16 dot products.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty where ``/proc/cpuinfo`` does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """Which of :data:`BF16_CPU_FLAGS` this CPU has (empty: bf16 is emulated, several times slower than fp32)."""
+    flags = cpu_flags()
+    found = tuple(f for f in BF16_CPU_FLAGS if f in flags)
+    if found or flags:
+        return found
+    try:  # no /proc/cpuinfo (macOS, Windows): ask torch, which only tells AVX-512 from AVX2
+        import torch
+
+        return ("avx512_bf16",) if torch.backends.cpu.get_cpu_capability() == "AVX512_BF16" else ()
+    except Exception:
+        return ()
+
+
+def cpu_has_fast_bf16() -> bool:
+    return bool(cpu_bf16_flags())
+
+
+def warn_if_slow_dtype(dtype: str, device: str) -> None:
+    """Log a warning when ``dtype`` will run emulated here: bf16 on a CPU without AMX / AVX-512 bf16.
+
+    It still works (same numbers as native bf16), only slower than fp32.
+    """
+    if dtype == "bf16" and str(device) == "cpu" and not cpu_has_fast_bf16():
+        log.warning("this CPU has no native bf16 (no %s): bf16 runs emulated, several times slower than fp32; "
+                    "use --dtype fp32 here", " / ".join(BF16_CPU_FLAGS))
+
+
+__all__ = ["BF16_CPU_FLAGS", "DEVICE_CHOICES", "DeviceChoice", "check_device_text", "cpu_bf16_flags", "cpu_flags",
+           "cpu_has_fast_bf16", "cuda_device_count", "parse_device", "warn_if_slow_dtype"]

@@ -34,6 +34,10 @@ class DataError(AlignbenchError):
     """Missing, unreadable or malformed data (names the file)."""
 
 
+class MalformedDataError(DataError):
+    """A data file that is present but broken (names the file and line): not "missing"."""
+
+
 class FeatureError(AlignbenchError, ValueError):
     """Features that cannot be used: NaN/inf, wrong shapes, mismatched dims."""
 

@@ -34,11 +34,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from alignbench.config import RunSpec
 from alignbench.errors import AlignbenchError, ConfigError
 from alignbench.sweep_config import SweepConfig, expand
+
+if TYPE_CHECKING:
+    from alignbench.feature_kinds import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -510,70 +513,41 @@ def check_executor_available(executor: str) -> None:
                           "bash slurm/cluster.sh install && bash slurm/cluster.sh start)")
 
 
-@dataclass(frozen=True)
-class FeatureNeed:
-    """One feature set a sweep needs in the store before its runs start."""
-
-    what: str  # images | texts | prompts
-    encoder: str
-    dataset: str
-    split: str | None
-    layer: int | None
-    dtype: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.what}:{self.encoder}:{self.dataset}:{self.split}:L{self.layer}:{self.dtype}"
-
-
-def feature_needs(specs: list[RunSpec]) -> list[FeatureNeed]:
-    """Every (kind, encoder, dataset, split) the runs read: training/validation pairs and task needs."""
+def feature_needs(specs: list[RunSpec]) -> list["FeatureSet"]:
+    """Every feature set the runs read (training/validation pairs and task needs), once each."""
+    from alignbench import feature_kinds
     from alignbench.registry import TASKS
     from alignbench.runner import EvalSpec, parse_split_ref
     from alignbench.source import split_pair
 
-    needs: dict[str, FeatureNeed] = {}
+    needs: dict[str, feature_kinds.FeatureSet] = {}
     tasks: dict[str, Any] = {}
 
     def add(what: str, spec: RunSpec, dataset: str, split: str | None) -> None:
-        vision, text = split_pair(spec.pair)
-        image = what == "images"
-        n = FeatureNeed(what, vision if image else text, dataset, None if what == "prompts" else split,
-                        spec.encoder.image_layer if image else spec.encoder.text_layer, spec.encoder.dtype)
-        needs.setdefault(n.key, n)
+        for kind in feature_kinds.expand(what):
+            fs = feature_kinds.feature_set(kind, split_pair(spec.pair), dataset, split,
+                                           image_layer=spec.encoder.image_layer, text_layer=spec.encoder.text_layer,
+                                           dtype=spec.encoder.dtype)
+            needs.setdefault(fs.key, fs)
 
     for spec in specs:
         for ref, default in ((spec.train, "train"), (spec.val, "dev")):
             if ref:
-                ds, split = parse_split_ref(ref, default)
-                add("images", spec, ds, split)
-                add("texts", spec, ds, split)
+                add("pairs", spec, *parse_split_ref(ref, default))
         for text in spec.evals:
             ev = EvalSpec.parse(text).resolved()
             task = tasks.setdefault(ev.task, TASKS.get(ev.task)())
             for need in task.needs(ev.dataset, ev.split):
-                whats = ("images", "texts") if need.what == "pairs" else (need.what,)
-                for w in whats:
-                    add(w, spec, need.dataset, need.split)
+                add(need.what, spec, need.dataset, need.split)
     return list(needs.values())
 
 
-def missing_features(needs: list[FeatureNeed], store_root: Path | None, data_root: Path | None) -> list[FeatureNeed]:
+def missing_features(needs: list["FeatureSet"], store_root: Path | None, data_root: Path | None) -> list["FeatureSet"]:
+    """The feature sets not (validly) in the store; nothing is encoded."""
     from alignbench.store import FeatureStore
 
     store = FeatureStore(store_root)
-    out = []
-    for n in needs:
-        kw = {"layer": n.layer, "dtype": n.dtype, "data_root": data_root}
-        if n.what == "images":
-            ok = store.has_images(n.encoder, n.dataset, n.split, **kw)
-        elif n.what == "texts":
-            ok = store.has_texts(n.encoder, n.dataset, n.split, **kw)
-        else:
-            ok = store.has_prompts(n.encoder, n.dataset, **kw)
-        if not ok:
-            out.append(n)
-    return out
+    return [n for n in needs if not n.spec.has(store, n, data_root=data_root)]
 
 
 # ======================================================================================
@@ -762,9 +736,9 @@ def _stage_encodes(cfg: SweepConfig, led: Ledger, backend: _Backend, specs: list
         params = {**profile.params, **profile.encode_params}
         name = f"ab-enc-{led.data['sweep_id']}"
         jobs = _submit(backend, params, name, [
-            (EncodeJob(), (n.what, n.encoder, n.dataset, n.split),
-             {"layer": n.layer, "dtype": n.dtype, "store_root": _s(cfg.store_root), "data_root": _s(cfg.data_path),
-              "threads": backend.threads()})
+            (EncodeJob(), (n,),
+             {"store_root": _s(cfg.store_root), "data_root": _s(cfg.data_path), "threads": backend.threads(),
+              "device": cfg.device})
             for n in to_submit], led, kind="encode", run_ids=None)
         for n, job in zip(to_submit, jobs):
             encodes[n.key] = {"job_id": job.job_id, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
@@ -777,7 +751,7 @@ def _stage_encodes(cfg: SweepConfig, led: Ledger, backend: _Backend, specs: list
         time.sleep(profile.poll_seconds)
     still = missing_features(missing, cfg.store_root, cfg.data_path)
     if still:
-        lines = [f"  {n.what} {n.encoder} {n.dataset}:{n.split} (job {encodes[n.key]['job_id']}, "
+        lines = [f"  {n.label()} (job {encodes[n.key]['job_id']}, "
                  f"log {encodes[n.key]['stderr']})" for n in still]
         raise AlignbenchError("stage 1: encoding failed for\n" + "\n".join(lines)
                               + "\nno runs were submitted; fix the cause and re-run the same sweep")
@@ -791,7 +765,8 @@ def _stage_runs(cfg: SweepConfig, led: Ledger, backend: _Backend, specs: list[Ru
     packs = group_packs(specs, profile)
     name = f"ab-{led.data['sweep_id']}"
     calls = [(RunPack(), ([s.to_dict() for s in pack], str(cfg.runs_dir)),
-              {"store_root": _s(cfg.store_root), "data_root": _s(cfg.data_path), "threads": backend.threads()})
+              {"store_root": _s(cfg.store_root), "data_root": _s(cfg.data_path), "threads": backend.threads(),
+               "device": cfg.device})
              for pack in packs]
     _submit(backend, profile.params, name, calls, led, kind="runs", run_ids=[[s.run_id for s in p] for p in packs])
     log.info("stage 2: %d runs submitted as %d array tasks", len(specs), len(packs))
@@ -890,7 +865,8 @@ def _run_debug(cfg: SweepConfig, specs: list[RunSpec], profile: Profile) -> int:
     try:
         for pack in group_packs(specs, profile):
             try:
-                RunPack()([s.to_dict() for s in pack], str(cfg.runs_dir), _s(cfg.store_root), _s(cfg.data_path))
+                RunPack()([s.to_dict() for s in pack], str(cfg.runs_dir), _s(cfg.store_root), _s(cfg.data_path),
+                          device=cfg.device)
             except RuntimeError as exc:  # failures are recorded per run
                 log.warning("%s", exc)
     finally:

@@ -86,18 +86,6 @@ def subsample_indices(n_available: int, budget: int | str, seed: int) -> np.ndar
     return np.sort(perm[:n])
 
 
-def available_pairs(train: str, data_root: str | Path | None = None, *, dataset: Any = None) -> int:
-    """Image–caption pairs in a training split (``dataset:split``), counted from the captions file.
-
-    Cheap (no encoding), so a budget that cannot be met fails before any work.
-    """
-    from alignbench.registry import DATASETS
-
-    name, split = parse_split_ref(train, "train")
-    ds = dataset if dataset is not None else DATASETS.get(name)(root=data_root)
-    return len(ds.caption_image_index(ds.check_split(split)))
-
-
 # -- planning -------------------------------------------------------------------------
 def plan(specs: Iterable[RunSpec | ResolvedRun], results_dir: str | Path = "results/runs", *,
          resolver: Resolver | None = None) -> tuple[list[ResolvedRun], list[ResolvedRun]]:
@@ -172,15 +160,15 @@ def run_one(
 def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: bool, state: dict) -> dict[str, Any]:
     import torch
 
-    from alignbench import provenance
+    from alignbench import feature_kinds, provenance
     from alignbench.identity import make_method
     from alignbench.registry import TASKS
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
 
     timings: dict[str, Any] = {}
-    source = FeatureSource.for_run(run, store=FeatureStore(store_root) if store_root is not None else None,
-                                   data_root=data_root, progress=progress)
+    source = FeatureSource.for_run(run, store=FeatureStore(store_root, device=device), data_root=data_root,
+                                   progress=progress)
     tasks = {ev.task: TASKS.get(ev.task)() for ev in run.evals}
 
     # 1. encode (or load from the cache) everything the run will read.
@@ -190,7 +178,7 @@ def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: boo
     val = source.pairs(run.val.dataset, run.val.split) if run.val is not None else None
     for ev in run.evals:
         for need in tasks[ev.task].needs(ev.dataset, ev.split):
-            _fetch(source, need)
+            feature_kinds.fetch(source, need.what, need.dataset, need.split)
     timings["encode"] = time.perf_counter() - t
 
     # 2. subsample the budget (nested by seed) and fit.
@@ -237,26 +225,10 @@ def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: boo
             "fit_info": dict(method.fit_info),
             "num_parameters": _num_parameters(method),
         },
+        "features": source.reads,
         "provenance": provenance.collect(device, run.dtype),
         "outcomes": outcomes,
     }
-
-
-def _fetch(source: Any, need: Any) -> None:
-    if need.what == "images":
-        source.images(need.dataset, need.split)
-    elif need.what == "dense_images":
-        from alignbench.tasks.base import dense_images
-
-        dense_images(source, need.dataset, need.split)
-    elif need.what == "texts":
-        source.texts(need.dataset, need.split)
-    elif need.what == "prompts":
-        source.prompts(need.dataset)
-    elif need.what == "pairs":
-        source.pairs(need.dataset, need.split)
-    else:  # pragma: no cover - a task declared something the source cannot give
-        raise ConfigError(f"unknown feature need {need.what!r}")
 
 
 def _num_parameters(method: Any) -> int | None:
@@ -298,7 +270,7 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
 
 _ORDER = (
     "schema_version", "status", "run_id", "fit_id", "spec_key", "spec", "resolved", "budget", "data", "evals",
-    "metrics", "timings", "method", "fit", "provenance", "started_at", "finished_at", "outcomes",
+    "metrics", "timings", "method", "fit", "features", "provenance", "started_at", "finished_at", "outcomes",
 )  # fmt: skip
 
 
@@ -311,4 +283,4 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["EvalSpec", "available_pairs", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]
+__all__ = ["EvalSpec", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]

@@ -34,9 +34,9 @@ class FeatureSource:
 
     def __init__(self, pair: str, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
                  image_layer: int | None = None, text_layer: int | None = None, dtype: str = "fp32",
-                 progress: bool = True, encoder_options: dict[str, dict] | None = None):
+                 progress: bool = True, encoder_options: dict[str, dict] | None = None, device: str = "cpu"):
         self.pair = pair
-        self.store = store if store is not None else FeatureStore()
+        self.store = store if store is not None else FeatureStore(device=device)
         self.image_encoder, self.text_encoder = (self.store._canonical(n) for n in split_pair(pair))
         self.data_root = data_root
         self.image_layer, self.text_layer = image_layer, text_layer
@@ -48,13 +48,14 @@ class FeatureSource:
         self._text_opts = {"layer": text_layer, "dtype": dtype, "data_root": data_root,
                            "encoder_options": opts.get("text"), "progress": progress}
         self._cache: dict[Any, Any] = {}
+        self.reads: list[dict[str, Any]] = []  # every store entry read, with "reused" | "encoded" | "resumed"
 
     @classmethod
     def for_run(cls, run: Any, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
                 progress: bool = True) -> "FeatureSource":
         """The source a ResolvedRun reads: its canonical encoders, resolved layers and dtype."""
         return cls(run.pair, store=store, data_root=data_root, image_layer=run.image.layer,
-                   text_layer=run.text.layer, dtype=run.dtype, progress=progress)
+                   text_layer=run.text.layer, dtype=run.dtype, progress=progress)  # store carries the device
 
     def __repr__(self) -> str:
         return f"FeatureSource({self.pair!r}, store={self.store!r})"
@@ -68,68 +69,67 @@ class FeatureSource:
         return int(img.layer), int(txt.layer)
 
     def feature_key(self, what: str, dataset: str, split: str | None) -> str:
-        """The cache entry (``<encoder>/<folder>``) that ``what`` (images, dense_images, texts, prompts) reads."""
-        from alignbench.errors import ConfigError
+        """The cache entry (``<encoder>/<folder>``) a feature kind (alignbench.feature_kinds) is read from.
 
-        kw = {"layer": None, "dtype": self.dtype, "data_root": self.data_root}
-        if what in ("images", "dense_images"):
-            kw["layer"] = self.image_layer
-            opts = self._image_opts["encoder_options"]
-            if what == "dense_images":
-                try:
-                    return self.store.entry_name("images", self.image_encoder, self.dataset(dataset), split, **kw,
-                                                 encoder_options={**(opts or {}), "resize": "squash"})
-                except ConfigError as exc:
-                    if "resize" not in str(exc):
-                        raise
-            return self.store.entry_name("images", self.image_encoder, self.dataset(dataset), split, **kw,
-                                         encoder_options=opts)
-        kw["layer"] = self.text_layer
-        return self.store.entry_name(what, self.text_encoder, self.dataset(dataset), split, **kw,
-                                     encoder_options=self._text_opts["encoder_options"])
+        Nothing is encoded: run identities hash these names (alignbench.identity).
+        """
+        from alignbench.feature_kinds import feature_set, kind
+
+        fs = feature_set(what, (self.image_encoder, self.text_encoder), dataset, split,
+                         image_layer=self.image_layer, text_layer=self.text_layer, dtype=self.dtype)
+        base = self._image_opts["encoder_options"] if kind(what).side == "image" else self._text_opts["encoder_options"]
+        return kind(what).entry(self.store, fs, data_root=self.data_root, base=base, dataset=self.dataset(dataset))
 
     def _memo(self, key: Any, make):
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
 
+    def _read(self, load):
+        """``load()`` from the store, noting the entry and whether it was reused or encoded (``reads``)."""
+        feats = load()
+        meta = getattr(feats[0] if isinstance(feats, tuple) else feats, "meta", {}) or {}
+        self.reads.append({"kind": meta.get("kind"), "dataset": meta.get("dataset"), "split": meta.get("split"),
+                           "encoder": meta.get("encoder"), "path": meta.get("path"),
+                           "action": self.store.last_action})
+        return feats
+
     def dataset(self, name: str):
         """The dataset object (loaded once)."""
         return self.store.dataset(name, self.data_root)
 
     def images(self, dataset: str, split: str) -> ImageFeatures:
-        return self._memo(("images", dataset, split), lambda: self.store.image_features(
-            self.image_encoder, self.dataset(dataset), split, **self._image_opts))
+        return self._memo(("images", dataset, split), lambda: self._read(lambda: self.store.image_features(
+            self.image_encoder, self.dataset(dataset), split, **self._image_opts)))
 
     def dense_images(self, dataset: str, split: str) -> ImageFeatures:
         """Image features for dense tasks: the WHOLE image resized to the encoder's input (``resize=squash``).
 
         Why: the default centre crop leaves mask pixels without a patch (CamVid
         frames are 4:3), so segmentation asks for this instead.  Encoders that
-        know no ``resize`` option give their default images.
+        know no ``resize`` option give their default images
+        (:func:`alignbench.feature_kinds.dense_options` decides, for the sweep planner too).
         """
-        from alignbench.errors import ConfigError
+        from alignbench.feature_kinds import dense_options
 
         def make():
-            opts = dict(self._image_opts)
-            opts["encoder_options"] = {**(opts.get("encoder_options") or {}), "resize": "squash"}
-            try:
-                return self.store.image_features(self.image_encoder, self.dataset(dataset), split, **opts)
-            except ConfigError as exc:
-                if "resize" not in str(exc):
-                    raise
+            base = self._image_opts.get("encoder_options") or {}
+            opts = dense_options(self.store, self.image_encoder, self.image_layer, self.dtype, base)
+            if opts == base:
                 return self.images(dataset, split)
+            return self._read(lambda: self.store.image_features(
+                self.image_encoder, self.dataset(dataset), split, **{**self._image_opts, "encoder_options": opts}))
 
         return self._memo(("dense_images", dataset, split), make)
 
     def texts(self, dataset: str, split: str) -> TextFeatures:
-        return self._memo(("texts", dataset, split), lambda: self.store.text_features(
-            self.text_encoder, self.dataset(dataset), split, **self._text_opts))
+        return self._memo(("texts", dataset, split), lambda: self._read(lambda: self.store.text_features(
+            self.text_encoder, self.dataset(dataset), split, **self._text_opts)))
 
     def prompts(self, dataset: str) -> tuple[TextFeatures, int, int]:
         """(features, n_classes, n_templates); row ``c * n_templates + t`` is template t of class c."""
-        return self._memo(("prompts", dataset), lambda: self.store.prompt_features(
-            self.text_encoder, self.dataset(dataset), **self._text_opts))
+        return self._memo(("prompts", dataset), lambda: self._read(lambda: self.store.prompt_features(
+            self.text_encoder, self.dataset(dataset), **self._text_opts)))
 
     def pairs(self, dataset: str, split: str) -> Pairs:
         """Every caption of the split paired with its image."""

@@ -302,8 +302,9 @@ class FeatureStore:
     """
 
     def __init__(self, root: str | os.PathLike | None = None, *, checkpoint_seconds: float = CHECKPOINT_SECONDS,
-                 text_chunk: int | None = None):
+                 text_chunk: int | None = None, device: str = "cpu"):
         self.root = Path(root).expanduser() if root is not None else default_root()
+        self.device = str(device)  # where encoders compute (a resolved device: "cpu", "cuda:0"); not in the key
         self.checkpoint_seconds = checkpoint_seconds  # how often an encode saves a resumable checkpoint
         self.text_chunk = text_chunk  # texts sorted by length within chunks of this many (default 4096)
         self._encoders: dict[Any, Any] = {}
@@ -381,20 +382,21 @@ class FeatureStore:
     def entry_name(self, kind: str, encoder: str, dataset: Any, split: str | None = None, *,
                    layer: int | None = None, dtype: str = "fp32", data_root: Any = None,
                    encoder_options: dict | None = None, tokens: bool = True) -> str:
-        """``<encoder>/<entry folder>`` that a request of ``kind`` (images|texts|prompts) reads.
+        """``<encoder>/<entry folder>`` that a request reads; ``kind`` is the loading method's name
+        (``image_features``, ``text_features``, ``prompt_features``).
 
         Nothing is encoded or read beyond the dataset listing: run identities
         (alignbench.identity) hash these names.
         """
         args = (layer, dtype, data_root, encoder_options, tokens)
-        if kind == "images":
+        if kind == "image_features":
             req = self._image_request(encoder, dataset, split, *args)
-        elif kind == "texts":
+        elif kind == "text_features":
             req = self._text_request(encoder, dataset, split, *args)
-        elif kind == "prompts":
+        elif kind == "prompt_features":
             req = self._prompt_request(encoder, dataset, *args)
         else:
-            raise ConfigError(f"unknown feature kind {kind!r} (images, texts or prompts)")
+            raise ConfigError(f"unknown feature request {kind!r} (image_features, text_features or prompt_features)")
         path = self._path(req, req.key)
         return f"{path.parent.name}/{path.name}"
 
@@ -461,7 +463,7 @@ class FeatureStore:
             kw = dict(options or {})
             if modality is not None:
                 kw["modality"] = modality
-            self._encoders[key] = _get_encoder(name, layer=layer, dtype=dtype, **kw)
+            self._encoders[key] = _get_encoder(name, layer=layer, dtype=dtype, device=self.device, **kw)
         return self._encoders[key]
 
     def dataset(self, dataset: Any, data_root: Any = None):
@@ -672,7 +674,7 @@ class FeatureStore:
             "format": FORMAT, "key": key, "key_hash": _hash_json(key), "kind": req.kind,
             "encoder": _safe(req.encoder_name), "encoder_name": req.encoder_name, "dataset": req.dataset,
             "split": req.split, "count": len(items), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "encode_seconds": round(time.time() - t0, 3), **extra,
+            "encode_seconds": round(time.time() - t0, 3), "device": str(req.encoder.device), **extra,
         }
         from alignbench import __version__
 

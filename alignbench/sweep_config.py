@@ -68,6 +68,7 @@ class SweepConfig:
     cache: str | None = None
     data_root: str | None = None
     name: str | None = None
+    device: str = "auto"  # checked spelling; resolved on each worker (not part of any run id)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -164,6 +165,10 @@ def build_config(file_values: dict[str, Any] | None = None, **overrides: Any) ->
     for key in ("train", "executor", "profile", "results", "cache", "data_root", "name"):
         if merged.get(key) is not None:
             setattr(cfg, key, str(merged[key]))
+    if merged.get("device") is not None:
+        from alignbench.devices import check_device_text
+
+        cfg.device = check_device_text(merged["device"])
     if "val" in merged:
         v = merged["val"]
         cfg.val = None if v in (None, "", "none", "None", "null") else str(v)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import submitit
@@ -50,13 +49,19 @@ class RunPack(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, specs: list[dict[str, Any]], runs_dir: str, store_root: str | None = None,
-                 data_root: str | None = None, threads: int | None = None) -> dict[str, Any]:
+                 data_root: str | None = None, threads: int | None = None, device: str = "auto") -> dict[str, Any]:
         from alignbench.config import RunSpec
+        from alignbench.devices import parse_device
         from alignbench.runner import run_one
 
         _worker_setup(store_root, threads)
         job = _job_label()
-        device = _device()
+        try:
+            device = parse_device(device).resolved  # on the worker: its own GPU (ConfigError if cuda is absent)
+        except Exception as exc:  # e.g. --device cuda on a node without a GPU: every run says why
+            for d in specs:
+                _ensure_failure_record(RunSpec.from_dict(d), exc, runs_dir)
+            raise
         log.info("job %s on %s: %d runs, device %s, CUDA_VISIBLE_DEVICES=%s", job, _host(), len(specs), device,
                  os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         done, failed = [], []
@@ -65,7 +70,8 @@ class RunPack(submitit.helpers.Checkpointable):
             t0 = time.perf_counter()
             log.info("job %s: run %s", job, spec.run_id)
             try:
-                run_one(spec, results_dir=runs_dir, data_root=data_root, device=device, progress=False)
+                run_one(spec, results_dir=runs_dir, store_root=store_root, data_root=data_root, device=device,
+                        progress=False)
                 done.append(spec.run_id)
                 log.info("job %s: run %s finished in %.1f s", job, spec.run_id, time.perf_counter() - t0)
             except Exception as exc:  # recorded in <run_id>.failed.json by run_one; keep going
@@ -84,15 +90,6 @@ def _job_label() -> str:
     if array:
         return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
     return os.environ.get("SLURM_JOB_ID") or str(os.getpid())
-
-
-def _device() -> str:
-    """The GPU when the job has a usable one (a fake or absent GPU leaves CUDA unavailable: CPU)."""
-    if not os.environ.get("CUDA_VISIBLE_DEVICES"):
-        return "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _host() -> str:
@@ -122,36 +119,21 @@ def _ensure_failure_record(spec: Any, exc: Exception, runs_dir: str) -> None:
 
 
 class EncodeJob(submitit.helpers.Checkpointable):
-    """Encode one (encoder, dataset, split) into the feature store (stage 1 of a sweep).
+    """Encode one feature set into the feature store (stage 1 of a sweep).
 
-    The store checkpoints as it encodes, so a requeued job resumes where it stopped.
+    The kind's row in :mod:`alignbench.feature_kinds` says which store call and
+    encoder options make it, so every kind a task can need is pre-encoded.  The
+    store checkpoints as it encodes, so a requeued job resumes where it stopped.
     """
 
-    def __call__(self, what: str, encoder: str, dataset: str, split: str | None, *, layer: int | None = None,
-                 dtype: str = "fp32", store_root: str | None = None, data_root: str | None = None,
-                 threads: int | None = None) -> str:
+    def __call__(self, fs: Any, *, store_root: str | None = None, data_root: str | None = None,
+                 threads: int | None = None, device: str = "auto") -> str:
+        from alignbench.devices import parse_device
         from alignbench.store import FeatureStore
 
         _worker_setup(store_root, threads)
-        store = FeatureStore(store_root)
-        kw = {"layer": layer, "dtype": dtype, "data_root": data_root, "progress": False}
+        store = FeatureStore(store_root, device=parse_device(device).resolved)
         t0 = time.perf_counter()
-        if what == "images":
-            store.image_features(encoder, dataset, split, **kw)
-        elif what == "texts":
-            store.text_features(encoder, dataset, split, **kw)
-        elif what == "prompts":
-            store.prompt_features(encoder, dataset, **kw)
-        else:
-            raise ValueError(f"unknown feature kind {what!r}")
-        log.info("%s %s %s:%s: %s in %.1f s", what, encoder, dataset, split, store.last_action,
-                 time.perf_counter() - t0)
+        fs.spec.get(store, fs, data_root=data_root, progress=False)
+        log.info("%s on %s: %s in %.1f s", fs.label(), store.device, store.last_action, time.perf_counter() - t0)
         return store.last_action
-
-
-def probe(path: str, text: str = "ok") -> dict[str, Any]:
-    """A trivial job for checking the submit/ledger plumbing: write ``text`` and report the job's view."""
-    Path(path).write_text(text)
-    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "CUDA_VISIBLE_DEVICES",
-            "SLURM_JOB_GPUS", "SLURM_CPUS_PER_TASK")
-    return {k: os.environ.get(k) for k in keys}

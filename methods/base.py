@@ -21,7 +21,11 @@ seen at fit time).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
@@ -42,6 +46,7 @@ class MethodConfig:
     def update(self, overrides: dict[str, Any]) -> "MethodConfig":
         """Return a copy with ``overrides`` applied (strings coerced to the field type)."""
         known = {f.name: f for f in fields(self)}
+        types_ = _field_types(type(self))
         kw = {}
         for k, v in overrides.items():
             if k not in known:
@@ -52,7 +57,7 @@ class MethodConfig:
                 raise ConfigError(
                     f"{type(self).__name__} has no hyperparameter {k!r}{hint} (known: {', '.join(known)})"
                 )
-            kw[k] = _coerce(v, getattr(self, k), k)
+            kw[k] = _coerce(v, types_.get(k), k)
         cfg = dataclasses.replace(self, **kw)
         cfg.check()
         return cfg
@@ -64,30 +69,87 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(v: Any, default: Any, name: str) -> Any:
-    if not isinstance(v, str):
-        return v
-    try:
-        if isinstance(default, bool):
-            if v.lower() in ("1", "true", "yes", "on"):
-                return True
-            if v.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(v)
-        if isinstance(default, int):
-            return int(float(v)) if v.lower().endswith("k") is False else int(float(v[:-1]) * 1000)
-        if isinstance(default, float):
-            return float(v)
-        if default is None:
-            for cast in (int, float):
-                try:
-                    return cast(v)
-                except ValueError:
-                    pass
-            return None if v.lower() == "none" else v
-    except ValueError as exc:
-        raise ConfigError(f"hyperparameter {name}={v!r}: expected {type(default).__name__}") from exc
+_NONE_WORDS = ("none", "null")
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    """Each config field's declared type (``int | None`` …), resolved once per class."""
+    return typing.get_type_hints(cls)
+
+
+def _coerce(v: Any, tp: Any, name: str) -> Any:
+    """``v`` (CLI text or a Python value) as a value of the field's declared type ``tp``.
+
+    Why by the declared type and not the default's: ``eps: float | None = None``
+    has no type to learn from its default, so 'abc' used to pass through as text.
+    Integers must be whole (``K=2.5`` is refused, not truncated to 2 while the
+    result says 2.5) and numbers finite (``lr=inf`` means nothing).
+    """
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        if v is None or (isinstance(v, str) and v.strip().lower() in _NONE_WORDS):
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return v
+        tp = rest[0]
+    if tp is bool:
+        return _as_bool(v, name)
+    if tp is int:
+        return _as_int(v, name)
+    if tp is float:
+        return _as_float(v, name)
     return v
+
+
+def _as_bool(v: Any, name: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in _TRUE_WORDS:
+        return True
+    if text in _FALSE_WORDS:
+        return False
+    raise ConfigError(f"hyperparameter {name}={v!r}: expected true or false")
+
+
+def _number(v: Any, name: str, what: str) -> float:
+    """``v`` as a finite float ('1k' → 1000.0), or ConfigError saying what was expected."""
+    if isinstance(v, bool):
+        raise ConfigError(f"hyperparameter {name}={v!r}: expected {what}")
+    if isinstance(v, (int, float)):
+        x = float(v)
+    else:
+        text = str(v).strip()
+        scale = 1000.0 if text[-1:] in ("k", "K") else 1.0
+        try:
+            x = float(text[:-1] if scale != 1.0 else text) * scale
+        except ValueError:
+            raise ConfigError(f"hyperparameter {name}={v!r}: expected {what}") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"hyperparameter {name}={v!r}: expected {what}, not {x}")
+    return x
+
+
+def _as_int(v: Any, name: str) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v.strip())  # exact, even past float precision
+        except ValueError:
+            pass
+    x = _number(v, name, "a whole number")
+    if x != int(x):
+        raise ConfigError(f"hyperparameter {name}={v!r}: expected a whole number, not a fraction")
+    return int(x)
+
+
+def _as_float(v: Any, name: str) -> float:
+    return _number(v, name, "a finite number")
 
 
 class Method(ABC):

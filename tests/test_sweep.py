@@ -159,7 +159,7 @@ def test_sweep_id_is_stable_and_follows_the_runs(tmp_path):
 
 def test_feature_needs_cover_training_validation_and_tasks(tmp_path):
     needs = launch.feature_needs(expand(_cfg(tmp_path)))
-    got = {(n.what, n.encoder, n.dataset, n.split) for n in needs}
+    got = {(n.kind, n.encoder, n.dataset, n.split) for n in needs}
     assert ("images", "tiny-vit", "flickr8k", "train") in got
     assert ("texts", "tiny-text", "flickr8k", "dev") in got
     assert ("texts", "tiny-text", "flickr8k", "test") in got
@@ -288,3 +288,57 @@ def test_cli_help_and_empty_status_are_fast(tmp_path):
     assert time.perf_counter() - t0 < 20
     r = cli(sweep_args(tmp_path, methods="ccaa"), {})
     assert r.returncode == 2 and "did you mean 'cca'" in r.stderr
+
+
+# -- stage 1 covers every feature kind ------------------------------------------------------------
+def test_segmentation_sets_are_filed_under_the_image_encoder(tmp_path):
+    specs = expand(_cfg(tmp_path, evals="segmentation:camvid:test"))
+    got = {(n.kind, n.encoder, n.dataset, n.split) for n in launch.feature_needs(specs)}
+    assert ("dense_images", "tiny-vit", "camvid", "test") in got
+    assert ("prompts", "tiny-text", "camvid", None) in got
+    assert not any(k == "dense_images" and enc == "tiny-text" for k, enc, _, _ in got)
+
+
+def _segmentation_world(tmp_path: Path, monkeypatch, **kw):
+    import fixtures_layouts as fx
+
+    data = tmp_path / "data"
+    write_tiny_data(data)
+    fx.write_camvid(data)
+    monkeypatch.setenv("ALIGNBENCH_DATA", str(data))
+    return _cfg(tmp_path, methods="cca", budgets="20", seeds="0", val="none", evals="segmentation:camvid:test",
+                cache=str(tmp_path / "features"), data_root=str(data), **kw)
+
+
+def _reads_of_the_run(cfg) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in cfg.runs_dir.glob("*.json")]
+    assert len(records) == 1
+    reads = records[0]["features"]
+    assert {(r["kind"], r["dataset"]) for r in reads} >= {("images", "camvid"), ("prompts", "camvid")}
+    return reads
+
+
+def test_encode_jobs_cover_every_kind_a_run_reads(tmp_path, monkeypatch):
+    """Stage 1's job function, run in-process for each missing set, leaves the run nothing to encode."""
+    from alignbench.runner import run_one
+    from alignbench.sweep_jobs import EncodeJob
+
+    cfg = _segmentation_world(tmp_path, monkeypatch)
+    specs = expand(cfg)
+    missing = launch.missing_features(launch.feature_needs(specs), cfg.store_root, cfg.data_path)
+    assert {n.kind for n in missing} == {"images", "texts", "dense_images", "prompts"}
+    for n in missing:
+        assert EncodeJob()(n, store_root=str(cfg.store_root), data_root=str(cfg.data_path), device="cpu") == "encoded"
+    assert not launch.missing_features(missing, cfg.store_root, cfg.data_path)
+    run_one(specs[0], results_dir=cfg.runs_dir, store_root=cfg.store_root, data_root=cfg.data_path, progress=False)
+    assert [r for r in _reads_of_the_run(cfg) if r["action"] != "reused"] == []
+
+
+@pytest.mark.slow
+def test_stage_two_encodes_nothing_with_a_segmentation_evaluation(tmp_path, monkeypatch):
+    """The same through the local executor: stage 1 jobs, then the run's job reuses every set."""
+    cfg = _segmentation_world(tmp_path, monkeypatch, executor="local")
+    rep = launch.run_sweep(cfg, launch.Profile(parallel_jobs=2))
+    assert rep.ok, rep.format()
+    assert rep.encodes_submitted == len(launch.feature_needs(expand(cfg))) == 4
+    assert [r for r in _reads_of_the_run(cfg) if r["action"] != "reused"] == []

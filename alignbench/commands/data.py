@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
 def describe(name: str, root, *, check: bool, verbose: bool) -> tuple[list[str], bool]:
     """Lines describing one dataset, and whether it is present (and, with ``check``, sound)."""
     from alignbench.datasets import get_dataset
-    from alignbench.errors import AlignbenchError
+    from alignbench.errors import AlignbenchError, MalformedDataError
 
     try:
         ds = get_dataset(name, root)
@@ -67,6 +67,10 @@ def describe(name: str, root, *, check: bool, verbose: bool) -> tuple[list[str],
     for split in ds.splits:
         try:
             size = _split_size(ds, split)
+        except MalformedDataError as exc:  # present but broken: a problem, never "missing" or "ok"
+            lines.append(f"  {split:<9} PROBLEM: {_indent(str(exc), 4)}")
+            ok, present = False, present + 1
+            continue
         except AlignbenchError as exc:
             lines.append(f"  {split:<9} missing: {_short(str(exc))}")
             continue

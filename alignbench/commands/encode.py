@@ -13,6 +13,8 @@ EXAMPLES = [
     "alignbench encode --pair effnet-lite0+minilm-l6 --datasets flickr8k,cifar10,camvid",
     "alignbench encode --pair dinov2-s14+minilm-l6 --datasets flickr8k --splits train,dev --dtype bf16",
     "alignbench encode --pair dinov2-s14+minilm-l6 --datasets flickr8k --image-layer 8 --text-layer 4",
+    "alignbench encode --pair timm:vit_large_patch14_dinov2.lvd142m+st:sentence-transformers/all-roberta-large-v1 "
+    "--datasets coco --device cuda --dtype bf16",
     "alignbench encode --list",
 ]
 DEFAULT_DATASETS = "flickr8k,cifar10,fashion-mnist,camvid"
@@ -26,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default=None, help="comma-separated splits to encode (default: every split found on disk)")
     p.add_argument("--image-layer", type=int, default=None, help="image encoder block (default: last; -1 = last)")
     p.add_argument("--text-layer", type=int, default=None, help="text encoder layer (default: last; -1 = last)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="compute dtype (default fp32)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="encoder compute dtype, autocast (default fp32; part of the cache key)")
+    p.add_argument("--device", default="auto", help="where encoders compute: auto (CUDA when present), cpu, cuda, "
+                   "cuda:N (default auto; not part of the cache key, recorded in each entry)")
     p.add_argument("--data-root", default=None, help="datasets folder (default: $ALIGNBENCH_DATA)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $ALIGNBENCH_CACHE or "
                    "~/.cache/alignbench/features)")
@@ -77,13 +82,16 @@ def _on_disk(ds, split: str, name: str) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     from alignbench.config import DEFAULT_PAIR, split_list
+    from alignbench.devices import parse_device, warn_if_slow_dtype
     from alignbench.errors import ConfigError
     from alignbench.source import split_pair
     from alignbench.store import FeatureStore
 
-    store = FeatureStore(args.cache)
     if args.list:
-        return _list(store)
+        return _list(FeatureStore(args.cache))
+    device = parse_device(args.device)
+    warn_if_slow_dtype(args.dtype, device.resolved)
+    store = FeatureStore(args.cache, device=device.resolved)
     t_start = time.time()
     vision, text = split_pair(args.pair or DEFAULT_PAIR)
     datasets = split_list(args.datasets)

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder precision")
     p.add_argument("--image-layer", type=int, default=None, help="image encoder block (default: last)")
     p.add_argument("--text-layer", type=int, default=None, help="text encoder layer (default: last)")
-    p.add_argument("--device", default="auto", help="device for fitting: cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--device", default="auto", help="where encoders and fits compute: auto (CUDA when present, "
+                   "default), cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="redo runs whose result already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -95,15 +96,17 @@ def resolve_specs(specs: list, args: argparse.Namespace) -> list:
 
 
 def main(args: argparse.Namespace) -> int:
+    from alignbench.devices import parse_device, warn_if_slow_dtype
     from alignbench.errors import AlignbenchError, TrainingDivergedError
     from alignbench.planning import plan_runs
     from alignbench.runner import run_one
 
+    device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
     specs = build_specs(args)
     runs = resolve_specs(specs, args)
     p = plan_runs(runs, args.results, overwrite=args.overwrite)
     todo, done = p.todo, p.done
-    device = _device(args.device)
+    warn_if_slow_dtype(args.dtype, device)
     n = len(todo) + len(done)
     dup = f" ({len(specs) - n} equivalent spellings merged)" if len(specs) > n else ""
     print(f"{n} run(s): {len(todo)} to do, {len(done)} already done in {args.results}{dup}"
@@ -137,14 +140,6 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
     _print_summary(todo + done, args.results)
     return 1 if failed else 0
-
-
-def _device(text: str) -> str:
-    if text != "auto":
-        return text
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _timings(path) -> str:

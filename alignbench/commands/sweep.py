@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "results/runs); sweep ledgers and job logs go beside it, in ../sweeps")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $ALIGNBENCH_CACHE)")
     p.add_argument("--data-root", default=None, help="datasets folder (default: $ALIGNBENCH_DATA)")
+    p.add_argument("--device", default=None, help="where each job's encoders and fits compute: auto (default: "
+                   "the job's GPU when it has one), cpu, cuda, cuda:N; resolved on the worker")
     p.add_argument("--status", action="store_true", help="report the sweep's state instead of submitting")
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted, submit nothing")
     p.add_argument("--wait", action="store_true", help="with --executor slurm: block until every run has ended")
@@ -48,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     file_values = load_sweep_file(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in ("methods", "pairs", "budgets", "seeds", "tasks", "datasets",
                                                "evals", "executor", "profile", "name", "results", "cache",
-                                               "data_root")}
+                                               "data_root", "device")}
     if args.status and not args.config and not args.methods:
         from alignbench.launch import all_ledgers_status
 

@@ -10,7 +10,7 @@ import numpy as np
 from alignbench.datasets._layout import SplitCache, dataset_dir, read_lines, require_dir, require_file
 from alignbench.datasets._bases import file_image_list
 from alignbench.datasets.base import CaptionDataset, ImageList
-from alignbench.errors import DataError
+from alignbench.errors import DataError, MalformedDataError
 from alignbench.registry import register_dataset
 
 LAYOUT = """\
@@ -75,14 +75,28 @@ def read_captions_csv(path: Path) -> dict[str, list[str]]:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
-            raise DataError(f"malformed captions file {str(path)!r}: first line must be the header "
+            raise MalformedDataError(f"malformed captions file {str(path)!r}: first line must be the header "
                             f"'image,caption', found {','.join(header or [])!r}")
-        for row in reader:
-            if not row:
-                continue
-            if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise DataError(f"malformed captions file {str(path)!r}: line {reader.line_num} "
-                                f"needs an image name and a caption, found {','.join(row)!r}")
-            # a caption containing commas may arrive unquoted: keep the rest of the row
-            out.setdefault(row[0].strip(), []).append(",".join(row[1:]).strip())
+        start = reader.line_num + 1
+        try:
+            for row in reader:
+                if row and any("\n" in field or "\r" in field for field in row):
+                    raise MalformedDataError(
+                        f"malformed captions file {str(path)!r}: line {start} (image {row[0].strip()!r}) opens a "
+                        f"quote that is not closed on that line, so its caption swallows lines {start}-"
+                        f"{reader.line_num}; close or remove that quote")
+                _add_row(out, row, path, reader.line_num)
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise MalformedDataError(f"malformed captions file {str(path)!r}: line {start}: {exc}") from None
     return out
+
+
+def _add_row(out: dict[str, list[str]], row: list[str], path: Path, line: int) -> None:
+    if not row:
+        return
+    if len(row) < 2 or not row[0].strip() or not row[1].strip():
+        raise MalformedDataError(f"malformed captions file {str(path)!r}: line {line} "
+                        f"needs an image name and a caption, found {','.join(row)!r}")
+    # a caption containing commas may arrive unquoted: keep the rest of the row
+    out.setdefault(row[0].strip(), []).append(",".join(row[1:]).strip())

@@ -108,14 +108,6 @@ def quiet_hf_loading():
             hf_logging.enable_progress_bar()
 
 
-def warn_if_slow_bf16(dtype: str, device: str) -> None:
-    """bf16 on a CPU without native bf16 (AVX2 only) is emulated: several times SLOWER than fp32."""
-    import torch
-
-    if dtype == "bf16" and str(device) == "cpu" and torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
-        log.warning("this CPU has no native bf16 (%s): bf16 will be slower than fp32", torch.backends.cpu.get_cpu_capability())
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -224,7 +216,6 @@ class HFTextEncoder(TextEncoder):
         if self._model is None:
             from transformers import AutoModel
 
-            warn_if_slow_bf16(self.dtype, self.device)
             with quiet_hf_loading():
                 model = AutoModel.from_pretrained(self.source)
             self._model = model.eval().requires_grad_(False).to(self.device)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from alignbench.encoders.base import EncodedImages, EncodedTexts, ImageEncoder, TextEncoder
-from alignbench.encoders.hf_text import HFTextEncoder, quiet_hf_loading, warn_if_slow_bf16
+from alignbench.encoders.hf_text import HFTextEncoder, quiet_hf_loading
 from alignbench.encoders.weights import state_dict_sha256
 from alignbench.errors import ConfigError
 from alignbench.registry import register_encoder_family
@@ -56,7 +56,6 @@ class _LazyImageEncoder(ImageEncoder):
     @property
     def model(self):
         if self._model is None:
-            warn_if_slow_bf16(self.dtype, self.device)
             self._load()
         return self._model
 
@@ -450,7 +449,6 @@ class SentenceTransformerEncoder(TextEncoder):
         if self._st is None:
             from sentence_transformers import SentenceTransformer
 
-            warn_if_slow_bf16(self.dtype, self.device)
             with quiet_hf_loading():
                 st = SentenceTransformer(self.repo, device=self.device)
             self._st = st.eval()
