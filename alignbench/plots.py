@@ -1,8 +1,9 @@
 """Metric-vs-budget curves: how each method scales with paired data.
 
-One panel per selected task metric, one line per method, budget on a log
-axis, error bars = s.d. over seeds (seaborn computes them from the per-run
-rows).  With several encoder pairs the line style tells them apart.  Saved as
+One panel per selected task metric, one line per table row (a method and its
+settings), budget on a log axis, and a band for the same 95% interval the
+table shows (t over seeds; bootstrap over test queries / images with one
+seed).  With several encoder pairs the line style tells them apart.  Saved as
 PNG (for READMEs) and PDF (for papers).
 """
 from __future__ import annotations
@@ -10,19 +11,16 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, Iterable
 
 from alignbench.errors import DataError
-from alignbench.report import CONTROLS, format_budget, select_columns
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+from alignbench.report import CONTROLS, build_table, format_budget
 
 log = logging.getLogger(__name__)
 
 
 def plot_budget_curves(
-    frame: "pd.DataFrame",
+    records: list[dict[str, Any]],
     out_dir: str | Path = "results/figures",
     *,
     metrics: Iterable[str] | None = None,
@@ -36,46 +34,48 @@ def plot_budget_curves(
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    columns = select_columns(frame, metrics)
+    table = build_table(records, by="budget", metrics=metrics)
+    columns = table.columns
     if not columns:
         raise DataError("no metrics to plot")
-    keep = {c.name: f"{c.dataset} {c.label}" for c in columns}
-    data = frame.assign(column=frame["eval"] + "/" + frame["metric"])
-    data = data[data["column"].isin(keep)].copy()
-    data["panel"] = data["column"].map(keep)
-    data["budget"] = data["budget"].astype(float)
-    data = data.rename(columns={"method": "method_name", "method_label": "method"})
-    methods = sorted(data["method"].unique(), key=lambda m: (m.split(":")[0] in CONTROLS, m))
-    multi_pair = data["pair"].nunique() > 1
+    lines: dict[tuple[str, str], list[tuple[float, Any]]] = {}  # (row label, pair) → [(budget, row)]
+    for r in table.rows:
+        first = next(iter(r.runs.runs.values()))[0]
+        budget = float((first.get("budget") or {}).get("pairs", first["spec"].get("budget")))
+        lines.setdefault((r.method, first["spec"].get("pair")), []).append((budget, r))
+    labels = sorted({k[0] for k in lines}, key=lambda m: (m.split(" ")[0] in CONTROLS, m))
+    pairs = sorted({k[1] for k in lines})
+    styles = dict(zip(pairs, ["-", "--", ":", "-."] * len(pairs)))
+    budgets = sorted({b for pts in lines.values() for b, _ in pts})
 
     n = len(columns)
     ncols = n if n <= 4 else 3
     nrows = math.ceil(n / ncols)
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
-    palette = dict(zip(methods, sns.color_palette("tab10", n_colors=max(len(methods), 1))))
-    budgets = sorted(data["budget"].unique())
-    for ax, col in zip(axes.flat, columns):
-        panel = data[data["column"] == col.name]
-        sns.lineplot(
-            data=panel, x="budget", y="value", hue="method", hue_order=methods, palette=palette,
-            style="pair" if multi_pair else None, marker="o", errorbar="sd", err_style="bars",
-            ax=ax, legend=ax is axes.flat[0],
-        )  # fmt: skip
+    palette = dict(zip(labels, sns.color_palette("tab10", n_colors=max(len(labels), 1))))
+    for j, (ax, col) in enumerate(zip(axes.flat, columns)):
+        for (label, pair), pts in sorted(lines.items()):
+            pts = sorted((b, r.cells[j]) for b, r in pts if r.cells[j] is not None)
+            if not pts:
+                continue
+            x = [b for b, _ in pts]
+            iv = [c.interval for _, c in pts]
+            name_ = label if len(pairs) == 1 else f"{label} ({pair})"
+            ax.plot(x, [i.mean for i in iv], styles[pair], marker="o", color=palette[label], label=name_)
+            ax.fill_between(x, [i.low for i in iv], [i.high for i in iv], color=palette[label], alpha=0.2, linewidth=0)
         ax.set_xscale("log")
         ax.set_xticks(budgets)
         ax.set_xticklabels([format_budget(b) for b in budgets])
         ax.minorticks_off()
-        ax.set_title(keep[col.name])
+        ax.set_title(f"{col.dataset} {col.label}")
         ax.set_xlabel("paired budget (log)")
-        ax.set_ylabel("%")
+        ax.set_ylabel("%  (band: 95% CI)")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    first = axes.flat[0]
-    if first.get_legend() is not None:
-        handles, labels = first.get_legend_handles_labels()
-        first.get_legend().remove()
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,28 @@
-"""From result files to paper tables: methods × task metrics, mean ± s.d. over seeds.
+"""From result files to paper tables: rows × task metrics, mean ± 95% CI.
 
-Rows are methods (the ``random`` control included like any other), grouped by
-budget or by encoder pair; columns are ``task/dataset/metric`` — by default
-each task's headline metrics (retrieval I→T and T→I R@1, classification
-top-1, segmentation mIoU).  The best mean of each column within a group is in
-bold.  Markdown goes through pandas/tabulate; the LaTeX table is assembled
+A row averages runs that differ in the seed alone (``alignbench.aggregate``):
+the ``random`` control is a row like any method, a method run with another
+setting is its own row labelled with it.  Rows are grouped by budget or by
+encoder pair; columns are ``task/dataset/metric`` — by default each task's
+headline metrics (retrieval I→T and T→I R@1, classification top-1,
+segmentation mIoU).  Cells carry a 95% interval (t over seeds, or a bootstrap
+over test queries / images with one seed) and bold is decided by a paired
+test; the caption says both.  Markdown goes through pandas/tabulate; the LaTeX table is assembled
 here because a booktabs table with a spanning header, ``\\cmidrule``\\ s and a
 ``\\midrule`` between groups is not something pandas' Styler emits.
 """
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
+from alignbench.aggregate import MIN_SEEDS_FOR_T, Cell, Resampler, RowRuns, cell, group_rows, mark_best
 from alignbench.errors import ConfigError
+from alignbench.stats import ALPHA, BOOT_SEED, N_BOOT
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -27,6 +34,7 @@ FORMATS = ("markdown", "latex", "csv")
 TASK_ORDER = ("retrieval", "classification", "segmentation")
 CONTROLS = ("random",)  # listed last in each group, so chance sits under the methods
 DECIMALS = 1
+UNIT_WORDS = {"retrieval": "test queries", "classification": "test queries", "segmentation": "test images"}
 
 
 # -- metric metadata ------------------------------------------------------------------
@@ -80,8 +88,19 @@ class Column:
         return f"{self.eval}/{self.metric}"
 
 
-def available_columns(frame: "pd.DataFrame") -> list[Column]:
-    cols = {Column(r.task, r.dataset, r.eval, r.metric) for r in frame[["task", "dataset", "eval", "metric"]].itertuples()}
+def available_columns(records: list[dict[str, Any]]) -> list[Column]:
+    """Every (evaluation, numeric metric) in ``records``, in table order (no pandas: report must start fast)."""
+    cols = set()
+    for rec in records:
+        evals = {e["key"]: e for e in rec.get("evals", []) if isinstance(e, dict) and "key" in e}
+        for key, metrics in rec["metrics"].items():
+            if not isinstance(metrics, dict):
+                continue
+            ev = evals.get(key) or _eval_from_key(key)
+            for metric, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    cols.add((ev.get("task"), ev.get("dataset"), key, metric))
+    cols = {Column(*c) for c in cols}
 
     def order(c: Column):
         t = TASK_ORDER.index(c.task) if c.task in TASK_ORDER else len(TASK_ORDER)
@@ -99,12 +118,20 @@ def available_columns(frame: "pd.DataFrame") -> list[Column]:
     return sorted(cols, key=order)
 
 
-def select_columns(frame: "pd.DataFrame", metrics: Iterable[str] | None = None) -> list[Column]:
+def _eval_from_key(key: str) -> dict[str, Any]:
+    """'task/dataset[:split]' → its parts (results without an ``evals`` list)."""
+    task, _, rest = key.partition("/")
+    return {"task": task, "dataset": rest.partition(":")[0]}
+
+
+def select_columns(records: list[dict[str, Any]], metrics: Iterable[str] | None = None) -> list[Column]:
     """Headline columns by default; ``metrics`` picks by metric, ``task/metric`` or ``task/dataset/metric``.
 
     ``all`` selects every metric.  Unknown selectors raise ConfigError with suggestions.
     """
-    cols = available_columns(frame)
+    cols = available_columns(records)
+    if not cols:
+        raise ConfigError("no metrics in these results")
     wanted = [m.strip() for m in (metrics or []) if m.strip()]
     if not wanted:
         out = []
@@ -136,19 +163,12 @@ def select_columns(frame: "pd.DataFrame", metrics: Iterable[str] | None = None) 
 
 # -- aggregation ----------------------------------------------------------------------
 @dataclass
-class Cell:
-    mean: float
-    std: float
-    n: int
-    bold: bool = False
-
-
-@dataclass
 class Row:
     group: tuple[str, ...]  # display values of the group columns
-    method: str
-    seeds: int
+    method: str  # the row's label: method name plus what differs from the defaults
+    seeds: int  # seeds averaged into this row
     cells: list[Cell | None] = field(default_factory=list)
+    runs: RowRuns | None = None
 
 
 @dataclass
@@ -160,12 +180,23 @@ class Table:
     rows: list[Row]
     by: str
 
+    @property
+    def caption(self) -> str:
+        return caption(self)
 
-def _group_columns(frame: "pd.DataFrame", by: str) -> list[str]:
+
+def _group_columns(records: list[dict[str, Any]], by: str) -> list[str]:
     if by not in BY:
         raise ConfigError(f"cannot group by {by!r}; choose one of {', '.join(BY)}")
     other = "pair" if by == "budget" else "budget"
-    return [by] + ([other] if frame[other].nunique(dropna=False) > 1 else [])
+    return [by] + ([other] if len({json.dumps(_group_value(r, other)) for r in records}) > 1 else [])
+
+
+def _group_value(rec: dict[str, Any], name: str) -> Any:
+    spec = rec["spec"]
+    if name == "budget":
+        return (rec.get("budget") or {}).get("pairs", spec.get("budget"))
+    return spec.get(name)
 
 
 def _sort_key(col: str, value: Any) -> Any:
@@ -181,71 +212,75 @@ def _sort_key(col: str, value: Any) -> Any:
     return str(value)
 
 
-def build_table(frame: "pd.DataFrame", *, by: str = "budget", metrics: Iterable[str] | None = None) -> Table:
-    """Aggregate a results frame (``ResultStore.to_frame``) into a Table."""
-    import numpy as np
-
-    if frame.empty:
-        raise ConfigError("no metrics in these results")
-    columns = select_columns(frame, metrics)
-    groups = _group_columns(frame, by)
-    keys = groups + ["method_label"]
-    sub = frame[(frame["eval"] + "/" + frame["metric"]).isin({c.name for c in columns})]
-    stats = sub.groupby(keys + ["eval", "metric"], dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    seeds = frame.groupby(keys, dropna=False)["seed"].nunique().to_dict()
-
-    row_keys = sorted(
-        {tuple(k) for k in frame[keys].itertuples(index=False)},
-        key=lambda k: tuple(_sort_key(g, v) for g, v in zip(groups, k[:-1]))
-        + ((k[-1].split(":")[0] in CONTROLS), k[-1]),
-    )
-    lookup = {tuple(r[k] for k in keys + ["eval", "metric"]): r for r in stats.to_dict("records")}
+def build_table(
+    records: list[dict[str, Any]],
+    *,
+    by: str = "budget",
+    metrics: Iterable[str] | None = None,
+    resampler: Resampler | None = None,
+) -> Table:
+    """Rows of runs that differ in the seed alone, with mean ± 95% CI cells and tested bold."""
+    columns = select_columns(records, metrics)
+    groups = _group_columns(records, by)
+    resampler = resampler or Resampler()
+    keyed = []
+    for rr in group_rows(records).values():
+        first = next(iter(rr.runs.values()))[0]
+        gvals = tuple(_group_value(first, g) for g in groups)
+        keyed.append((tuple(_sort_key(g, v) for g, v in zip(groups, gvals)) + (rr.method in CONTROLS, rr.label), gvals, rr))
+    keyed.sort(key=lambda t: t[0])
     rows = []
-    for k in row_keys:
-        cells: list[Cell | None] = []
-        for c in columns:
-            r = lookup.get((*k, c.eval, c.metric))
-            if r is None:
-                cells.append(None)
-            else:
-                std = float(r["std"]) if r["count"] > 1 and np.isfinite(r["std"]) else 0.0
-                cells.append(Cell(float(r["mean"]), std, int(r["count"])))
-        display = tuple(format_budget(v) if g == "budget" else str(v) for g, v in zip(groups, k[:-1]))
-        rows.append(Row(display, k[-1], int(seeds.get(k, 0)), cells))
-    _mark_best(rows, len(columns))
-    return Table(groups, columns, rows, by)
-
-
-def _mark_best(rows: list[Row], n_cols: int) -> None:
-    """Bold the best displayed mean per column within each group (ties all bold; needs ≥ 2 values)."""
+    for _, gvals, rr in keyed:
+        display = tuple(format_budget(v) if g == "budget" else str(v) for g, v in zip(groups, gvals))
+        cells = [cell(rr, c.eval, c.metric, resampler) for c in columns]
+        rows.append(Row(display, rr.label, len(rr.runs), cells, rr))
     by_group: dict[tuple, list[Row]] = {}
     for r in rows:
         by_group.setdefault(r.group, []).append(r)
     for members in by_group.values():
-        for j in range(n_cols):
-            vals = [round(r.cells[j].mean, DECIMALS) for r in members if r.cells[j] is not None]
-            if len(vals) < 2:
-                continue
-            best = max(vals)
-            for r in members:
-                if r.cells[j] is not None and round(r.cells[j].mean, DECIMALS) == best:
-                    r.cells[j].bold = True
+        for j, c in enumerate(columns):
+            mark_best([(r.runs, r.cells[j]) for r in members], c.eval, c.metric, resampler)
+    return Table(groups, columns, rows, by)
 
 
-def summary_frame(frame: "pd.DataFrame", *, by: str = "budget", metrics: Iterable[str] | None = None) -> "pd.DataFrame":
-    """Tidy aggregate (one row per group × method × metric) for CSV output."""
-    columns = select_columns(frame, metrics)
-    groups = _group_columns(frame, by)
-    keep = {c.name for c in columns}
-    sub = frame[(frame["eval"] + "/" + frame["metric"]).isin(keep)]
-    out = (
-        sub.groupby(groups + ["method_label", "task", "dataset", "split", "eval", "metric"], dropna=False)["value"]
-        .agg(mean="mean", std="std", n="count")
-        .reset_index()
-        .rename(columns={"method_label": "method"})
+def caption(table: Table) -> str:
+    """What the cells and the bold mean: the interval, its resampling unit, the test."""
+    kinds = {c.interval.kind for r in table.rows for c in r.cells if c is not None}
+    units = sorted({UNIT_WORDS.get(col.task, "test units") for r in table.rows for col, c in zip(table.columns, r.cells)
+                    if c is not None and c.interval.kind == "bootstrap"})  # fmt: skip
+    parts = ["Percent."]
+    if "t" in kinds:
+        parts.append("Rows with several seeds: mean ± half-width of the 95% confidence interval (Student t over seeds).")
+    if "bootstrap" in kinds:
+        parts.append(
+            f"Rows with one seed: value ± half-width of the 95% percentile bootstrap interval over {' and '.join(units)} "
+            f"({N_BOOT:,} resamples, seed {BOOT_SEED})."
+        )
+    if "none" in kinds:
+        parts.append("A value without ± has one seed and no stored outcomes to resample.")
+    parts.append(
+        f"Bold: the best mean per column within each {_within(table)} and every entry not significantly worse "
+        f"(p ≥ {ALPHA:g}; paired t over ≥ {MIN_SEEDS_FOR_T} shared seeds, else a paired bootstrap over the same test "
+        "queries or images; an entry that cannot be tested is not bold)."
     )
-    out["std"] = out["std"].fillna(0.0)
-    return out.round({"mean": 4, "std": 4})
+    return " ".join(parts)
+
+
+def summary_frame(records: list[dict[str, Any]], *, by: str = "budget", metrics: Iterable[str] | None = None) -> "pd.DataFrame":
+    """Tidy aggregate (one row per group × table row × metric) for CSV output."""
+    import pandas as pd
+
+    table = build_table(records, by=by, metrics=metrics)
+    out = []
+    for r in table.rows:
+        for col, c in zip(table.columns, r.cells):
+            if c is None:
+                continue
+            iv = c.interval
+            out.append({**dict(zip(table.group_names, r.group)), "method": r.method, "task": col.task,
+                        "dataset": col.dataset, "eval": col.eval, "metric": col.metric, "mean": iv.mean,
+                        "ci_low": iv.low, "ci_high": iv.high, "interval": iv.kind, "seeds": c.seeds, "bold": c.bold})  # fmt: skip
+    return pd.DataFrame(out).round({"mean": 4, "ci_low": 4, "ci_high": 4})
 
 
 # -- rendering ------------------------------------------------------------------------
@@ -253,8 +288,8 @@ def _fmt(cell: Cell | None, pm: str) -> str:
     if cell is None:
         return ""
     text = f"{cell.mean:.{DECIMALS}f}"
-    if cell.n > 1:
-        text += f" {pm} {cell.std:.{DECIMALS}f}"
+    if cell.interval.kind != "none":
+        text += f" {pm} {cell.interval.half_width:.{DECIMALS}f}"
     return text
 
 
@@ -286,7 +321,7 @@ def _sparse(table: Table) -> list[list[str]]:
 
 
 def to_markdown(table: Table) -> str:
-    import pandas as pd
+    from tabulate import tabulate
 
     heads = _headers(table)
     data = []
@@ -294,11 +329,9 @@ def to_markdown(table: Table) -> str:
         cells = [(f"**{_fmt(c, '±')}**" if c and c.bold else _fmt(c, "±")) or "–" for c in r.cells]
         data.append([*shown, r.method, r.seeds, *cells])
     names = [*table.group_names, "method", "seeds", *[f"{h} {lab}" for h, lab in heads]]
-    df = pd.DataFrame(data, columns=names)
     align = ["left"] * (len(table.group_names) + 1) + ["right"] * (1 + len(heads))
-    body = df.to_markdown(index=False, colalign=align, disable_numparse=True)
-    note = f"\n\nMean ± s.d. over seeds (percent). Best value per column within each {_within(table)} in bold."
-    return body + note + "\n"
+    body = tabulate(data, headers=names, tablefmt="pipe", colalign=align, disable_numparse=True)
+    return body + "\n\n" + table.caption + "\n"
 
 
 def _within(table: Table) -> str:
@@ -320,8 +353,7 @@ def to_latex(table: Table) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
     heads = _headers(table)
     n_lead = len(table.group_names) + 2  # group columns, method, seeds
-    lines = [
-        f"% alignbench report: mean $\\pm$ s.d. over seeds; best per column within each {_within(table)} in bold.",
+    lines = [f"% {line}" for line in textwrap.wrap("alignbench report. " + table.caption, 100)] + [
         "% Requires \\usepackage{booktabs}.",
         "\\begin{tabular}{" + "l" * (n_lead - 1) + "r" + "r" * len(heads) + "}",
         "\\toprule",
@@ -358,11 +390,13 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(frame: "pd.DataFrame", *, fmt: str = "markdown", by: str = "budget", metrics: Iterable[str] | None = None) -> str:
+def render(
+    records: list[dict[str, Any]], *, fmt: str = "markdown", by: str = "budget", metrics: Iterable[str] | None = None
+) -> str:
     """The report as text in ``fmt`` (markdown | latex | csv)."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
-        return summary_frame(frame, by=by, metrics=metrics).to_csv(index=False)
-    table = build_table(frame, by=by, metrics=metrics)
+        return summary_frame(records, by=by, metrics=metrics).to_csv(index=False)
+    table = build_table(records, by=by, metrics=metrics)
     return to_markdown(table) if fmt == "markdown" else to_latex(table)

@@ -70,6 +70,34 @@ def method_label(method: str, options: dict[str, Any] | None) -> str:
     return f"{method}:{opts}" if opts else method
 
 
+ROW_EXCLUDED = ("seed", "evals", "feature_keys")  # what may differ between runs averaged into one table row
+
+
+def row_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """Everything a table row's runs share: the resolved run minus seed and evaluations.
+
+    Results without a ``resolved`` section (schema 1) are described from their
+    spec and fitted config, so they still group only with their own kind.
+    """
+    resolved = record.get("resolved")
+    if not isinstance(resolved, dict):
+        spec = record["spec"]
+        enc = spec.get("encoder") or {}
+        vision, _, text = str(spec.get("pair", "")).partition("+")
+        config = (record.get("method") or {}).get("config") or spec.get("method_options") or {}
+        resolved = {
+            "pair": spec.get("pair"),
+            "image": {"encoder": vision, "layer": enc.get("image_layer")},
+            "text": {"encoder": text, "layer": enc.get("text_layer")},
+            "dtype": enc.get("dtype", "fp32"),
+            "method": {"name": spec["method"], "version": None, "config": config},
+            "train": spec.get("train"),
+            "val": spec.get("val"),
+            "budget": (record.get("budget") or {}).get("pairs", spec.get("budget")),
+        }
+    return {k: v for k, v in resolved.items() if k not in ROW_EXCLUDED}
+
+
 def _json_safe(obj: Any) -> Any:
     """Replace NaN/inf (not valid JSON) by None, recursively."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -105,8 +105,12 @@ class Task(ABC):
         """Every metric of ``evaluate``, recomputed from stored outcomes (equal to the stored metrics)."""
         raise NotImplementedError(f"task {self.registry_name!r} cannot recompute metrics from outcomes")
 
+    def unit_of(self, metric: str, outcomes: Outcomes) -> str:
+        """The resampling unit (a key of ``outcomes.units``) a metric averages over."""
+        return next(iter(outcomes.units))
+
     def resampled_metrics(self, outcomes: Outcomes, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Metrics under B resamples of the units: ``weights[unit]`` is (B, n_unit) counts; values (B,)."""
+        """Metrics under B resamples of the units: ``weights[unit]`` is (n_unit, B) counts; values (B,)."""
         raise NotImplementedError(f"task {self.registry_name!r} cannot resample its outcomes")
 
     def label(self, metric: str) -> str:

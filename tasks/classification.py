@@ -74,16 +74,13 @@ class ClassificationTask(Task):
         return classification_metrics(outcomes.arrays["pred"], outcomes.arrays["label"], int(outcomes.meta["n_classes"]))
 
     def resampled_metrics(self, outcomes: Outcomes, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from scipy import sparse
-
         pred, label = outcomes.arrays["pred"], outcomes.arrays["label"]
         w = weights["image"]
-        n_classes = max(int(outcomes.meta["n_classes"]), int(label.max(initial=0)) + 1)
-        rows = np.arange(len(label))
-        onehot = sparse.csr_matrix((np.ones(len(label)), (rows, label)), shape=(len(label), n_classes))
-        correct = sparse.csr_matrix(((pred == label).astype(np.float64), (rows, label)), shape=onehot.shape)
-        total = np.asarray((onehot.T @ w.T).T)  # (B, C) images per class in each resample (sparse: ImageNet has 1k)
-        hit = np.asarray((correct.T @ w.T).T)
+        order = np.argsort(label, kind="stable")  # images grouped by class: per-class sums are contiguous slices
+        starts = np.flatnonzero(np.r_[True, np.diff(label[order]) != 0])
+        drawn = w[order]  # (n, B) rows in class order: reduceat over rows is vectorised
+        total = np.add.reduceat(drawn, starts, axis=0).T  # (B, classes present) images per class in each resample
+        hit = np.add.reduceat(drawn * (pred == label)[order, None], starts, axis=0).T
         with np.errstate(invalid="ignore", divide="ignore"):
             per_class = np.where(total > 0, hit / np.maximum(total, 1), np.nan)
-        return {"top1": 100.0 * hit.sum(1) / len(label), "mean_per_class": 100.0 * np.nanmean(per_class, axis=1)}
+        return {"top1": 100.0 * hit.sum(1, dtype=np.float64) / len(label), "mean_per_class": 100.0 * np.nanmean(per_class, axis=1)}

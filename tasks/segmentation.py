@@ -217,9 +217,9 @@ def _summed(cell: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
 
 
 def _resampled_confusions(w: np.ndarray, row: np.ndarray, cell: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
-    """(B, n, n): each resample's confusion matrix, weights (B, n_images) times the per-image matrices."""
-    per_image = dense_rows(row, cell, count, w.shape[1], n * n)
-    return np.asarray((per_image.T @ w.T).T).reshape(len(w), n, n)
+    """(B, n, n): each resample's confusion matrix, the per-image matrices summed with weights (n_images, B)."""
+    per_image = dense_rows(row, cell, count, w.shape[0], n * n)
+    return np.asarray(per_image.T @ w.astype(np.float64)).T.reshape(w.shape[1], n, n)
 
 
 def _batched_iou(conf: np.ndarray) -> np.ndarray:

@@ -71,7 +71,7 @@ def test_metrics_recompute_exactly_from_stored_outcomes(name, tmp_path):
     assert recomputed == metrics  # exact, every metric
     assert len(metrics) >= 2 and 0 < min(v for v in metrics.values() if v == v) < 100
     # one "resample" that draws every unit once is the dataset itself
-    ones = {u: np.ones((1, n), dtype=np.float32) for u, n in stored.units.items()}
+    ones = {u: np.ones((n, 1), dtype=np.float32) for u, n in stored.units.items()}
     resampled = task.resampled_metrics(stored, ones)
     for k, v in metrics.items():
         assert resampled[k][0] == pytest.approx(v, rel=1e-6, nan_ok=True), k

@@ -8,6 +8,7 @@ ALIGNBENCH_UPDATE_GOLDEN=1 to rewrite them after an intended format change.
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -69,35 +70,113 @@ def test_latex_is_a_valid_booktabs_table(name):
     n_cols = len(re.match(r"\\begin\{tabular\}\{(\w+)\}", body[0]).group(1))
     rows = [line for line in body if line.endswith("\\\\")]
     assert rows and all(_latex_columns(r) == n_cols for r in rows)
-    assert "csa:latent\\_dim=64" in tex or "report_pair_all" in name
+    assert "csa [latent\\_dim=64]" in tex and "pal [image-layer 9]" in tex
+    assert "s.d." not in tex and "95\\% confidence interval" not in tex  # the caption is in comments
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
-def test_latex_compiles(tmp_path):
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (make test installs it)")
+@pytest.mark.parametrize("name", ["report_budget.tex", "report_pair_all.tex"])
+def test_latex_compiles(tmp_path, name):
     doc = tmp_path / "t.tex"
-    table = (GOLDEN / "report_budget.tex").read_text()
+    table = (GOLDEN / name).read_text()
     doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + table + "\\end{document}\n")
     r = subprocess.run(["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, capture_output=True)
     assert r.returncode == 0, r.stdout[-2000:]
 
 
-def test_best_per_column_is_bold_within_each_group():
-    table = build_table(ResultStore(RESULTS).to_frame(), by="budget")
+def _records(root=RESULTS):
+    return ResultStore(root).load_all()
+
+
+def test_bold_is_the_best_and_what_a_paired_test_cannot_tell_from_it():
+    table = build_table(_records(), by="budget")
     names = [f"{c.eval}/{c.metric}" for c in table.columns]
     assert names == [
         "retrieval/flickr8k/i2t_R@1", "retrieval/flickr8k/t2i_R@1", "classification/cifar10/top1",
         "classification/fashion-mnist/top1", "segmentation/camvid/mIoU",
     ]  # fmt: skip
     rows = {(r.group, r.method): r for r in table.rows}
-    t2i = names.index("retrieval/flickr8k/t2i_R@1")
+    i2t, t2i = names.index("retrieval/flickr8k/i2t_R@1"), names.index("retrieval/flickr8k/t2i_R@1")
     ten_k = ("10k", "effnet-lite0+minilm-l6")
-    assert rows[ten_k, "csa:latent_dim=64"].cells[t2i].bold  # 21.0 beats pal's 20.0 at 10k
+    assert rows[ten_k, "csa [latent_dim=64]"].cells[t2i].bold  # 21.0 is the best T→I at 10k
+    # linear (20.0, one seed) vs csa on the same 500 caption queries: paired bootstrap p < 0.05 → not bold
+    assert not rows[ten_k, "linear"].cells[t2i].bold
+    # pal's three seeds share one seed with csa and have no outcomes: no test, so no claim of a tie
     assert not rows[ten_k, "pal"].cells[t2i].bold
+    assert rows[ten_k, "pal"].cells[i2t].bold and not rows[ten_k, "pal [image-layer 9]"].cells[i2t].bold
     assert rows[("1k", "effnet-lite0+minilm-l6"), "pal"].cells[t2i].bold
     # alone in its (budget, pair) group: nothing to compare with, nothing bold
     assert not any(c.bold for c in rows[("10k", "dinov2-s14+minilm-l6"), "pal"].cells)
     # the random control is a row like any method, listed last in its group
     assert [r.method for r in table.rows if r.group == ten_k][-1] == "random"
+
+
+def _variant(rec, **metric_values):
+    """A copy of a golden record as another method, with some retrieval metrics replaced."""
+    rec = copy.deepcopy(rec)
+    rec["spec"]["method"] = rec["method"]["name"] = "linear"
+    rec["run_id"] = rec["run_id"].replace("pal-", "linear-")
+    rec["metrics"]["retrieval/flickr8k"].update(metric_values)
+    return rec
+
+
+def test_an_entry_within_noise_of_the_best_is_bold_too(tmp_path):
+    pal = [r for r in _records() if r["spec"]["method"] == "pal" and r["budget"]["pairs"] == 1000]
+    assert sorted(r["spec"]["seed"] for r in pal) == [0, 1, 2]  # pal 1k I→T R@1: 19, 20, 21 by seed
+    noisy = {0: 21.0, 1: 18.0, 2: 20.5}  # mean 19.83 < 20, differences (−2, 2, 0.5): p = 0.90
+    clear = {0: 15.0, 1: 14.0, 2: 13.0}  # pal T→I is 16, 15, 14: differences (1, 1, 1), p = 0
+    store = ResultStore(tmp_path)
+    for r in pal:
+        store.write(r)
+        store.write(_variant(r, **{"i2t_R@1": noisy[r["spec"]["seed"]], "t2i_R@1": clear[r["spec"]["seed"]]}))
+    table = build_table(store.load_all(), by="budget")
+    rows = {r.method: r for r in table.rows}
+    assert rows["pal"].cells[0].bold and rows["linear"].cells[0].bold
+    assert rows["pal"].cells[1].bold and not rows["linear"].cells[1].bold
+
+
+def test_runs_differing_in_the_image_layer_alone_are_two_rows():
+    table = build_table(_records(), by="budget")
+    pal_10k = [r for r in table.rows if r.group == ("10k", "effnet-lite0+minilm-l6") and r.method.startswith("pal")]
+    assert [(r.method, r.seeds) for r in pal_10k] == [("pal", 3), ("pal [image-layer 9]", 3)]
+    assert [round(r.cells[0].mean, 6) for r in pal_10k] == [25.0, 22.0]  # not averaged into 23.5
+
+
+def test_a_typed_default_is_one_row_with_the_untyped_runs(tmp_path):
+    store = ResultStore(tmp_path)
+    for r in _records():
+        if r["spec"]["method"] == "pal" and r["budget"]["pairs"] == 1000:
+            if r["spec"]["seed"] == 2:  # same resolved config, spelled out: pal:tau_p=0.03
+                r["spec"]["method_options"] = {"tau_p": 0.03}
+                r["method"]["config"] = {"tau_p": 0.03}
+            else:
+                r["method"]["config"] = {"tau_p": 0.03}
+            store.write(r)
+    table = build_table(store.load_all(), by="budget")
+    assert [(r.method, r.seeds) for r in table.rows] == [("pal", 3)]
+
+
+def test_compare_prints_paired_differences_with_ci_and_p(capsys):
+    assert cli(["report", "--results", str(RESULTS), "--compare", "pal,pal [image-layer 9]"]) == 0
+    out = capsys.readouterr().out
+    # differences are exactly 3 on every seed: paired t over 3 seeds, p < 0.001
+    assert "| 10k      | effnet-lite0+minilm-l6 | flickr8k I→T R@1 " in out
+    assert "+3.0" in out and "paired t (3 seeds)" in out and "< 0.001" in out
+    assert cli(["report", "--results", str(RESULTS), "--compare", "csa [latent_dim=64],linear"]) == 0
+    out = capsys.readouterr().out
+    t2i = next(line for line in out.splitlines() if "T→I R@1" in line)
+    assert "paired bootstrap (500 test queries)" in t2i and "+1.0" in t2i
+    # bad input: unknown label (did you mean the variant), one label, the same label twice
+    assert cli(["report", "--results", str(RESULTS), "--compare", "csa,linear"]) == 2
+    assert "did you mean 'csa [latent_dim=64]'" in capsys.readouterr().err
+    assert cli(["report", "--results", str(RESULTS), "--compare", "pal"]) == 2
+    assert cli(["report", "--results", str(RESULTS), "--compare", "pal,pal"]) == 2
+
+
+def test_caption_names_the_interval_and_its_unit_and_never_sd():
+    text = (GOLDEN / "report_budget.md").read_text()
+    assert "s.d." not in text and "Student t over seeds" in text
+    assert "bootstrap interval over test queries" in text and "p ≥ 0.05" in text
 
 
 def test_metric_selection_and_unknown_metric(capsys):
@@ -138,14 +217,29 @@ def test_corrupted_result_is_reported_skipped_and_untouched(tmp_path):
     assert victim.name in err and "damaged" in err  # a warning on stderr names the file
     assert victim.read_bytes() == broken
     # the other two pal seeds at 1k are still reported: mean of 20+0 and 20+1
-    assert "**20.5 ± 0.7**" in out
+    assert "**20.5 ± 6.4**" in out  # t(0.975, 1) · 0.707 / √2 = 12.706 · 0.5 = 6.35
 
 
-def test_plot_writes_png_and_pdf(tmp_path):
+def test_plot_writes_png_and_pdf_with_the_tables_ci_bands(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    bands = []
+    real = Axes.fill_between
+
+    def record(self, x, low, high, **kw):  # the real call still draws; we keep what it was given
+        bands.append((id(self), list(x), list(low), list(high)))
+        return real(self, x, low, high, **kw)
+
+    monkeypatch.setattr(Axes, "fill_between", record)
     assert cli(["report", "--results", str(RESULTS), "--plot", "--plot-dir", str(tmp_path), "--out",
                 str(tmp_path / "t.md")]) == 0  # fmt: skip
     for ext in ("png", "pdf"):
         assert (tmp_path / f"budget_curves.{ext}").stat().st_size > 1000
+    # pal on the default pair, I→T R@1: 20 ± 2.48 at 1k, 25 ± 2.48 at 10k (t over 3 seeds), as in the table
+    i2t = [b for b in bands if b[1] == [1000.0, 10000.0]]
+    half = 4.302653 / 3**0.5
+    assert any(low == pytest.approx([20 - half, 25 - half]) and high == pytest.approx([20 + half, 25 + half])
+               for _, _, low, high in i2t)  # fmt: skip
 
 
 def test_latex_escape():

@@ -66,11 +66,11 @@ def test_bootstrap_interval_is_the_percentile_interval():
 
 
 def test_bootstrap_counts_are_reproducible_and_resample_every_unit_count():
-    a = np.concatenate(list(bootstrap_counts(37, n_boot=600, seed=4)))
-    b = np.concatenate(list(bootstrap_counts(37, n_boot=600, seed=4)))
-    c = np.concatenate(list(bootstrap_counts(37, n_boot=600, seed=5)))
-    assert a.shape == (600, 37) and np.array_equal(a, b) and not np.array_equal(a, c)
-    assert (a.sum(1) == 37).all() and a.min() >= 0
+    a = np.concatenate(list(bootstrap_counts(37, n_boot=600, seed=4)), axis=1)
+    b = np.concatenate(list(bootstrap_counts(37, n_boot=600, seed=4)), axis=1)
+    c = np.concatenate(list(bootstrap_counts(37, n_boot=600, seed=5)), axis=1)
+    assert a.shape == (37, 600) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert (a.sum(0) == 37).all() and a.min() >= 0
     # each unit is drawn once per resample on average
     assert a.mean() == pytest.approx(1.0, abs=0.02)
 

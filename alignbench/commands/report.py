@@ -11,6 +11,7 @@ EXAMPLES = [
     "alignbench report --format latex --by pair --out table.tex",
     "alignbench report --metric i2t_R@1,segmentation/mIoU_fg --plot --plot-dir results/figures",
     "alignbench report --format csv --metric all --results results/runs",
+    "alignbench report --compare pal,linear",
 ]
 
 
@@ -26,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--results", default="results/runs", help="result folder (default: results/runs)")
     p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
+    p.add_argument("--compare", default=None, metavar="A,B",
+                   help="paired difference of two rows per metric, with its 95%% CI and p-value (e.g. pal,linear)")
     p.add_argument("--plot", action="store_true", help="also draw metric-vs-budget curves (PNG + PDF)")
     p.add_argument("--plot-dir", default="results/figures", help="where --plot writes (default: results/figures)")
     p.add_argument("--include-stale", action="store_true",
@@ -36,12 +39,14 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.atomic import write_text_atomic
     from alignbench.config import split_list
     from alignbench.report import render
-    from alignbench.results import ResultStore
-
     records = _current_records(args)
-    frame = ResultStore(args.results).to_frame(records)
     metrics = split_list(args.metrics) or None
-    text = render(frame, fmt=args.format, by=args.by, metrics=metrics)
+    if args.compare is not None:
+        from alignbench.compare import compare_report, split_labels
+
+        text = compare_report(records, split_labels(args.compare), by=args.by, metrics=metrics)
+    else:
+        text = render(records, fmt=args.format, by=args.by, metrics=metrics)
     if args.out:
         out = Path(args.out)
         write_text_atomic(out, text)
@@ -51,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     if args.plot:
         from alignbench.plots import plot_budget_curves
 
-        for path in plot_budget_curves(frame, args.plot_dir, metrics=metrics):
+        for path in plot_budget_curves(records, args.plot_dir, metrics=metrics):
             print(f"wrote {path}", file=sys.stderr)
     return 0
 

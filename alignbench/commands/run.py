@@ -168,4 +168,4 @@ def _print_summary(runs: list, results: str) -> None:
     if not records:
         return
     print()
-    print(render(store.to_frame(records), fmt="markdown"))
+    print(render(records, fmt="markdown"))

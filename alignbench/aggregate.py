@@ -1,0 +1,266 @@
+"""From result records to table rows: one row per run identity, its seeds averaged, with intervals and tests.
+
+A row averages runs that differ in the seed alone (``results.row_identity``);
+anything else that differs (a method setting, a layer, the dtype, the training
+or validation data) makes its own row, labelled with what differs from the
+default, e.g. ``pal [image-layer 9]`` or ``pal [K=128]``.  A setting counts as
+default when it has the value of runs that did not set it (so no method code,
+and no torch, is imported to learn defaults).
+
+Cells are mean ± 95% interval (``alignbench.stats``): Student t over seeds;
+with one seed, a bootstrap over the stored per-query / per-image outcomes.
+Two rows are compared by a paired test (t over ≥ 3 shared seeds, else a paired
+bootstrap over the same queries), which decides what is bold and what
+``report --compare`` prints.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from alignbench import stats
+from alignbench.results import row_identity
+
+log = logging.getLogger(__name__)
+
+GROUP_PATHS = ("budget", "pair", "image.encoder", "text.encoder")  # shown as group columns, never in labels
+# Paths that follow from the encoder pair (a group column) unless a run set them: the resolved
+# default layer of each encoder, and the cache entries read (alignbench.identity); not label parts.
+DERIVED = ("image.layer", "text.layer")
+DERIVED_PREFIX = "feature_keys."
+MIN_SEEDS_FOR_T = 3  # paired t over seeds from this many shared seeds on; fewer → paired bootstrap
+
+
+# -- rows -----------------------------------------------------------------------------
+@dataclass
+class RowRuns:
+    """The runs of one row identity: seed → records (normally one per seed)."""
+
+    key: str
+    method: str
+    flat: dict[str, Any]
+    runs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(self.runs)
+
+    def values(self, eval_key: str, metric: str) -> dict[int, float]:
+        """seed → value (runs repeating a seed are averaged); seeds without the metric are left out."""
+        out = {}
+        for seed, recs in self.runs.items():
+            vals = [v for r in recs if isinstance(v := (r["metrics"].get(eval_key) or {}).get(metric), (int, float))]
+            if vals:
+                out[seed] = float(vals[0]) if len(vals) == 1 else float(sum(vals) / len(vals))
+        return out
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: "{}"}
+    return {prefix[:-1]: json.dumps(obj, sort_keys=True, default=str)}
+
+
+def _typed_paths(record: dict[str, Any]) -> set[str]:
+    """The identity paths this run set explicitly (the rest took their defaults)."""
+    from alignbench.config import EncoderOptions, RunSpec
+
+    spec = record.get("spec") or {}
+    enc = spec.get("encoder") or {}
+    out = {f"method.config.{k}" for k in (spec.get("method_options") or {})}
+    if enc.get("image_layer") is not None:
+        out.add("image.layer")
+    if enc.get("text_layer") is not None:
+        out.add("text.layer")
+    if enc.get("dtype", EncoderOptions.dtype) != EncoderOptions.dtype:
+        out.add("dtype")
+    for name in ("train", "val"):
+        if name in spec and spec[name] != RunSpec.__dataclass_fields__[name].default:
+            out.add(name)
+    return out
+
+
+def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
+    """Row key → RowRuns, with each row's label set (unique among rows of the same method)."""
+    rows: dict[str, RowRuns] = {}
+    untyped: dict[tuple[str, str], Counter] = {}  # (method, path) → values of runs that did not set it
+    typed: dict[str, set[str]] = {}  # row key → paths its runs set explicitly
+    for rec in records:
+        flat = _flatten(row_identity(rec))
+        key = json.dumps(flat, sort_keys=True)
+        method = json.loads(flat.get("method.name", json.dumps(rec["spec"]["method"])))
+        row = rows.setdefault(key, RowRuns(key, method, flat))
+        row.runs.setdefault(int(rec["spec"].get("seed", 0)), []).append(rec)
+        set_here = _typed_paths(rec)
+        typed.setdefault(key, set()).update(set_here)
+        for p, v in flat.items():
+            if p not in set_here:
+                untyped.setdefault((method, p), Counter())[v] += 1
+    by_method: dict[str, list[RowRuns]] = {}
+    for row in rows.values():
+        by_method.setdefault(row.method, []).append(row)
+    for method, members in by_method.items():
+        paths = sorted({p for r in members for p in r.flat} - set(GROUP_PATHS))
+        varying = {p for p in paths if len({r.flat.get(p) for r in members}) > 1}
+        defaults = {p: c.most_common(1)[0][0] for (m, p), c in untyped.items() if m == method}
+        for r in members:
+            shown = [p for p in sorted((varying | typed[r.key]) & set(r.flat) - set(GROUP_PATHS))
+                     if not p.startswith(DERIVED_PREFIX) and (p not in DERIVED or p in typed[r.key])]
+            if any(p not in defaults for p in shown):  # a setting no run left at its default: ask the method
+                defaults = {**_config_defaults(method), **defaults}
+            parts = [_part(p, r.flat[p]) for p in shown if r.flat[p] != defaults.get(p)]
+            r.label = f"{method} [{'; '.join(parts)}]" if parts else method
+        _disambiguate(members, sorted(varying))
+    return rows
+
+
+def _config_defaults(method: str) -> dict[str, str]:
+    """The method's default config as identity paths (imports the method: only when the runs cannot tell)."""
+    from alignbench.registry import METHODS
+
+    try:
+        config = METHODS.get(method).Config().to_dict()
+    except Exception as exc:  # a method not installed here: its settings are shown in full
+        log.debug("no defaults for %s: %s", method, exc)
+        return {}
+    return _flatten({"method": {"config": config}})
+
+
+def _disambiguate(members: list[RowRuns], varying: list[str]) -> None:
+    """Rows whose labels collide (same budget and pair) show every setting that varies."""
+    seen: dict[tuple, list[RowRuns]] = {}
+    for r in members:
+        seen.setdefault((r.label, r.flat.get("budget"), r.flat.get("pair")), []).append(r)
+    for same in seen.values():
+        if len(same) > 1:
+            for r in same:
+                r.label = f"{r.method} [{'; '.join(_part(p, r.flat.get(p)) for p in varying)}]"
+
+
+_PART_NAMES = {"image.layer": "image-layer", "text.layer": "text-layer", "method.version": "version", "dtype": "dtype"}
+
+
+def _part(path: str, value: Any) -> str:
+    """One label part: ``K=128``, ``image-layer 9``, ``train coco:train``."""
+    v = json.loads(value) if value is not None else None
+    text = v if isinstance(v, str) else ("default" if v is None else f"{v:g}" if isinstance(v, float) else json.dumps(v))
+    if path.startswith("method.config."):
+        return f"{path[len('method.config.'):]}={text}"
+    return f"{_PART_NAMES.get(path, path)} {text}"
+
+
+# -- cells and comparisons ------------------------------------------------------------
+@dataclass
+class Cell:
+    """One table cell: the mean over seeds with its 95% interval; ``bold`` set by ``mark_best``."""
+
+    interval: stats.Interval
+    seeds: int
+    bold: bool = False
+
+    @property
+    def mean(self) -> float:
+        return self.interval.mean
+
+
+class Resampler:
+    """Bootstrap resamples of each (run, evaluation), computed once and kept (the same ones serve CIs and tests)."""
+
+    def __init__(self, n_boot: int = stats.N_BOOT, seed: int = stats.BOOT_SEED):
+        self.n_boot, self.seed = n_boot, seed
+        self._cache: dict[tuple[str, str], tuple[Any, dict[str, np.ndarray], Any] | None] = {}
+
+    def get(self, record: dict[str, Any], eval_key: str) -> tuple[Any, dict[str, np.ndarray], Any] | None:
+        """(outcomes, {metric: resampled values}, task) or None when the run stored no usable outcomes."""
+        ck = (record["run_id"], eval_key)
+        if ck not in self._cache:
+            self._cache[ck] = self._compute(record, eval_key)
+        return self._cache[ck]
+
+    def _compute(self, record: dict[str, Any], eval_key: str):
+        from alignbench.errors import AlignbenchError
+        from alignbench.outcomes import Outcomes
+        from alignbench.registry import TASKS
+
+        stored = (record.get("outcomes") or {}).get(eval_key)
+        if not stored:
+            return None
+        try:
+            out = Outcomes.from_json(stored)
+            task = TASKS.get(out.task)()
+            samples = stats.resample(lambda w: task.resampled_metrics(out, w), out.units, self.n_boot, self.seed)
+        except (AlignbenchError, NotImplementedError, KeyError, ValueError) as exc:
+            log.warning("%s: cannot resample the outcomes of %s (%s); no bootstrap interval", record["run_id"], eval_key, exc)
+            return None
+        return out, samples, task
+
+
+def cell(row: RowRuns, eval_key: str, metric: str, resampler: Resampler) -> Cell | None:
+    """Mean ± t interval over seeds; one seed → bootstrap over its units (no outcomes → no interval)."""
+    vals = row.values(eval_key, metric)
+    if not vals:
+        return None
+    if len(vals) > 1:
+        return Cell(stats.t_interval(list(vals.values())), len(vals))
+    (seed, value), = vals.items()
+    boot = _pooled_samples([row.runs[seed][0]], eval_key, metric, resampler)
+    if boot is None:
+        return Cell(stats.Interval(value, value, value, 1, "none"), 1)
+    units, samples = boot
+    return Cell(stats.bootstrap_interval(value, samples, units), 1)
+
+
+def _pooled_samples(records: list[dict], eval_key: str, metric: str, resampler: Resampler):
+    """(n units of the metric, mean over ``records`` of each resample's metric), or None if any lacks outcomes or
+    the runs were scored on different numbers of units."""
+    got = [resampler.get(r, eval_key) for r in records]
+    if not got or any(g is None or metric not in g[1] for g in got):
+        return None
+    units = {tuple(sorted(g[0].units.items())) for g in got}
+    if len(units) != 1:
+        return None
+    out, _, task = got[0]
+    return out.units[task.unit_of(metric, out)], np.mean([g[1][metric] for g in got], axis=0)
+
+
+def compare(a: RowRuns, b: RowRuns, eval_key: str, metric: str, resampler: Resampler) -> stats.Comparison | None:
+    """Paired A − B: t over shared seeds when ≥ 3, else a paired bootstrap over the same queries; None if untestable."""
+    va, vb = a.values(eval_key, metric), b.values(eval_key, metric)
+    shared = sorted(set(va) & set(vb))
+    if len(shared) >= MIN_SEEDS_FOR_T:
+        return stats.paired_t([va[s] for s in shared], [vb[s] for s in shared])
+    seeds_a, seeds_b = (shared, shared) if shared else (sorted(va), sorted(vb))
+    if not seeds_a or not seeds_b:
+        return None
+    sa = _pooled_samples([a.runs[s][0] for s in seeds_a], eval_key, metric, resampler)
+    sb = _pooled_samples([b.runs[s][0] for s in seeds_b], eval_key, metric, resampler)
+    if sa is None or sb is None or sa[0] != sb[0]:
+        return None
+    point_a, point_b = np.mean([va[s] for s in seeds_a]), np.mean([vb[s] for s in seeds_b])
+    return stats.paired_bootstrap(float(point_a), float(point_b), sa[1], sb[1], sa[0])
+
+
+def mark_best(members: list[tuple[RowRuns, Cell | None]], eval_key: str, metric: str, resampler: Resampler) -> None:
+    """Bold the best mean and every entry not significantly worse than it (paired p ≥ ALPHA); needs ≥ 2 entries."""
+    present = [(r, c) for r, c in members if c is not None and np.isfinite(c.mean)]
+    if len(present) < 2:
+        return
+    best_row, best_cell = max(present, key=lambda rc: rc[1].mean)
+    best_cell.bold = True
+    for r, c in present:
+        if r is best_row:
+            continue
+        if c.mean == best_cell.mean:
+            c.bold = True
+            continue
+        test = compare(best_row, r, eval_key, metric, resampler)
+        c.bold = test is not None and test.p >= stats.ALPHA
