@@ -120,6 +120,9 @@ def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
             parts = [_part(p, r.flat[p]) for p in shown if r.flat[p] != defaults.get(p)]
             r.label = f"{method} [{'; '.join(parts)}]" if parts else method
         _disambiguate(members, sorted(varying))
+    for r in rows.values():  # report --include-stale: results the current code would not reproduce
+        if any(rec.get("_stale") for recs in r.runs.values() for rec in recs):
+            r.label += " [stale]"
     return rows
 
 

@@ -252,6 +252,13 @@ def _prefix(resolved: dict[str, Any], label: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
 
 
+def ids_of(resolved: dict[str, Any]) -> tuple[str, str]:
+    """(fit hash, run hash) of a ``resolved`` block: the identity parts of ``fit_id`` and ``run_id``."""
+    fit = _digest(fit_part(resolved))
+    evals = {"evals": resolved.get("evals"), "keys": (resolved.get("feature_keys") or {}).get("evals")}
+    return fit, _digest([fit, evals])
+
+
 def fit_id_of(resolved: dict[str, Any], label: str | None = None) -> str:
     """``<readable prefix>-fit-<hash of everything but the evaluations>``.
 
@@ -259,13 +266,12 @@ def fit_id_of(resolved: dict[str, Any], label: str | None = None) -> str:
     the hash is identity (:func:`id_hash`), so a default that moves without changing
     the config does not change what a run *is*.
     """
-    return f"{_prefix(resolved, label)}-fit-{_digest(fit_part(resolved))}"
+    return f"{_prefix(resolved, label)}-fit-{ids_of(resolved)[0]}"
 
 
 def run_id_of(resolved: dict[str, Any], label: str | None = None) -> str:
     """``<readable prefix>-<hash of the fit hash + the evaluations and their feature keys>``."""
-    evals = {"evals": resolved.get("evals"), "keys": (resolved.get("feature_keys") or {}).get("evals")}
-    return f"{_prefix(resolved, label)}-{_digest([_digest(fit_part(resolved)), evals])}"
+    return f"{_prefix(resolved, label)}-{ids_of(resolved)[1]}"
 
 
 def id_hash(an_id: str) -> str:
@@ -377,6 +383,15 @@ class Resolver:
             evals=evals, feature_keys=feature_keys, spec=spec, available=available,
         )  # fmt: skip
 
+    def check_splits(self, run: ResolvedRun) -> None:
+        """SplitOverlapError if ``run``'s training/validation images meet its evaluated splits (alignbench.split_guard)."""
+        from alignbench.split_guard import check_disjoint
+
+        key = ("guard", run.train, run.val, run.evals)
+        if key not in self._memo:
+            check_disjoint(run, self.source(run.pair, None, None, run.dtype))
+            self._memo[key] = True
+
     def _keys(self, src: Any, whats: tuple[str, ...], ref: SplitRef) -> dict[str, str]:
         return {w: self._once(("key", id(src), w, ref.dataset, ref.split),
                               lambda w=w: src.feature_key(w, ref.dataset, ref.split)) for w in whats}
@@ -438,5 +453,5 @@ def resolve_run(spec: RunSpec, *, store_root: str | Path | None = None, data_roo
 
 __all__ = [
     "EncoderRef", "EvalSpec", "MethodRef", "ResolvedRun", "Resolver", "SplitRef", "differences", "fit_id_of",
-    "fit_part", "id_hash", "make_method", "parse_split_ref", "resolve_method", "resolve_run", "run_id_of",
+    "fit_part", "id_hash", "ids_of", "make_method", "parse_split_ref", "resolve_method", "resolve_run", "run_id_of",
 ]  # fmt: skip

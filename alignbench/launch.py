@@ -654,7 +654,7 @@ def run_sweep(cfg: SweepConfig, profile: Profile | None = None, *, wait: bool = 
     # Fast path: nothing to do when every result exists (no scheduler, no submitit, no torch).
     from alignbench.planning import sweep_done
 
-    done, why = sweep_done(specs, runs_dir, store_root=cfg.store_root, data_root=cfg.data_path)
+    done, why = sweep_done(specs, runs_dir, store_root=cfg.store_root, data_root=cfg.data_path, guard=True)
     if len(done) == len(specs):
         status = [RunStatus(s.run_id, "done") for s in specs]
         return SweepReport(sid, path, cfg.executor, status, dry_run=dry_run)

@@ -8,6 +8,7 @@ left where it is (nothing stored is lost) and ``report`` leaves it out.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,11 +95,12 @@ def resolve_all(specs: Iterable[RunSpec], resolver: Resolver) -> list[ResolvedRu
 
 
 def sweep_done(specs: Iterable[RunSpec], results_dir: str | Path, *, store_root: str | Path | None = None,
-               data_root: str | Path | None = None) -> tuple[set[str], dict[str, str]]:
+               data_root: str | Path | None = None, guard: bool = False) -> tuple[set[str], dict[str, str]]:
     """(spec keys whose current result is stored and valid, {spec key: why it is redone}) for a sweep.
 
     Sweeps track runs by the spec as typed (``spec_key``); a spec that cannot be
-    resolved here is not done (its job fails and records why).
+    resolved here is not done (its job fails and records why).  ``guard``: refuse
+    (SplitOverlapError) runs whose training or validation images are evaluated.
     """
     resolver = Resolver(store_root, data_root)
     index = ResultIndex(results_dir)
@@ -110,6 +112,8 @@ def sweep_done(specs: Iterable[RunSpec], results_dir: str | Path, *, store_root:
         except AlignbenchError as exc:
             log.debug("%s cannot be resolved here: %s", spec.spec_key, exc)
             continue
+        if guard:
+            resolver.check_splits(run)
         if index.find(run) is not None:
             done.add(spec.spec_key)
         else:
@@ -133,41 +137,50 @@ def mark_stale(records: list[dict[str, Any]], resolver: Resolver | None = None) 
     A record is stale when the current code resolves its spec to something else
     (method version or config, encoders, layers, splits, evaluations).
     """
+    from alignbench.identity_cache import IdentityCache
+
     resolver = resolver or Resolver()
+    cache = IdentityCache()
     out = Staleness()
-    memo: dict[str, Any] = {}
+    memo: dict[Any, Any] = {}
     for rec in records:
         name = Path(rec.get("_file", rec.get("run_id", "?"))).name
-        reason, label = _stale_reason(rec, resolver, memo, out)
+        reason, label = _stale_reason(rec, resolver, memo, cache)
         rec["_stale"], rec["_label"] = reason, label
         if reason:
             out.stale[name] = reason
+    cache.save()
     return out
 
 
-def _stale_reason(rec: dict[str, Any], resolver: Resolver, memo: dict, out: Staleness) -> tuple[str | None, str | None]:
+def _stale_reason(rec: dict[str, Any], resolver: Resolver, memo: dict, cache: Any) -> tuple[str | None, str | None]:
     """Compare what the code decides (method, encoders, layers, splits, evals) with the record.
 
     Feature keys depend on the data root at hand, which need not be the one the run
-    used, so they are checked by ``run`` (which reads the data), not here.
+    used, so they are checked by ``run`` (which reads the data), not here.  What the
+    code decides is remembered per code version (alignbench.identity_cache): no torch.
     """
     if rec.get("schema_version", 1) < 2 or not isinstance(rec.get("resolved"), dict):
         return "result schema 1 (no resolved identity recorded); rerun to refresh", None
-    spec = RunSpec.from_dict(rec["spec"])
     old = {k: v for k, v in rec["resolved"].items() if k != "feature_keys"}
-    key = (spec.spec_key, old.get("budget"))
+    key = json.dumps([rec["spec"], old.get("budget")], sort_keys=True, default=str)
     if key not in memo:
-        try:
-            memo[key] = resolver.resolve(spec, data=False, budget=old.get("budget"))
-        except AlignbenchError as exc:
-            memo[key] = exc
+        memo[key] = cache.get(key)
+        if memo[key] is None:
+            try:
+                cur = resolver.resolve(RunSpec.from_dict(rec["spec"]), data=False, budget=old.get("budget"))
+                d = cur.to_dict()
+                d.pop("feature_keys", None)
+                memo[key] = {"resolved": d, "label": cur.method.label}
+            except AlignbenchError as exc:
+                memo[key] = {"error": str(exc)}
+            cache.put(key, memo[key])
     cur = memo[key]
-    if not isinstance(cur, ResolvedRun):
-        return f"cannot be resolved by this code ({cur})", None
-    new = {k: v for k, v in cur.to_dict().items() if k != "feature_keys"}
-    if new == old:
-        return None, cur.method.label
-    return "; ".join(differences(old, new)), cur.method.label
+    if "error" in cur:
+        return f"cannot be resolved by this code ({cur['error']})", None
+    if cur["resolved"] == old:
+        return None, cur["label"]
+    return "; ".join(differences(old, cur["resolved"])), cur["label"]
 
 
 __all__ = ["Plan", "ResultIndex", "Staleness", "mark_stale", "plan_runs", "resolve_all", "sweep_done"]

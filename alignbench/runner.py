@@ -138,7 +138,7 @@ def run_one(
             problem = store.problem(run)
             if problem:
                 log.warning("%s: redoing it: %s", path, problem)
-        record = _execute(run, store_root, data_root, device, progress, state)
+        record = _execute(run, results_dir, store_root, data_root, device, progress, state)
     except Exception as exc:  # Ctrl-C (KeyboardInterrupt) is not a failure of the run: no record
         _write_failure(store, spec, exc, started, state["phase"], run)
         raise
@@ -157,11 +157,14 @@ def run_one(
     return out
 
 
-def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: bool, state: dict) -> dict[str, Any]:
+def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, progress: bool,
+             state: dict) -> dict[str, Any]:
     import torch
 
     from alignbench import feature_kinds, provenance
+    from alignbench.fits import fitted_for, save_fitted, state_path
     from alignbench.identity import make_method
+    from alignbench.split_guard import check_disjoint
     from alignbench.registry import TASKS
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
@@ -171,26 +174,42 @@ def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: boo
                                    progress=progress)
     tasks = {ev.task: TASKS.get(ev.task)() for ev in run.evals}
 
-    # 1. encode (or load from the cache) everything the run will read.
+    # 0. training and validation images are never evaluated (image identity, before any work).
+    state["phase"] = "check splits"
+    check_disjoint(run, source)
+
+    # 1. a stored fit of this fit_id (alignbench.fits), else the training data; features of every evaluation.
     state["phase"] = "encode"
     t = time.perf_counter()
-    all_train = source.pairs(run.train.dataset, run.train.split)
-    val = source.pairs(run.val.dataset, run.val.split) if run.val is not None else None
+    method = fitted_for(run, results_dir, device=device)
+    all_train = val = None
+    if method is None:
+        all_train = source.pairs(run.train.dataset, run.train.split)
+        val = source.pairs(run.val.dataset, run.val.split) if run.val is not None else None
     for ev in run.evals:
         for need in tasks[ev.task].needs(ev.dataset, ev.split):
             feature_kinds.fetch(source, need.what, need.dataset, need.split)
     timings["encode"] = time.perf_counter() - t
 
-    # 2. subsample the budget (nested by seed) and fit.
+    # 2. subsample the budget (nested by seed) and fit; keep the fitted state.
     state["phase"] = "fit"
-    idx = subsample_indices(len(all_train), run.budget, run.seed)
-    train = all_train.subset(idx)
-    method = make_method(run.method).to(device)
-    log.info("%s: fitting %s on %d pairs (%s)", run.run_id, run.method.label, len(train), run.pair)
-    torch.manual_seed(run.seed)
-    t = time.perf_counter()
-    method.fit(train, val, seed=run.seed)
-    timings["fit"] = time.perf_counter() - t
+    fit = {"state": state_path(results_dir, run.fit_id).name, "reused": method is not None}
+    if method is None:
+        train = all_train.subset(subsample_indices(len(all_train), run.budget, run.seed))
+        method = make_method(run.method).to(device)
+        log.info("%s: fitting %s on %d pairs (%s)", run.run_id, run.method.label, len(train), run.pair)
+        torch.manual_seed(run.seed)
+        t = time.perf_counter()
+        method.fit(train, val, seed=run.seed)
+        timings["fit"] = time.perf_counter() - t
+        try:
+            save_fitted(method, run, results_dir)
+        except OSError as exc:  # the metrics are still right; only the reuse is lost
+            log.warning("%s: the fitted state could not be stored (%s); its next evaluation will refit", run.run_id, exc)
+            fit["state"] = None
+    else:
+        log.info("%s: evaluating the stored fit %s (no refit)", run.run_id, fit["state"])
+        timings["fit"] = 0.0
 
     # 3. evaluate.
     metrics: dict[str, dict[str, float]] = {}
@@ -209,10 +228,10 @@ def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: boo
     return {
         "spec": run.spec.to_dict() if run.spec is not None else None,
         "resolved": run.to_dict(),
-        "budget": {"requested": requested, "pairs": len(train), "available": len(all_train)},
+        "budget": {"requested": requested, "pairs": run.budget, "available": run.available},
         "data": {
-            "train": {**run.train.to_dict(), "pairs": len(train), "available": len(all_train)},
-            "val": None if val is None else {**run.val.to_dict(), "pairs": len(val)},
+            "train": {**run.train.to_dict(), "pairs": run.budget, "available": run.available},
+            "val": None if run.val is None else {**run.val.to_dict(), "pairs": None if val is None else len(val)},
         },
         "evals": [{"key": ev.key, "task": ev.task, "dataset": ev.dataset, "split": ev.split} for ev in run.evals],
         "metrics": metrics,
@@ -225,6 +244,7 @@ def _execute(run: ResolvedRun, store_root, data_root, device: str, progress: boo
             "fit_info": dict(method.fit_info),
             "num_parameters": _num_parameters(method),
         },
+        "fit": fit,
         "features": source.reads,
         "provenance": provenance.collect(device, run.dtype),
         "outcomes": outcomes,

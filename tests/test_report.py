@@ -20,6 +20,7 @@ import pytest
 
 from alignbench.cli import main as cli
 from alignbench.report import build_table, latex_escape
+from alignbench.identity import fit_id_of, run_id_of
 from alignbench.results import ResultStore
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -114,8 +115,8 @@ def test_bold_is_the_best_and_what_a_paired_test_cannot_tell_from_it():
 def _variant(rec, **metric_values):
     """A copy of a golden record as another method, with some retrieval metrics replaced."""
     rec = copy.deepcopy(rec)
-    rec["spec"]["method"] = rec["method"]["name"] = "linear"
-    rec["run_id"] = rec["run_id"].replace("pal-", "linear-")
+    rec["spec"]["method"] = rec["method"]["name"] = rec["resolved"]["method"]["name"] = "linear"
+    rec["run_id"], rec["fit_id"] = run_id_of(rec["resolved"]), fit_id_of(rec["resolved"])  # ids hash the identity
     rec["metrics"]["retrieval/flickr8k"].update(metric_values)
     return rec
 

@@ -88,11 +88,14 @@ def _check_task_dataset_kinds(tasks: str | None, datasets: str | None) -> None:
 
 
 def resolve_specs(specs: list, args: argparse.Namespace) -> list:
-    """ResolvedRuns of the specs: budgets above the available pairs, bad splits… refused before any encoding."""
+    """ResolvedRuns of the specs: budgets above the available pairs, overlapping splits… refused before any encoding."""
     from alignbench.identity import Resolver
 
     resolver = Resolver(args.cache, args.data_root)
-    return [resolver.resolve(s) for s in specs]
+    runs = [resolver.resolve(s) for s in specs]
+    for run in runs:  # training/validation images never evaluated: refused before any encoding or fitting
+        resolver.check_splits(run)
+    return runs
 
 
 def main(args: argparse.Namespace) -> int:
