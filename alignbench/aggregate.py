@@ -29,10 +29,8 @@ from alignbench.results import row_identity
 log = logging.getLogger(__name__)
 
 GROUP_PATHS = ("budget", "pair", "image.encoder", "text.encoder")  # shown as group columns, never in labels
-# Paths that follow from the encoder pair (a group column) unless a run set them: the resolved
-# default layer of each encoder, and the cache entries read (alignbench.identity); not label parts.
-DERIVED = ("image.layer", "text.layer")
-DERIVED_PREFIX = "feature_keys."
+DERIVED = ("feature_keys",)  # identity paths that follow from others (cache keys of the layers, dtype, data): no label
+LEAVES = ("train", "val")  # split references: one label part ("train coco:train"), not one per field
 MIN_SEEDS_FOR_T = 3  # paired t over seeds from this many shared seeds on; fewer → paired bootstrap
 
 
@@ -62,7 +60,7 @@ class RowRuns:
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
+    if isinstance(obj, dict) and prefix[:-1] not in LEAVES:
         out: dict[str, Any] = {}
         for k, v in obj.items():
             out.update(_flatten(v, f"{prefix}{k}."))
@@ -109,12 +107,11 @@ def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
     for row in rows.values():
         by_method.setdefault(row.method, []).append(row)
     for method, members in by_method.items():
-        paths = sorted({p for r in members for p in r.flat} - set(GROUP_PATHS))
+        paths = sorted(p for p in {p for r in members for p in r.flat} - set(GROUP_PATHS) if not p.startswith(DERIVED))
         varying = {p for p in paths if len({r.flat.get(p) for r in members}) > 1}
         defaults = {p: c.most_common(1)[0][0] for (m, p), c in untyped.items() if m == method}
         for r in members:
-            shown = [p for p in sorted((varying | typed[r.key]) & set(r.flat) - set(GROUP_PATHS))
-                     if not p.startswith(DERIVED_PREFIX) and (p not in DERIVED or p in typed[r.key])]
+            shown = sorted((varying | typed[r.key]) & set(paths) & set(r.flat), key=_label_order)
             if any(p not in defaults for p in shown):  # a setting no run left at its default: ask the method
                 defaults = {**_config_defaults(method), **defaults}
             parts = [_part(p, r.flat[p]) for p in shown if r.flat[p] != defaults.get(p)]
@@ -124,6 +121,10 @@ def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
         if any(rec.get("_stale") for recs in r.runs.values() for rec in recs):
             r.label += " [stale]"
     return rows
+
+
+def _label_order(path: str) -> tuple[bool, str]:
+    return (not path.startswith("method.config."), path)  # method settings first: "pal [K=128; image-layer 9]"
 
 
 def _config_defaults(method: str) -> dict[str, str]:
@@ -146,7 +147,7 @@ def _disambiguate(members: list[RowRuns], varying: list[str]) -> None:
     for same in seen.values():
         if len(same) > 1:
             for r in same:
-                r.label = f"{r.method} [{'; '.join(_part(p, r.flat.get(p)) for p in varying)}]"
+                r.label = f"{r.method} [{'; '.join(_part(p, r.flat.get(p)) for p in sorted(varying, key=_label_order))}]"
 
 
 _PART_NAMES = {"image.layer": "image-layer", "text.layer": "text-layer", "method.version": "version", "dtype": "dtype"}
@@ -155,6 +156,8 @@ _PART_NAMES = {"image.layer": "image-layer", "text.layer": "text-layer", "method
 def _part(path: str, value: Any) -> str:
     """One label part: ``K=128``, ``image-layer 9``, ``train coco:train``."""
     v = json.loads(value) if value is not None else None
+    if isinstance(v, dict) and "dataset" in v:  # a split reference
+        v = f"{v['dataset']}:{v.get('split')}" if v.get("split") else str(v["dataset"])
     text = v if isinstance(v, str) else ("default" if v is None else f"{v:g}" if isinstance(v, float) else json.dumps(v))
     if path.startswith("method.config."):
         return f"{path[len('method.config.'):]}={text}"

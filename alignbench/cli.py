@@ -1,4 +1,4 @@
-"""The ``alignbench`` command line: ``run | sweep | report | encode | ls | data``.
+"""The ``alignbench`` command line: ``run | sweep | report | tune | encode | ls | data | analyze``.
 
 Each subcommand lives in ``alignbench/commands/<name>.py`` with ``HELP``,
 ``EXAMPLES``, ``add_arguments(parser)`` and ``main(args) -> int``.  Those
@@ -16,7 +16,7 @@ import sys
 from alignbench import __version__
 from alignbench.errors import AlignbenchError
 
-COMMANDS = ("run", "report", "sweep", "encode", "ls", "data")
+COMMANDS = ("run", "report", "sweep", "tune", "encode", "ls", "data", "analyze")
 
 
 def build_parser() -> argparse.ArgumentParser:

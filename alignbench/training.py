@@ -2,7 +2,7 @@
 
 Why one loop: METHODS.md fixes the recipe (symmetric InfoNCE, AdamW with betas
 (0.9, 0.95), cosine schedule, gradient clipping at 1.0, early stopping on the
-validation loss, optional LR range test).  Methods differ only in how a batch
+validation loss, the reference LR range test picking the lr of every fit).  Methods differ only in how a batch
 becomes a loss, so they hand the trainer a ``step_loss(batch_indices, step)``
 closure and load their own batches (global features in memory, or token
 batches streamed from a memmap).
@@ -23,6 +23,8 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable
 
@@ -50,10 +52,17 @@ class TrainerSettings:
     grad_clip: float = 1.0
     warmup_steps: int = 0
     min_lr: float = 0.0
-    lr_range_test: bool = False
+    # The reference picks the lr with an LR range test on every fit; ``lr`` is then only the
+    # fallback.  Giving ``lr=…`` as an override turns the test off (MethodConfig.update).
+    lr_range_test: bool = True
     val_every: int = 1
     temperature: float = 0.05
     dtype: str = "fp32"  # fp32 | bf16 (autocast)
+    # cosine: warm-up then one cosine to min_lr over max_epochs (the default here).  reference: the
+    # reference's CosineAnnealingLR, T_max = 50·max(⌊N/4096⌋, 1) steps, per batch, cyclic past T_max.
+    schedule: str = "cosine"
+    # global: one norm over all parameters (the default here); per_tensor: each tensor clipped alone (reference).
+    clip_mode: str = "global"
 
     def train_config(self) -> "TrainConfig":
         """These settings as the trainer's config (a TrainConfig gives an equal copy, betas included)."""
@@ -83,6 +92,29 @@ class TrainConfig(TrainerSettings):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.dtype not in ("fp32", "bf16"):
             raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ConfigError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {self.clip_mode!r}")
+
+
+REFERENCE_BATCH = 4096  # the reference's batch: min(N, 4096); its schedule's T_max and the range test use it
+SCHEDULES = ("cosine", "reference")
+CLIP_MODES = ("global", "per_tensor")
+# The reference trainer's settings where the defaults here differ (CPU budget); trainer_deviations names them.
+REFERENCE_TRAINER = {"lr_range_test": True, "schedule": "reference", "clip_mode": "per_tensor",
+                     "max_epochs": 1000, "patience": 200}
+
+
+def trainer_deviations(settings: TrainerSettings) -> list[str]:
+    """How ``settings`` differ from the reference trainer (recorded in every trained result)."""
+    out = []
+    for name, ref in REFERENCE_TRAINER.items():
+        value = getattr(settings, name)
+        if value != ref:
+            hint = " (fixed lr; the reference runs an LR range test per fit)" if name == "lr_range_test" else ""
+            out.append(f"trainer {name}={value!r} (reference {ref!r}){hint}")
+    return out
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
@@ -144,6 +176,39 @@ def _schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def _reference_schedule(n_train: int) -> Callable[[int], float]:
+    """CosineAnnealingLR(T_max = 50·max(⌊N/4096⌋, 1)) stepped per batch: 0 at T_max, then climbs back."""
+    t_max = 50 * max(n_train // REFERENCE_BATCH, 1)
+    return lambda step: 0.5 * (1 + math.cos(math.pi * step / t_max))
+
+
+def _clip(flat: list[torch.Tensor], config: TrainConfig) -> float:
+    """Clip gradients as ``clip_mode`` says; returns the (largest) pre-clip norm, for divergence checks."""
+    limit = config.grad_clip if config.grad_clip else math.inf
+    if config.clip_mode == "per_tensor":
+        norms = [float(torch.nn.utils.clip_grad_norm_([p], limit)) for p in flat if p.grad is not None]
+        return max(norms, default=0.0)
+    return float(torch.nn.utils.clip_grad_norm_(flat, limit))
+
+
+_EPOCH_OBSERVER: ContextVar[Callable[[int, float], None] | None] = ContextVar("epoch_observer", default=None)
+
+
+@contextmanager
+def observe_epochs(callback: Callable[[int, float], None]):
+    """Call ``callback(epoch, val_loss)`` after every validation check of fits run inside the block.
+
+    Why a context: tuning prunes trials on the per-epoch validation loss without
+    every method passing a callback through its ``fit``.  An exception raised by
+    the callback (e.g. optuna's TrialPruned) ends the fit and propagates.
+    """
+    token = _EPOCH_OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _EPOCH_OBSERVER.reset(token)
+
+
 def _snapshot(flat: list[torch.Tensor]) -> Callable[[], dict]:
     def state() -> dict:
         return {i: p.detach().clone() for i, p in enumerate(flat)}
@@ -175,80 +240,8 @@ def _diverged(where: str, step: int, epoch: int, lr: float, value: float, desc: 
     return TrainingDivergedError(
         f"{desc}: training diverged at step {step} (epoch {epoch}) with learning rate {lr:.3g}: "
         f"{where} is {value}. Lower the learning rate (e.g. {desc}:lr={lr / 10:.3g}) "
-        f"or enable the LR range test ({desc}:lr_range_test=true)."
+        f"or let the LR range test pick it (drop {desc}'s lr=… option)."
     )
-
-
-def lr_range_test(
-    params: Iterable[torch.nn.Parameter] | list[dict],
-    step_loss: Callable[[np.ndarray, int], torch.Tensor],
-    n_train: int,
-    *,
-    config: TrainConfig,
-    seed: int,
-    state: Callable[[], dict] | None = None,
-    load_state: Callable[[dict], None] | None = None,
-    n_steps: int = 100,
-    lr_start: float = 1e-7,
-    lr_end: float = 10.0,
-    max_samples: int = 5000,
-    smooth: float = 0.05,
-) -> dict[str, Any]:
-    """LR range test (METHODS.md): exponential lr sweep, pick steepest descent ÷ 5 (floor 1e-6).
-
-    Runs on ≤ ``max_samples`` training pairs, then restores the model state, so
-    the subsequent training starts from the same initialisation.  Returns
-    {"lr", "lrs", "losses" (smoothed), "steepest_lr"}.
-    """
-    groups, flat = _param_list(params)
-    state = state or _snapshot(flat)
-    load_state = load_state or _restore(flat)
-    saved = _deep_clone(state())
-    rng = np.random.default_rng(seed + 7919)
-    subset = rng.permutation(n_train)[: min(n_train, max_samples)]
-    opt = torch.optim.AdamW(groups, lr=lr_start, betas=config.betas, weight_decay=config.weight_decay)
-    # Keep per-group lr ratios (e.g. a faster temperature) while sweeping the base lr.
-    base = [g.get("lr", config.lr) / config.lr if isinstance(g, dict) else 1.0 for g in groups]
-    if not (groups and isinstance(groups[0], dict)):
-        base = [1.0]
-    mult = (lr_end / lr_start) ** (1.0 / max(n_steps - 1, 1))
-    lrs, smoothed = [], []
-    avg, best = 0.0, math.inf
-    batches: list[np.ndarray] = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i in range(n_steps):
-            lr = lr_start * mult**i
-            for g, b in zip(opt.param_groups, base):
-                g["lr"] = lr * b
-            if not batches:
-                batches = [subset[bi] for bi in epoch_batches(len(subset), config.batch_size, rng)]
-            idx = batches.pop()
-            opt.zero_grad(set_to_none=True)
-            with _autocast(config, flat):
-                loss = step_loss(idx, i)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                break
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(flat, config.grad_clip)
-            opt.step()
-            avg = value if i == 0 else smooth * value + (1 - smooth) * avg
-            lrs.append(lr)
-            smoothed.append(avg)
-            best = min(best, avg)
-            if avg > 4 * best and i > 10:
-                break
-    load_state(saved)
-    if len(smoothed) < 3:
-        chosen, steepest = max(lr_start, 1e-6), lr_start
-    else:
-        grad = np.gradient(np.asarray(smoothed), np.log(np.asarray(lrs)))
-        steepest = lrs[int(np.argmin(grad))]
-        chosen = max(steepest / 5.0, 1e-6)
-    log.info("LR range test: steepest descent at lr=%.3g → using lr=%.3g", steepest, chosen)
-    return {"lr": float(chosen), "steepest_lr": float(steepest), "lrs": lrs, "losses": smoothed}
 
 
 def train_contrastive(
@@ -270,8 +263,12 @@ def train_contrastive(
     validation loss is restored at the end.  Without ``val_loss`` all
     ``max_epochs`` run and the final state is kept.
 
-    Returns {epochs, steps, best_epoch, best_val_loss, final_train_loss, lr,
-    time_s, early_stopped, batch_size, steps_per_epoch, [lr_range_test], [note]}.
+    With ``config.lr_range_test`` the lr comes from ``lr_range_test`` (``config.lr``
+    if it records ≤ 1 point); ``lr_source`` says which.
+
+    Returns {epochs, steps, best_epoch, best_val_loss, final_train_loss, lr, lr_source,
+    time_s, early_stopped, batch_size, steps_per_epoch, schedule, clip_mode,
+    [lr_range_test], [note]}.
     Raises TrainingDivergedError on a non-finite loss or gradient.
     """
     config.check()
@@ -290,10 +287,15 @@ def train_contrastive(
     info: dict[str, Any] = {}
 
     lr = config.lr
+    info["lr_source"] = "fixed"
     if config.lr_range_test:
+        from alignbench.lr_range import lr_range_test
+
         rt = lr_range_test(groups, step_loss, n_train, config=config, seed=seed, state=state, load_state=load_state)
-        lr = rt["lr"]
-        info["lr_range_test"] = {"steepest_lr": rt["steepest_lr"], "chosen_lr": lr}
+        info["lr_range_test"] = rt
+        if not rt["fallback"]:
+            lr = rt["lr"]
+        info["lr_source"] = "fallback" if rt["fallback"] else "range_test"
         if isinstance(groups[0], dict):  # scale every group's lr by the same factor
             groups = [dict(g, lr=g.get("lr", config.lr) * lr / config.lr) for g in groups]
 
@@ -301,7 +303,9 @@ def train_contrastive(
     bs = min(config.batch_size, n_train)
     steps_per_epoch = math.ceil(n_train / bs)
     total = config.max_epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config, total))
+    factor = _reference_schedule(n_train) if config.schedule == "reference" else _schedule(config, total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    observer = _EPOCH_OBSERVER.get()
 
     best_val, best_epoch, best_state, bad = math.inf, 0, None, 0
     step, epoch, train_loss, early = 0, 0, math.nan, False
@@ -321,9 +325,9 @@ def train_contrastive(
                 if not math.isfinite(value):
                     raise _diverged("the loss", step, epoch, cur_lr, value, desc)
                 loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(flat, config.grad_clip if config.grad_clip else math.inf)
-                if not math.isfinite(float(norm)):
-                    raise _diverged("the gradient norm", step, epoch, cur_lr, float(norm), desc)
+                norm = _clip(flat, config)
+                if not math.isfinite(norm):
+                    raise _diverged("the gradient norm", step, epoch, cur_lr, norm, desc)
                 opt.step()
                 sched.step()
                 step += 1
@@ -343,6 +347,8 @@ def train_contrastive(
                 else:
                     bad += 1
                 log.debug("%s epoch %d: train %.4f val %.4f", desc, epoch, train_loss, v)
+                if observer is not None:
+                    observer(epoch, v)
                 if bad >= config.patience:
                     early = True
                     bar.set_postfix(post)
@@ -367,6 +373,8 @@ def train_contrastive(
         early_stopped=early,
         batch_size=bs,
         steps_per_epoch=steps_per_epoch,
+        schedule=config.schedule,
+        clip_mode=config.clip_mode,
     )
     if val_loss is None:
         info["note"] = "no validation split: no early stopping, ran max_epochs and kept the final state"

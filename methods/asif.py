@@ -20,6 +20,7 @@ import torch
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
+from alignbench.search_space import Choice, FloatRange, IntRange
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class ASIF(Method):
 
     level = "global"
     Config = ASIFConfig
+    search_space = {"k": IntRange(50, 2000, log=True), "p": FloatRange(1.0, 16.0), "center": Choice((False, True))}
 
     def __init__(self, config: MethodConfig | None = None, **overrides: Any):
         super().__init__(config, **overrides)

@@ -44,7 +44,11 @@ class MethodConfig:
     """Base hyperparameters; each method subclasses this with its own fields."""
 
     def update(self, overrides: dict[str, Any]) -> "MethodConfig":
-        """Return a copy with ``overrides`` applied (strings coerced to the field type)."""
+        """Return a copy with ``overrides`` applied (strings coerced to the field type).
+
+        Giving ``lr`` to a trained method turns its LR range test off unless
+        ``lr_range_test`` is given too.
+        """
         known = {f.name: f for f in fields(self)}
         types_ = _field_types(type(self))
         kw = {}
@@ -58,6 +62,8 @@ class MethodConfig:
                     f"{type(self).__name__} has no hyperparameter {k!r}{hint} (known: {', '.join(known)})"
                 )
             kw[k] = _coerce(v, types_.get(k), k)
+        if "lr" in kw and "lr_range_test" in known and "lr_range_test" not in kw:
+            kw["lr_range_test"] = False  # a given lr is the lr: METHODS.md's `lr=…` turns the range test off
         cfg = dataclasses.replace(self, **kw)
         cfg.check()
         return cfg
@@ -169,6 +175,7 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     registry_name: ClassVar[str] = ""
     test_overrides: ClassVar[dict[str, Any]] = {}  # conformance-suite speed-ups only
+    search_space: ClassVar[dict[str, Any]] = {}  # config field → FloatRange/IntRange/Choice, for `alignbench tune`
 
     def __init__(self, config: MethodConfig | None = None, **overrides: Any):
         cfg = config if config is not None else self.Config()

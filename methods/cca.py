@@ -25,6 +25,7 @@ from alignbench.cca_fit import (
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
+from alignbench.search_space import Choice, FloatRange
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +187,6 @@ class CCA(CanonicalMethod):
     """Regularised CCA (float64 closed form), cosine similarity in the canonical space."""
 
     version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
+    search_space: ClassVar[dict[str, Any]] = {"eps": FloatRange(1e-5, 10.0, log=True),
+                                              "latent_dim": Choice((64, 128, 256, 512))}

@@ -17,6 +17,7 @@ from alignbench.errors import ConfigError
 from alignbench.features import ImageFeatures, TextFeatures
 from alignbench.methods.base import MethodConfig, register_method
 from alignbench.methods.cca import CanonicalMethod, CCAConfig
+from alignbench.search_space import Choice, FloatRange
 
 
 @dataclass
@@ -38,6 +39,7 @@ class CSA(CanonicalMethod):
     version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
 
     Config: ClassVar[type[MethodConfig]] = CSAConfig
+    search_space: ClassVar[dict] = {"eps": FloatRange(1e-5, 10.0, log=True), "s": Choice((64, 128, 256, 512))}
 
     def _keep(self) -> int:
         assert self.cca is not None

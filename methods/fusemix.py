@@ -18,6 +18,7 @@ from alignbench.errors import ConfigError
 from alignbench.features import Pairs
 from alignbench.methods.base import register_method
 from alignbench.methods.global_head import GlobalHeadMethod, HeadConfig
+from alignbench.search_space import FloatRange, IntRange
 from alignbench.training import TrainConfig, info_nce
 
 
@@ -103,10 +104,10 @@ class FuseMix(GlobalHeadMethod):
 
     Config = FuseMixConfig
     inherent_deviations = (
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
         "validation loss = InfoNCE without mixup at the current learnable temperature",
-        "max_epochs 1000 / patience 50 epochs (shared head defaults; FuseMix trains for a fixed schedule)",
+        "early stopping on the validation loss (FuseMix trains for a fixed schedule)",
     )
+    search_space = {"n_blocks": IntRange(0, 4), "dropout": FloatRange(0.0, 0.7), "lr": FloatRange(1e-4, 1e-2, log=True)}
     test_overrides = {"max_epochs": 40, "patience": 10, "batch_size": 256, "n_blocks": 1, "expansion": 2,
                       "dropout": 0.1}
 

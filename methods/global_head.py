@@ -17,7 +17,7 @@ from torch import nn
 
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
-from alignbench.training import TrainConfig, TrainerSettings, info_nce, train_contrastive
+from alignbench.training import REFERENCE_TRAINER, TrainConfig, TrainerSettings, info_nce, train_contrastive, trainer_deviations
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,12 @@ class GlobalHeadMethod(Method):
             m.to(self.device)
 
     def deviations(self) -> list[str]:
-        """Every difference from the faithful default config, plus inherent ones."""
+        """Every difference from the faithful default config and the reference trainer, plus inherent ones."""
         default = type(self.config)()
-        out = list(self.inherent_deviations)
+        out = list(self.inherent_deviations) + trainer_deviations(self.config)
         for f in fields(self.config):
             v, d = getattr(self.config, f.name), getattr(default, f.name)
-            if v != d:
+            if v != d and f.name not in REFERENCE_TRAINER:
                 out.append(f"{f.name}={v!r} (faithful default {d!r})")
         return out
 

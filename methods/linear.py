@@ -7,6 +7,7 @@ from torch import nn
 
 from alignbench.methods.base import register_method
 from alignbench.methods.global_head import GlobalHeadMethod, HeadConfig, linear_head
+from alignbench.search_space import FloatRange
 
 
 @dataclass
@@ -21,10 +22,7 @@ class Linear(GlobalHeadMethod):
     version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
 
     Config = LinearConfig
-    inherent_deviations = (
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
-        "patience 50 epochs (reference 200)",
-    )
+    search_space = {"lr": FloatRange(1e-4, 1e-1, log=True), "weight_decay": FloatRange(1e-6, 1e-1, log=True)}
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:

@@ -69,10 +69,6 @@ class MLP(GlobalHeadMethod):
     version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
 
     Config = MLPConfig
-    inherent_deviations = (
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
-        "patience 50 epochs (reference 200)",
-    )
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:

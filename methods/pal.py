@@ -28,7 +28,8 @@ from alignbench.cap import ArrayTokens, DenseTokens, Workspace, cap_profiles, ch
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
-from alignbench.training import TrainConfig, TrainerSettings, info_nce, train_contrastive
+from alignbench.search_space import Choice, FloatRange
+from alignbench.training import REFERENCE_TRAINER, TrainConfig, TrainerSettings, info_nce, train_contrastive, trainer_deviations
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,10 @@ class PAL(Method):
 
     level = "token"
     Config: ClassVar[type[MethodConfig]] = PALConfig
+    search_space: ClassVar[dict[str, Any]] = {
+        "lr": FloatRange(1e-4, 1e-1, log=True), "tau_p": FloatRange(0.01, 0.3, log=True),
+        "K": Choice((64, 128, 256, 512, 1024)), "center": Choice(("none", "both")), "pool": Choice(("cap", "mean")),
+    }
     test_overrides: ClassVar[dict[str, Any]] = {"K": 64, "max_epochs": 40, "batch_size": 128, "lr": 1e-2,
                                                 "compile": "off"}
 
@@ -314,11 +319,9 @@ class PAL(Method):
         out = []
         for f in fields(self.config):
             v, d = getattr(self.config, f.name), getattr(default, f.name)
-            if v != d and f.name not in ("chunk_elems", "compile", "val_max_pairs"):
+            if v != d and f.name not in ("chunk_elems", "compile", "val_max_pairs", *REFERENCE_TRAINER):
                 out.append(f"{f.name}={v!r} (faithful default {d!r})")
-        if not self.config.lr_range_test:
-            out.append("fixed default lr instead of the reference LR range test (enable with lr_range_test=true)")
-        return out
+        return out + trainer_deviations(self.config)
 
     # -- embedding ------------------------------------------------------------------
     def _finish(self, prof: torch.Tensor, side: str) -> torch.Tensor:

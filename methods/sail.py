@@ -124,8 +124,6 @@ class SAIL(GlobalHeadMethod):
     Config = SAILConfig
     inherent_deviations = (
         "shared trainer (AdamW, cosine, early stopping) instead of the official Lion lr 1e-5 / batch 32k / 100 epochs",
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
-        "patience 50 epochs (reference 200)",
     )
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3, "expansion": 2}
 

@@ -1,7 +1,10 @@
 """STRUCTURE (Gröger, Wen, Le, Brbić, NeurIPS 2025): a contrastive head + a structure-preserving regulariser.
 
 Loss = InfoNCE + λ_t · ½[R_S(x, f(x)) + R_S(y, g(y))], λ_t warmed up linearly
-to λ over the first ``lambda_warmup_steps`` steps.  R_S compares the
+to λ over the first ``lambda_warmup_steps`` steps (METHODS.md), or over
+``lambda_warmup_epochs`` epochs or a ``lambda_warmup_fraction`` of the maximum
+schedule.  Why the options: at batch 4096 a 1k budget takes one step per epoch,
+so 1,000 warm-up steps outlast early stopping and λ never acts.  R_S compares the
 neighbourhood structure of a batch before and after the head: both sides are
 L2-normalised and mean-centred within the batch (the authors' order), row
 softmax of the pairwise similarities / τ, Jensen–Shannon divergence between the
@@ -11,14 +14,17 @@ The paper's second ingredient, layer selection, is
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from alignbench.errors import ConfigError
+from alignbench.features import Pairs
 from alignbench.methods.base import register_method
 from alignbench.methods.global_head import GlobalHeadMethod, HeadConfig, linear_head, mlp_head
+from alignbench.search_space import FloatRange, IntRange
 from alignbench.training import info_nce
 
 
@@ -59,6 +65,8 @@ class StructureConfig(HeadConfig):
     mlp_layers: int = 2
     lam: float = 10.0
     lambda_warmup_steps: int = 1000
+    lambda_warmup_epochs: float | None = None  # warm-up counted in epochs instead (replaces the steps)
+    lambda_warmup_fraction: float | None = None  # … or as a fraction of max_epochs' steps
     levels: int = 1
     structure_temperature: float = 0.05
     # Early-stopping criterion.  infonce: the validation InfoNCE, as METHODS.md's shared trainer says.
@@ -76,6 +84,21 @@ class StructureConfig(HeadConfig):
             raise ConfigError("need levels >= 1, lam >= 0, lambda_warmup_steps >= 0, mlp_layers >= 1")
         if not self.structure_temperature > 0:
             raise ConfigError("structure_temperature must be > 0")
+        if self.lambda_warmup_epochs is not None and self.lambda_warmup_fraction is not None:
+            raise ConfigError("give lambda_warmup_epochs or lambda_warmup_fraction, not both")
+        if self.lambda_warmup_epochs is not None and not self.lambda_warmup_epochs >= 0:
+            raise ConfigError(f"lambda_warmup_epochs must be >= 0, got {self.lambda_warmup_epochs}")
+        if self.lambda_warmup_fraction is not None and not 0 <= self.lambda_warmup_fraction <= 1:
+            raise ConfigError(f"lambda_warmup_fraction must be in [0, 1], got {self.lambda_warmup_fraction}")
+
+    def warmup_steps_for(self, n_train: int) -> int:
+        """λ's warm-up length in optimiser steps for a fit on ``n_train`` pairs."""
+        steps_per_epoch = math.ceil(n_train / min(self.batch_size, n_train))
+        if self.lambda_warmup_epochs is not None:
+            return round(self.lambda_warmup_epochs * steps_per_epoch)
+        if self.lambda_warmup_fraction is not None:
+            return round(self.lambda_warmup_fraction * self.max_epochs * steps_per_epoch)
+        return self.lambda_warmup_steps
 
 
 @register_method("structure")
@@ -85,10 +108,8 @@ class Structure(GlobalHeadMethod):
     version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
 
     Config = StructureConfig
-    inherent_deviations = (
-        "fixed default lr instead of the reference LR range test (enable with lr_range_test=true)",
-        "patience 50 epochs (reference 200)",
-    )
+    search_space = {"lam": FloatRange(0.1, 30.0, log=True), "lambda_warmup_epochs": IntRange(0, 50),
+                    "levels": IntRange(1, 3)}
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3, "lambda_warmup_steps": 20}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
@@ -97,11 +118,23 @@ class Structure(GlobalHeadMethod):
             return mlp_head(d_image, c.dim, c.mlp_layers), mlp_head(d_text, c.dim, c.mlp_layers)
         return linear_head(d_image, c.dim), linear_head(d_text, c.dim)
 
+    _warmup_steps: int | None = None  # set by fit from the config and the budget
+
     def lambda_at(self, step: int) -> float:
         c = self.config
-        if c.lambda_warmup_steps == 0:
+        warm = c.lambda_warmup_steps if self._warmup_steps is None else self._warmup_steps
+        if warm == 0:
             return c.lam
-        return c.lam * min(1.0, step / c.lambda_warmup_steps)
+        return c.lam * min(1.0, step / warm)
+
+    def fit(self, train: Pairs, val: Pairs | None = None, *, seed: int = 0) -> None:
+        """The head's fit, then what λ reached: λ acts only if warm-up ends before early stopping."""
+        self._warmup_steps = self.config.warmup_steps_for(max(len(train), 1))
+        super().fit(train, val, seed=seed)
+        info = self.fit_info
+        best_step = info.get("best_epoch", 0) * info.get("steps_per_epoch", 0)
+        info.update(lambda_warmup_steps_used=self._warmup_steps, lambda_at_end=self.lambda_at(info.get("steps", 0)),
+                    lambda_at_best_epoch=self.lambda_at(best_step))
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
         """InfoNCE(f(x), g(y)) + lam · ½[R_S(x, f(x)) + R_S(y, g(y))]."""

@@ -74,13 +74,21 @@ class ClassificationTask(Task):
         return classification_metrics(outcomes.arrays["pred"], outcomes.arrays["label"], int(outcomes.meta["n_classes"]))
 
     def resampled_metrics(self, outcomes: Outcomes, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from scipy import sparse
+
         pred, label = outcomes.arrays["pred"], outcomes.arrays["label"]
-        w = weights["image"]
-        order = np.argsort(label, kind="stable")  # images grouped by class: per-class sums are contiguous slices
-        starts = np.flatnonzero(np.r_[True, np.diff(label[order]) != 0])
-        drawn = w[order]  # (n, B) rows in class order: reduceat over rows is vectorised
-        total = np.add.reduceat(drawn, starts, axis=0).T  # (B, classes present) images per class in each resample
-        hit = np.add.reduceat(drawn * (pred == label)[order, None], starts, axis=0).T
+        w = weights["image"]  # (n, B)
+        n_classes = int(label.max(initial=0)) + 1
+        right = pred == label
+        rows = np.arange(len(label))
+
+        def per_class(mask: np.ndarray) -> np.ndarray:
+            """(classes, B): the drawn images of each class among ``mask`` (a sparse class × image sum)."""
+            pick = sparse.csr_matrix((np.ones(int(mask.sum()), dtype=w.dtype), (label[mask], rows[mask])),
+                                     shape=(n_classes, len(label)))  # fmt: skip
+            return np.asarray(pick @ w)
+
+        total, hit = per_class(np.ones(len(label), dtype=bool)), per_class(right)
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_class = np.where(total > 0, hit / np.maximum(total, 1), np.nan)
-        return {"top1": 100.0 * hit.sum(1, dtype=np.float64) / len(label), "mean_per_class": 100.0 * np.nanmean(per_class, axis=1)}
+            acc = np.where(total > 0, hit / np.maximum(total, 1), np.nan)  # a class no resample drew is left out
+        return {"top1": 100.0 * hit.sum(0, dtype=np.float64) / len(label), "mean_per_class": 100.0 * np.nanmean(acc, axis=0)}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from alignbench.errors import DataError, FeatureError
-from alignbench.outcomes import Outcomes, dense_rows, sparse_rows
+from alignbench.outcomes import Outcomes, SparseRows, dense_rows
 from alignbench.tasks.base import FeatureNeed, Task, check_finite, dense_images, register_task
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ class SegmentationTask(Task):
             raise FeatureError(f"{name}:{split} image features have no patch tokens; segmentation needs them")
         gh, gw = images.grid
 
-        per_image: list[np.ndarray] = []  # (C, C) each
-        per_image_nobg: list[np.ndarray] = []  # (C-1, C-1) each, where the dataset has a background class
+        per_image = SparseRows()  # one (C, C) confusion matrix per image
+        per_image_nobg = SparseRows()  # (C-1, C-1) each, where the dataset has a background class
         fg = [c for c in range(n_cls) if c != bg]
         stray = 0
         with torch.no_grad():
@@ -171,18 +171,18 @@ class SegmentationTask(Task):
                     up = upsample(maps[b], gt.shape[-2:])  # (H, W, C), one image at a time
                     conf = np.zeros((n_cls, n_cls), dtype=np.int64)
                     stray += confusion_update(conf, gt, up.argmax(-1).numpy(), ignore)
-                    per_image.append(conf)
+                    per_image.add(conf)
                     if bg is not None:  # background pixels ignored, argmax over foreground classes
                         conf_nobg = np.zeros((n_cls - 1, n_cls - 1), dtype=np.int64)
                         confusion_update(conf_nobg, _remap_foreground(gt, fg, bg), up[..., fg].argmax(-1).numpy(), -1)
-                        per_image_nobg.append(conf_nobg)
+                        per_image_nobg.add(conf_nobg)
         if stray:
             log.warning("%s:%s: %d pixels had labels outside 0..%d and were ignored", name, split, stray, n_cls - 1)
-        if not per_image:
+        if not per_image.n:
             raise DataError(f"{name}:{split} has no images to evaluate")
-        arrays = sparse_rows(np.stack(per_image))
+        arrays = per_image.arrays()
         if bg is not None:
-            arrays.update({f"nobg_{k}": v for k, v in sparse_rows(np.stack(per_image_nobg)).items()})
+            arrays.update(per_image_nobg.arrays("nobg_"))
         meta = {"classes": classnames, "background_index": bg}
         outcomes = Outcomes(task="segmentation", unit="image", arrays=arrays, units={"image": len(images)}, meta=meta)
         return self.metrics_from_outcomes(outcomes), outcomes

@@ -199,3 +199,26 @@ def test_effnet_layer_table_matches_the_network():
 
     for variant, shapes in KNOWN_LAYER_SHAPES.items():
         assert computed_layer_shapes(variant) == shapes
+
+
+def test_encode_segmentation_dataset_caches_what_segmentation_reads(tmp_path, tmp_cache, capsys):
+    """``encode --datasets camvid`` caches the squashed whole images the segmentation task reads
+    (FeatureSource.dense_images), not a centre-cropped copy nothing reads."""
+    from fixtures_layouts import write_camvid
+
+    from alignbench.source import FeatureSource
+
+    root = tmp_path / "datasets"
+    write_camvid(root)
+    pair = "effnet-lite0+tiny-text"
+    code, out = _run(capsys, "--pair", pair, "--datasets", "camvid", "--data-root", str(root), "--no-progress")
+    assert code == 0, out
+    store = FeatureStore(tmp_cache)
+    images = [e for e in store.entries() if e.kind == "images"]
+    assert len(images) == 1
+    assert images[0].meta["key"]["encoder"]["preprocess"] != FeatureStore(tmp_cache / "crop").entry_key(
+        "images", "effnet-lite0", "camvid", "test", data_root=root).key["encoder"]["preprocess"]
+    assert images[0].path == store.entry_key("dense_images", "effnet-lite0", "camvid", "test", data_root=root).path
+    src = FeatureSource(pair, store=store, data_root=root, progress=False)
+    src.dense_images("camvid", "test")
+    assert store.last_action == "reused"  # what segmentation asks for was encoded by `encode`

@@ -57,7 +57,7 @@ def test_fit_info_records_training_and_every_deviation(data):
         assert key in info
     assert info["lr"] == 3e-3 and info["n_train"] == 400
     assert any(d.startswith("lr=0.003") for d in info["deviations"])
-    assert any(d.startswith("max_epochs=4") for d in info["deviations"])
+    assert any(d.startswith("trainer max_epochs=4 (reference 1000)") for d in info["deviations"])
     m.fit(train, None, seed=0)
     assert any("no early stopping" in d for d in m.fit_info["deviations"])
 
@@ -71,11 +71,22 @@ def test_cli_style_string_overrides_are_coerced():
         Linear(lr=-1.0)
 
 
-def test_lr_range_test_option_records_the_chosen_lr(data):
+def test_lr_range_test_is_the_default_and_a_given_lr_turns_it_off(data):
+    """METHODS.md: the range test picks every fit's lr; `lr=…` fixes it instead (and says so)."""
     train, val, _ = data
-    m = Linear(lr_range_test=True, max_epochs=2)
+    m = Linear(max_epochs=2)
+    assert m.config.lr_range_test is True
     m.fit(train, val, seed=0)
-    assert m.fit_info["lr_range_test"]["chosen_lr"] == m.fit_info["lr"] >= 1e-6
+    rt = m.fit_info["lr_range_test"]
+    assert m.fit_info["lr_source"] == "range_test" and not rt["fallback"]
+    assert m.fit_info["lr"] == rt["lr"] == max(rt["lr_steep"] / 5, 1e-6)
+    assert 2 <= len(rt["curve"]["losses"]) <= 100 and rt["n_rows"] == rt["batch"] == len(train)
+    assert not any("lr_range_test" in d for d in m.fit_info["deviations"])
+    fixed = Linear(lr=3e-3, max_epochs=2)
+    assert fixed.config.lr_range_test is False
+    fixed.fit(train, val, seed=0)
+    assert fixed.fit_info["lr_source"] == "fixed" and "lr_range_test" not in fixed.fit_info
+    assert any(d.startswith("trainer lr_range_test=False") for d in fixed.fit_info["deviations"])
 
 
 def test_diverging_training_raises_a_clear_error(data):
@@ -136,7 +147,7 @@ def test_latent_mixup_uses_one_lambda_and_one_partner_for_both_modalities():
 
 def test_fusemix_batch_loss_is_infonce_of_the_mixed_pair(data):
     train, val, _ = data
-    m = FuseMix(max_epochs=1, n_blocks=1, dropout=0.0)
+    m = FuseMix(max_epochs=1, n_blocks=1, dropout=0.0, lr_range_test=False)
     m.fit(train, val, seed=0)
     x, y = train.image().global_tensor()[:32], train.text().global_tensor()[:32]
     m._mix_rng = np.random.default_rng(5)
@@ -177,7 +188,7 @@ def test_residual_block_order_matches_the_spec():
 
 def test_fusemix_learns_its_temperature_and_warms_up(data):
     train, val, _ = data
-    m = FuseMix(max_epochs=3, n_blocks=1, expansion=1, batch_size=100)
+    m = FuseMix(max_epochs=3, n_blocks=1, expansion=1, batch_size=100, lr_range_test=False)
     m.fit(train, val, seed=0)
     assert m.fit_info["temperature"] != pytest.approx(0.07, abs=1e-9)
     assert m.train_config(400).warmup_steps == m.config.warmup_epochs * 4
@@ -229,7 +240,7 @@ def test_structure_lambda_warmup_and_loss(data):
         10.0, 1000, 1, 0.05)
     assert s.lambda_at(0) == 0 and s.lambda_at(500) == pytest.approx(5.0) and s.lambda_at(5000) == 10.0
     train, val, _ = data
-    s = Structure(max_epochs=1)
+    s = Structure(max_epochs=1, lr_range_test=False)
     s.fit(train, val, seed=0)
     x, y = train.image().global_tensor()[:50], train.text().global_tensor()[:50]
     fx, gy = s.image_head(x), s.text_head(y)
@@ -245,9 +256,30 @@ def test_structure_lambda_warmup_and_loss(data):
         Structure(early_stop_on="train")
 
 
+def test_structure_warmup_in_epochs_or_a_fraction_lets_lambda_act(data):
+    """At one step per epoch, 1,000 warm-up steps outlast early stopping; epochs/fractions scale with the budget."""
+    train, val, _ = data  # 400 pairs, batch 100: 4 steps per epoch
+    kw = dict(max_epochs=3, batch_size=100, lr=3e-3, lam=2.0)
+    steps = Structure(**kw)
+    steps.fit(train, val, seed=0)
+    info = steps.fit_info
+    assert info["lambda_warmup_steps_used"] == 1000 and info["lambda_at_end"] == pytest.approx(2.0 * 12 / 1000)
+    epochs = Structure(lambda_warmup_epochs=2, **kw)
+    epochs.fit(train, val, seed=0)
+    assert epochs.fit_info["lambda_warmup_steps_used"] == 8 and epochs.fit_info["lambda_at_end"] == 2.0
+    assert epochs.fit_info["lambda_at_best_epoch"] == pytest.approx(2.0 * min(1, 4 * epochs.fit_info["best_epoch"] / 8))
+    assert any("lambda_warmup_epochs=2" in d for d in epochs.fit_info["deviations"])
+    assert Structure(lambda_warmup_fraction=0.5, **kw).config.warmup_steps_for(400) == 6  # half of 3 epochs × 4
+    assert Structure(lambda_warmup_fraction=0.5).config.warmup_steps_for(1000) == 500  # 1000 epochs × 1 step
+    for bad in ({"lambda_warmup_epochs": -1}, {"lambda_warmup_fraction": 1.5},
+                {"lambda_warmup_epochs": 1, "lambda_warmup_fraction": 0.1}):
+        with pytest.raises(ConfigError, match="lambda_warmup"):
+            Structure(**bad)
+
+
 def test_structure_mlp_head_option(data):
     train, val, test = data
-    s = Structure(head="mlp", max_epochs=2)
+    s = Structure(head="mlp", max_epochs=2, lr_range_test=False)
     s.fit(train, val, seed=0)
     assert isinstance(s.image_head, torch.nn.Sequential) and len(s.image_head) == 3
     assert s.embed_text(test.text()).shape == (200, 512)

@@ -185,3 +185,12 @@ def test_data_check_calls_a_split_with_an_unclosed_quote_broken(world, capsys):
     out = capsys.readouterr().out
     assert "PROBLEM" in out and "line 4" in out
     assert " ok" not in out
+
+
+def test_tune_checks_its_values_and_study_folder_first(world, capsys):
+    f = world["tmp"] / "afile"
+    f.write_text("x")
+    base = ["tune", "--pair", PAIR, "--data-root", str(world["data"]), "--budget", "10", "--trials", "1"]
+    _refused(capsys, base + ["--methods", "pal:K=2.5"], "not a fraction")
+    _refused(capsys, base + ["--methods", "pal", "--tune-dir", str(f)], "--tune-dir", "is a file")
+    _nothing_done(world)

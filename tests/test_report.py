@@ -157,6 +157,41 @@ def test_a_typed_default_is_one_row_with_the_untyped_runs(tmp_path):
     assert [(r.method, r.seeds) for r in table.rows] == [("pal", 3)]
 
 
+def _resolved(rec, *, layer=12, K=512, val=("flickr8k", "dev"), typed=None):
+    """A record in the resolved shape (schema 2): full config, resolved layers, split dicts, feature keys."""
+    rec = copy.deepcopy(rec)
+    rec["spec"]["method_options"] = dict(typed or {})
+    rec["run_id"] += f"-{layer}-{K}-{val[0]}"
+    rec["resolved"] = {
+        "pair": rec["spec"]["pair"], "image": {"encoder": "effnet-lite0", "layer": layer},
+        "text": {"encoder": "minilm-l6", "layer": 6}, "dtype": "fp32",
+        "method": {"name": "pal", "version": 1, "config": {"K": K, "tau_p": 0.03}},
+        "train": {"dataset": "flickr8k", "split": "train"}, "val": {"dataset": val[0], "split": val[1]},
+        "budget": rec["budget"]["pairs"], "seed": rec["spec"]["seed"], "evals": [],
+        "feature_keys": {"train": {"images": f"effnet-lite0/flickr8k-train-L{layer}"}},
+    }  # fmt: skip
+    return rec
+
+
+def test_labels_of_resolved_records_show_only_what_differs_from_the_defaults(tmp_path):
+    store = ResultStore(tmp_path)
+    for r in _records():
+        if r["spec"]["method"] != "pal" or r["budget"]["pairs"] != 1000:
+            continue
+        store.write(_resolved(r))
+        store.write(_resolved(r, typed={"tau_p": "0.03"}))  # the default spelled out: the same row
+        r["spec"]["encoder"]["image_layer"] = 9  # the spec set --image-layer 9
+        store.write(_resolved(r, layer=9))
+        store.write(_resolved(r, layer=9, K=128, typed={"K": "128"}))
+        r["spec"]["encoder"]["image_layer"] = None
+        r["spec"]["val"] = "coco:dev"
+        store.write(_resolved(r, val=("coco", "dev")))
+    rows = build_table(store.load_all(), by="budget").rows
+    assert sorted((r.method, r.seeds) for r in rows) == [
+        ("pal", 3), ("pal [K=128; image-layer 9]", 3), ("pal [image-layer 9]", 3), ("pal [val coco:dev]", 3),
+    ]  # fmt: skip
+
+
 def test_compare_prints_paired_differences_with_ci_and_p(capsys):
     assert cli(["report", "--results", str(RESULTS), "--compare", "pal,pal [image-layer 9]"]) == 0
     out = capsys.readouterr().out

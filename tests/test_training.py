@@ -13,7 +13,6 @@ from alignbench.training import (
     _schedule,
     epoch_batches,
     info_nce,
-    lr_range_test,
     train_contrastive,
 )
 
@@ -96,7 +95,7 @@ def _fit(seed=0, n=64, **cfg):
         return info_nce(w(a[i]), b[i], 0.1)
 
     val = (lambda: float(info_nce(w(a), b, 0.1))) if cfg.pop("with_val", True) else None
-    info = train_contrastive(w.parameters(), step_loss, n, val_loss=val, config=TrainConfig(**cfg), seed=seed)
+    info = train_contrastive(w.parameters(), step_loss, n, val_loss=val, config=TrainConfig(**{"lr_range_test": False, **cfg}), seed=seed)
     return w, info, seen
 
 
@@ -132,7 +131,7 @@ def test_early_stopping_restores_the_best_state():
         return v
 
     info = train_contrastive([p], step_loss, 8, val_loss=val_loss, seed=0,
-                             config=TrainConfig(lr=0.1, max_epochs=20, patience=4, batch_size=8))
+                             config=TrainConfig(lr=0.1, max_epochs=20, patience=4, batch_size=8, lr_range_test=False))
     assert info["best_epoch"] == 3 and info["best_val_loss"] == 3.0
     assert info["epochs"] == 7 and info["early_stopped"]
     assert torch.equal(p.detach(), snapshots[3.0])  # parameters rolled back to epoch 3
@@ -148,7 +147,7 @@ def test_val_every_checks_less_often():
     calls = []
     p = torch.nn.Parameter(torch.ones(2))
     train_contrastive([p], lambda idx, s: p.pow(2).sum(), 4, val_loss=lambda: calls.append(1) or 1.0,
-                      config=TrainConfig(max_epochs=7, val_every=3, patience=100), seed=0)
+                      config=TrainConfig(max_epochs=7, val_every=3, patience=100, lr_range_test=False), seed=0)
     assert len(calls) == 3  # epochs 3, 6 and the last one (7)
 
 
@@ -157,7 +156,7 @@ def test_param_groups_with_their_own_weight_decay_are_accepted():
     b = torch.nn.Parameter(torch.ones(3))
     groups = [{"params": [a]}, {"params": [b], "weight_decay": 0.0}]
     train_contrastive(groups, lambda idx, s: 0 * (a.sum() + b.sum()), 4, val_loss=None,
-                      config=TrainConfig(lr=0.1, weight_decay=0.5, max_epochs=5), seed=0)
+                      config=TrainConfig(lr=0.1, weight_decay=0.5, max_epochs=5, lr_range_test=False), seed=0)
     assert float(a.detach().max()) < 1.0  # decayed
     assert torch.equal(b.detach(), torch.ones(3))  # no decay, zero gradient
 
@@ -171,7 +170,7 @@ def test_nan_loss_raises_diverged_error_naming_step_and_lr():
     # min_lr = lr keeps the rate constant, so the message's lr is exactly the configured one
     with pytest.raises(TrainingDivergedError, match=r"step 3 \(epoch 4\) with learning rate 0\.01:.*linear:lr="):
         train_contrastive([p], step_loss, 4, val_loss=None, desc="linear",
-                          config=TrainConfig(lr=0.01, min_lr=0.01, max_epochs=10), seed=0)
+                          config=TrainConfig(lr=0.01, min_lr=0.01, max_epochs=10, lr_range_test=False), seed=0)
 
 
 def test_huge_learning_rate_diverges_with_a_clear_message():
@@ -192,26 +191,6 @@ def test_bad_inputs():
 def test_bf16_autocast_trains():
     _, info, _ = _fit(lr=0.05, max_epochs=3, batch_size=32, dtype="bf16")
     assert math.isfinite(info["best_val_loss"])
-
-
-def test_lr_range_test_picks_a_sane_lr_and_restores_state():
-    a, b = _regression_problem(256)
-    torch.manual_seed(0)
-    w = torch.nn.Linear(6, 6)
-    before = w.weight.detach().clone()
-
-    def step_loss(idx, step):
-        i = torch.from_numpy(idx)
-        return info_nce(w(a[i]), b[i], 0.1)
-
-    out = lr_range_test(list(w.parameters()), step_loss, 256, config=TrainConfig(batch_size=64), seed=0)
-    assert torch.equal(w.weight.detach(), before)
-    assert 1e-6 <= out["lr"] <= 10 and out["lr"] == pytest.approx(max(out["steepest_lr"] / 5, 1e-6))
-    assert 1e-5 < out["lr"] < 1.0  # Adam on a well-posed problem: neither tiny nor huge
-    assert len(out["lrs"]) == len(out["losses"]) <= 100
-    info = train_contrastive(list(w.parameters()), step_loss, 256, val_loss=None, seed=0,
-                             config=TrainConfig(lr_range_test=True, max_epochs=2, batch_size=64))
-    assert info["lr"] == pytest.approx(out["lr"]) and info["lr_range_test"]["chosen_lr"] == info["lr"]
 
 
 def test_method_configs_hand_their_trainer_settings_to_the_trainer():

@@ -41,21 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "running ahead (auto on GPU)")
     p.add_argument("--workers", type=int, default=None, help="image decoding threads or processes (default: auto)")
     p.add_argument("--no-tokens", action="store_true", help="store only global features (smaller, no token methods)")
-    p.add_argument("--verify", action="store_true", help="fully re-hash cached files before reusing them")
+    p.add_argument("--verify", action="store_true", help="re-hash every cached file (meta.json included) before "
+                   "reusing it, even if already verified; damaged entries are quarantined and re-encoded")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--list", action="store_true", help="list what the cache holds and exit")
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
 def _list(store) -> int:
     from tabulate import tabulate
+
+    from alignbench.store.locking import size_text as _size
 
     st = store.status()
     rows = [[r["encoder"], r["kind"], r["dataset"], r["split"], r["layer"], r["dtype"], r["count"], r["dim"],
@@ -66,6 +61,8 @@ def _list(store) -> int:
                                       "tokens", "size"]))
     for p in st["partial"]:
         print(f"partial (interrupted; resumed on the next encode): {p}")
+    for p in st["quarantined"]:
+        print(f"quarantined (failed its checksums; re-encoded when next used): {p}")
     return 0
 
 
@@ -86,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.errors import ConfigError
     from alignbench.source import split_pair
     from alignbench.store import FeatureStore
+    from alignbench.store.locking import size_text as _size
 
     if args.list:
         return _list(FeatureStore(args.cache))
@@ -127,8 +125,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"skipped  {name}: no split {'among ' + ', '.join(wanted) if wanted else 'on disk'} "
                   f"(it has {', '.join(ds.splits)})")
             continue
+        # a segmentation dataset is read as squashed whole images (tasks.base.dense_images), never cropped
+        dense = getattr(ds, "kind", "") == "segmentation"
+        images = store.dense_image_features if dense else store.image_features
         for split in splits:
-            record("images", f"{vision} {name}:{split}", lambda: store.image_features(vision, ds, split, **img))
+            record("dense" if dense else "images", f"{vision} {name}:{split}",
+                   lambda: images(vision, ds, split, **img))
             if hasattr(ds, "captions"):
                 record("texts", f"{text} {name}:{split}", lambda: store.text_features(text, ds, split, **txt))
         if hasattr(ds, "classnames"):

@@ -102,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.devices import parse_device, warn_if_slow_dtype
     from alignbench.errors import AlignbenchError, TrainingDivergedError
     from alignbench.planning import plan_runs
+    from alignbench.results import ResultStore
     from alignbench.runner import run_one
 
     device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
@@ -134,8 +135,9 @@ def main(args: argparse.Namespace) -> int:
             raise  # a user/data error would repeat for every run: stop and say it once
         except Exception as exc:
             failed.append((run, exc))
-            print(f"{label}: FAILED ({type(exc).__name__}: {exc}); traceback in "
-                  f"{args.results}/{run.spec.spec_key}.failed.json", file=sys.stderr)
+            record = ResultStore(args.results).failed_path_for(run.spec)
+            where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
+            print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
             continue
         print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}", file=sys.stderr)
     if todo:

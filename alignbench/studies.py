@@ -1,0 +1,195 @@
+"""Optuna studies on disk: one SQLite file per (pair, budget) under the results folder.
+
+Why SQLite: an interrupted ``alignbench tune`` resumes where it stopped (an
+interrupted trial is queued again with the same parameters, so none is lost)
+and two tune processes can share a file.  Each study records what it was made
+for (pair, budget, method and fixed options, objective, seeds, splits, search
+space); opening it for anything else is an error rather than a silent mix.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TUNE_DIR = "results/tune"
+_FINISHED = ("COMPLETE", "PRUNED")
+
+
+@dataclass(frozen=True)
+class StudyKey:
+    """Everything a study's trials are comparable under."""
+
+    method: str
+    pair: str
+    budget: int | str
+    objective: str = "recall"
+    seeds: tuple[int, ...] = (0,)
+    fixed: tuple[tuple[str, Any], ...] = ()
+    train: str = "flickr8k:train"
+    val: str = "flickr8k:dev"
+
+    @property
+    def name(self) -> str:
+        opts = "".join(f":{k}={v}" for k, v in self.fixed)
+        return f"{self.method}{opts}|{self.objective}|seeds={','.join(map(str, self.seeds))}"
+
+    def attrs(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"], d["fixed"] = list(self.seeds), [list(kv) for kv in self.fixed]
+        return d
+
+
+def study_file(tune_dir: str | Path, pair: str, budget: int | str) -> Path:
+    return Path(tune_dir) / f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', pair)}-b{budget}.db"
+
+
+def _storage(path: Path):
+    import warnings
+
+    import optuna
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental
+    return optuna.storages.RDBStorage(
+        f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 120}},
+        heartbeat_interval=60, grace_period=180,  # a killed process's RUNNING trial turns FAIL, then is re-queued
+    )
+
+
+def _check_file(storage: Any, path: Path, key: StudyKey) -> None:
+    """Every study in ``path`` must be for ``key``'s pair and budget."""
+    import optuna
+
+    for s in optuna.get_all_study_summaries(storage):
+        pair, budget = s.user_attrs.get("pair"), s.user_attrs.get("budget")
+        if (pair, str(budget)) != (key.pair, str(key.budget)):
+            raise ConfigError(f"study file {path} holds studies of pair {pair} budget {budget}, not pair {key.pair} "
+                              f"budget {key.budget}; use the file alignbench tune makes for that pair and budget")
+
+
+def open_study(path: Path, key: StudyKey, space: dict[str, str], *, seed: int):
+    """The study for ``key`` in ``path`` (made if new), its recorded key and space checked."""
+    import optuna
+
+    from alignbench.tuning import OBJECTIVES, SPLIT_PROTOCOL
+
+    storage = _storage(path)
+    _check_file(storage, path, key)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    existed = key.name in names
+    n_before = len(optuna.load_study(study_name=key.name, storage=storage).trials) if existed else 0
+    study = optuna.create_study(
+        storage=storage, study_name=key.name, direction=OBJECTIVES[key.objective], load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed + n_before),  # resumed: do not replay the first draws
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5),
+    )
+    want = {**key.attrs(), "space": space, "split_protocol": SPLIT_PROTOCOL}
+    if not existed:
+        for k, v in want.items():
+            study.set_user_attr(k, v)
+    else:
+        have = {k: study.user_attrs.get(k) for k in want}
+        diff = [k for k in want if json.dumps(have[k], sort_keys=True) != json.dumps(want[k], sort_keys=True)]
+        if diff:
+            raise ConfigError(f"study {key.name!r} in {path} was made with other {', '.join(diff)} "
+                              f"({', '.join(f'{k}={have[k]}' for k in diff)}); keep them or use another --tune-dir")
+    return study
+
+
+def requeue_interrupted(study: Any) -> int:
+    """Queue again every failed trial that was interrupted (not an error) and is not queued yet; returns how many."""
+    from optuna.trial import TrialState
+
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    n = 0
+    for t in study.trials:
+        if t.state == TrialState.FAIL and "error" not in t.user_attrs and t.number not in retried and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            n += 1
+    if n:
+        log.info("%s: re-queued %d interrupted trial(s)", study.study_name, n)
+    return n
+
+
+def finished(study: Any) -> int:
+    return sum(t.state.name in _FINISHED for t in study.trials)
+
+
+@dataclass
+class TunedConfig:
+    """The best trial of a study, as ``:tuned`` runs use it."""
+
+    study: str
+    file: str
+    params: dict[str, Any]
+    value: float
+    trial: int
+    objective: str
+    n_trials: int
+    space: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tune_command(key: StudyKey) -> str:
+    opts = "".join(f":{k}={v}" for k, v in key.fixed)
+    return (f"alignbench tune --methods {key.method}{opts} --pair {key.pair} --budget {key.budget} "
+            f"--seeds {','.join(map(str, key.seeds))} --objective {key.objective}")
+
+
+def best_config(tune_dir: str | Path, key: StudyKey) -> TunedConfig:
+    """The best finished trial of ``key``'s study; ConfigError naming the tune command when there is none."""
+    import optuna
+
+    path = study_file(tune_dir, key.pair, key.budget)
+    hint = f"; make it with: {tune_command(key)}"
+    if not path.exists():
+        raise ConfigError(f"no tuning study file {path} for pair {key.pair} budget {key.budget}{hint}")
+    storage = _storage(path)
+    _check_file(storage, path, key)
+    if key.name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        raise ConfigError(f"no tuning study {key.name!r} in {path}{hint}")
+    study = optuna.load_study(study_name=key.name, storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not done:
+        raise ConfigError(f"study {key.name!r} in {path} has no finished trial yet{hint}")
+    best = study.best_trial
+    return TunedConfig(study=key.name, file=str(path), params=dict(best.params), value=float(best.value),
+                       trial=best.number, objective=key.objective, n_trials=finished(study),
+                       space=dict(study.user_attrs.get("space", {})))
+
+
+def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per study in ``tune_dir``: trials by state, best value and config."""
+    import optuna
+
+    rows = []
+    for path in sorted(Path(tune_dir).glob("*.db")):
+        storage = _storage(path)
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+            study = optuna.load_study(study_name=s.study_name, storage=storage)
+            states = [t.state.name for t in study.trials]
+            epochs = sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials)
+            best = s.best_trial
+            rows.append({
+                "file": path.name, "study": s.study_name, "pair": s.user_attrs.get("pair"),
+                "budget": s.user_attrs.get("budget"), "complete": states.count("COMPLETE"),
+                "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
+                "running": states.count("RUNNING") + states.count("WAITING"), "epochs": epochs,
+                "best": None if best is None else round(float(best.value), 4),
+                "config": "" if best is None else " ".join(f"{k}={_short(v)}" for k, v in best.params.items()),
+            })  # fmt: skip
+    return rows
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

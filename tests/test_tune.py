@@ -1,0 +1,144 @@
+"""``alignbench tune`` end to end on the tiny encoders: validation only, resumable studies, clear errors."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from alignbench.cli import main as cli
+from test_run_cli import PAIR, make_tiny_data
+
+optuna = pytest.importorskip("optuna")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def dirs(tmp_path, tiny_root, monkeypatch):
+    monkeypatch.setenv("ALIGNBENCH_CACHE", str(tmp_path / "features"))
+    return {"data": tiny_root, "cache": tmp_path / "features", "tune": tmp_path / "tune"}
+
+
+@pytest.fixture
+def no_test_split(monkeypatch):
+    """Fail the moment anything asks for features of a test split (images, texts, pairs, prompts)."""
+    from alignbench.source import FeatureSource
+
+    asked = []
+    for name in ("images", "dense_images", "texts", "pairs"):
+        original = getattr(FeatureSource, name)
+
+        def spy(self, dataset, split, _original=original, _name=name):
+            asked.append((_name, dataset, split))
+            if split == "test":
+                raise AssertionError(f"tuning asked for the test split: {_name}({dataset}, {split})")
+            return _original(self, dataset, split)
+
+        monkeypatch.setattr(FeatureSource, name, spy)
+    monkeypatch.setattr(FeatureSource, "prompts", lambda self, d: pytest.fail("tuning read class prompts"))
+    return asked
+
+
+def _tune(dirs, *extra):
+    return cli(["tune", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]),
+                "--tune-dir", str(dirs["tune"]), "--no-progress", "--device", "cpu", "--budget", "40", *extra])
+
+
+def _study(dirs, name, budget=40):
+    from alignbench.studies import study_file
+
+    path = study_file(dirs["tune"], PAIR, budget)
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
+
+
+def test_tune_searches_on_validation_halves_only_and_reports_status(dirs, no_test_split, capsys):
+    assert _tune(dirs, "--methods", "linear:max_epochs=30,asif", "--trials", "3") == 0
+    assert {s for _, _, s in no_test_split} == {"train", "dev"}
+    lin = _study(dirs, "linear:max_epochs=30|recall|seeds=0")
+    done = [t for t in lin.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 3 and all(set(t.params) == {"lr", "weight_decay"} for t in lin.trials)
+    assert all(t.intermediate_values and t.user_attrs["epochs"] >= 1 for t in done)  # pruner fed per epoch
+    assert lin.user_attrs["pair"] == PAIR and lin.user_attrs["budget"] == 40 and "by image" in lin.user_attrs[
+        "split_protocol"]
+    asif = _study(dirs, "asif|recall|seeds=0")
+    assert len(asif.trials) == 3 and all(0 <= t.value <= 100 for t in asif.trials)
+    assert all(not t.intermediate_values for t in asif.trials)  # closed form: nothing to prune on
+    capsys.readouterr()
+    assert _tune(dirs, "--methods", "asif", "--trials", "3") == 0  # finished: nothing re-run
+    assert "nothing to do" in capsys.readouterr().err and len(_study(dirs, "asif|recall|seeds=0").trials) == 3
+    assert cli(["tune", "--status", "--tune-dir", str(dirs["tune"])]) == 0
+    out = capsys.readouterr().out
+    assert "asif|recall|seeds=0" in out and "linear:max_epochs=30|recall|seeds=0" in out and "k=" in out
+
+
+def test_interrupted_tune_resumes_without_losing_a_trial(dirs, monkeypatch, capsys):
+    import alignbench.tuning as tuning
+
+    real, calls = tuning.score, []
+
+    def interrupt_third(method, pairs, objective):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(method, pairs, objective)
+
+    monkeypatch.setattr(tuning, "score", interrupt_third)
+    assert _tune(dirs, "--methods", "asif", "--trials", "4") == 130
+    study = _study(dirs, "asif|recall|seeds=0")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    lost = study.trials[2].params
+    monkeypatch.setattr(tuning, "score", real)
+    assert _tune(dirs, "--methods", "asif", "--trials", "4") == 0
+    study = _study(dirs, "asif|recall|seeds=0")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    retry = [t for t in complete if t.user_attrs.get("retry_of") == 2]
+    assert len(retry) == 1 and retry[0].params == lost  # the interrupted trial ran again, same parameters
+
+
+def test_objective_val_loss_minimises_the_validation_infonce(dirs):
+    assert _tune(dirs, "--methods", "linear:max_epochs=10", "--trials", "2", "--objective", "val_loss",
+                 "--no-prune") == 0
+    study = _study(dirs, "linear:max_epochs=10|val_loss|seeds=0")
+    assert study.direction.name == "MINIMIZE" and all(t.value > 0 for t in study.trials)
+    assert all(not t.intermediate_values for t in study.trials)  # --no-prune: nothing reported
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "asif", "--trials", "0"], "--trials must be at least 1"),
+    (["--methods", "pal", "--params", "tau"], "did you mean tau_p"),
+    (["--methods", "random"], "declares no search space"),
+    (["--methods", "linear", "--params", "k"], "linear has no search parameter 'k'"),
+    (["--methods", "linear,asif", "--params", "k"], "none of --params k is in linear's search space"),
+    (["--methods", "asif", "--objective", "val_loss"], "val_loss needs a trained method"),
+    (["--methods", "asif", "--val", "flickr8k:test"], "it is the test split"),
+    (["--methods", "asif:kk=3"], "no hyperparameter 'kk'"),
+    (["--methods", "pal:tuned"], "':tuned' is for alignbench run"),
+])
+def test_bad_input_is_a_clear_error(dirs, capsys, args, message):
+    assert _tune(dirs, *args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_validation_split_sharing_images_with_test_is_refused(tmp_path, capsys):
+    root = make_tiny_data(tmp_path / "data")
+    splits = root / "flickr8k" / "splits"
+    test_first = (splits / "test.txt").read_text().split()[0]
+    (splits / "dev.txt").write_text((splits / "dev.txt").read_text() + test_first + "\n")
+    d = {"data": root, "cache": tmp_path / "features", "tune": tmp_path / "tune"}
+    assert _tune(d, "--methods", "asif") == 2
+    assert f"shares 1 image(s) with the test split" in capsys.readouterr().err
+
+
+def test_a_study_file_of_another_pair_or_budget_is_refused(dirs, capsys):
+    from alignbench.studies import study_file
+
+    assert _tune(dirs, "--methods", "asif", "--trials", "1") == 0
+    shutil.copy(study_file(dirs["tune"], PAIR, 40), study_file(dirs["tune"], PAIR, 50))
+    assert _tune(dirs, "--methods", "asif", "--trials", "1", "--budget", "50") == 2
+    assert "holds studies of pair tiny-vit+tiny-text budget 40, not pair tiny-vit+tiny-text budget 50" in \
+        capsys.readouterr().err
