@@ -37,7 +37,7 @@ def test_analyze_pal_table_and_figure(stored, capsys):
     out, fig = stored["tmp"] / "pal.csv", stored["tmp"] / "fig"
     assert _analyze(stored, "--format", "csv", "--out", str(out), "--plot-dir", str(fig)) == 0
     err = capsys.readouterr().err
-    assert "2 stored pal fit(s)" in err and "refit" in err  # runs stored without a state are refit, and said
+    assert "2 stored pal fit(s)" in err and "refit" not in err  # the fitted states kept beside the results
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     records = {r["run_id"]: r for r in ResultStore(stored["results"]).load_all()}
     assert sorted(int(r["K"]) for r in rows) == [4, 8]

@@ -161,7 +161,6 @@ def _resolved(rec, *, layer=12, K=512, val=("flickr8k", "dev"), typed=None):
     """A record in the resolved shape (schema 2): full config, resolved layers, split dicts, feature keys."""
     rec = copy.deepcopy(rec)
     rec["spec"]["method_options"] = dict(typed or {})
-    rec["run_id"] += f"-{layer}-{K}-{val[0]}"
     rec["resolved"] = {
         "pair": rec["spec"]["pair"], "image": {"encoder": "effnet-lite0", "layer": layer},
         "text": {"encoder": "minilm-l6", "layer": 6}, "dtype": "fp32",
@@ -170,6 +169,7 @@ def _resolved(rec, *, layer=12, K=512, val=("flickr8k", "dev"), typed=None):
         "budget": rec["budget"]["pairs"], "seed": rec["spec"]["seed"], "evals": [],
         "feature_keys": {"train": {"images": f"effnet-lite0/flickr8k-train-L{layer}"}},
     }  # fmt: skip
+    rec["run_id"], rec["fit_id"] = run_id_of(rec["resolved"]), fit_id_of(rec["resolved"])  # ids hash the identity
     return rec
 
 
