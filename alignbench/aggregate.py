@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from alignbench import stats
-from alignbench.results import row_identity
+from alignbench.results import TUNED_MARK, row_identity
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,14 @@ def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
         varying = {p for p in paths if len({r.flat.get(p) for r in members}) > 1}
         defaults = {p: c.most_common(1)[0][0] for (m, p), c in untyped.items() if m == method}
         for r in members:
-            shown = sorted((varying | typed[r.key]) & set(paths) & set(r.flat), key=_label_order)
+            shown = sorted((varying | typed[r.key]) & set(paths) & set(r.flat) - {"tuned"}, key=_label_order)
             # a layer nobody typed is the encoder's default (the pair is a group column): not a label part
             shown = [p for p in shown if p not in ENCODER_DEFAULTS or p in typed[r.key]]
             if any(p not in defaults for p in shown):  # a setting no run left at its default: ask the method
                 defaults = {**_config_defaults(method), **defaults}
             parts = [_part(p, r.flat[p]) for p in shown if r.flat[p] != defaults.get(p)]
-            r.label = f"{method} [{'; '.join(parts)}]" if parts else method
+            name = f"{method}{TUNED_MARK}" if "tuned" in r.flat else method  # tuned on dev (alignbench tune)
+            r.label = f"{name} [{'; '.join(parts)}]" if parts else name
         _disambiguate(members, sorted(varying))
     for r in rows.values():  # report --include-stale: results the current code would not reproduce
         if any(rec.get("_stale") for recs in r.runs.values() for rec in recs):

@@ -174,11 +174,6 @@ def _call(name: str, compile: bool, *args):
         return _EAGER[name](*args)
 
 
-def compiled_ready() -> bool:
-    """True when this process already compiled the kernels (using them then costs nothing extra)."""
-    return _COMPILED is not None and not _COMPILE_FAILED
-
-
 def compile_failed() -> bool:
     """True once the compiled kernels failed and eager ops are used instead."""
     return _COMPILE_FAILED
@@ -237,9 +232,6 @@ class Workspace:
             self._bufs.pop(name, None)
             buf = self._bufs[name] = torch.empty(numel, dtype=dtype, device=device)
         return buf[:numel].view(shape)
-
-    def clear(self) -> None:
-        self._bufs.clear()
 
 
 class _CAPFunction(torch.autograd.Function):

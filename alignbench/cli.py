@@ -1,4 +1,4 @@
-"""The ``alignbench`` command line: ``run | sweep | report | tune | encode | ls | data | analyze``.
+"""The ``alignbench`` command line: ``run | sweep | report | tune | encode | layers | ls | data | analyze``.
 
 Each subcommand lives in ``alignbench/commands/<name>.py`` with ``HELP``,
 ``EXAMPLES``, ``add_arguments(parser)`` and ``main(args) -> int``.  Those
@@ -16,7 +16,7 @@ import sys
 from alignbench import __version__
 from alignbench.errors import AlignbenchError
 
-COMMANDS = ("run", "report", "sweep", "tune", "encode", "ls", "data", "analyze")
+COMMANDS = ("run", "report", "sweep", "tune", "encode", "layers", "ls", "data", "analyze")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(p)
+        if name != "report":
+            p.add_argument("--dataset-file", action="append", default=[], metavar="CARD",
+                           help="a dataset card (YAML) declaring your own datasets; repeatable "
+                                "(cards at <data root>/[<folder>/]alignbench.yaml are found without it)")
         p.set_defaults(_main=mod.main)
     return parser
 
@@ -65,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "dataset_file", None) or getattr(args, "data_root", None):
+            from alignbench.datasets.cards import use
+
+            use(args.dataset_file, getattr(args, "data_root", None))  # the names exist before any is resolved
         from alignbench.preflight import check
 
         check(args.command, args)  # every value and path, before any data is read or fitted

@@ -113,6 +113,16 @@ def parse_method_spec(text: str) -> tuple[str, dict[str, str]]:
     return name.strip(), overrides
 
 
+TUNED = "tuned"
+
+
+def split_tuned(text: str) -> tuple[str, bool]:
+    """'pal:center=both:tuned' → ('pal:center=both', True): ``:tuned`` asks for the best tuned config."""
+    parts = text.split(":")
+    rest = [p for p in parts[1:] if p.strip() != TUNED]
+    return ":".join([parts[0], *rest]), len(rest) < len(parts) - 1
+
+
 def split_methods(text: str | list) -> list[str]:
     """Split '--methods pal:K=128,asif,csa' at commas that start a new method.
 
@@ -157,10 +167,14 @@ class RunSpec:
         "segmentation:camvid:test",
     )
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
+    # ``:tuned`` runs: the study whose best trial gave method_options (alignbench.studies.TunedConfig.record)
+    tuned: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["evals"] = list(self.evals)
+        if d["tuned"] is None:  # untuned specs keep the ids they had before tuning existed
+            d.pop("tuned")
         return d
 
     @classmethod

@@ -11,6 +11,7 @@ import functools
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from alignbench.errors import ConfigError
 
@@ -144,5 +145,35 @@ def warn_if_slow_dtype(dtype: str, device: str) -> None:
                     "use --dtype fp32 here", " / ".join(BF16_CPU_FLAGS))
 
 
-__all__ = ["BF16_CPU_FLAGS", "DEVICE_CHOICES", "DeviceChoice", "check_device_text", "cpu_bf16_flags", "cpu_flags",
+#: What a method's ``dtype`` option accepts for its large matmuls: ``auto`` picks the fastest faithful one here.
+MATMUL_DTYPES = ("auto", "fp32", "bf16")
+
+
+def matmul_dtype(requested: str, device: Any) -> tuple[str, str]:
+    """(``fp32`` | ``bf16``, why) for a fit's large matmuls on ``device``.
+
+    ``auto``: bf16 (fp32 accumulation inside the matmul, fp32 master weights
+    outside it) where the hardware has native bf16 matmuls — AMX or AVX-512
+    bf16 on a CPU (5.3x fp32 at PAL's shapes with AMX), any bf16-capable GPU —
+    else fp32 (emulated bf16 is ~5x SLOWER than fp32).  An explicit
+    ``fp32``/``bf16`` is kept as asked.
+    """
+    if requested not in MATMUL_DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(MATMUL_DTYPES)}, got {requested!r}")
+    if requested != "auto":
+        return requested, "asked"
+    dev = str(device)
+    if dev.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"auto: {torch.cuda.get_device_name(torch.device(dev))} has bf16 matmuls"
+        return "fp32", "auto: this GPU has no bf16 matmuls"
+    flags = cpu_bf16_flags()
+    if flags:
+        return "bf16", f"auto: this CPU has {' + '.join(flags)}"
+    return "fp32", f"auto: this CPU has no native bf16 ({' / '.join(BF16_CPU_FLAGS)})"
+
+
+__all__ = ["BF16_CPU_FLAGS", "MATMUL_DTYPES", "matmul_dtype", "DEVICE_CHOICES", "DeviceChoice", "check_device_text", "cpu_bf16_flags", "cpu_flags",
            "cpu_has_fast_bf16", "cuda_device_count", "parse_device", "warn_if_slow_dtype"]

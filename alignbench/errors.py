@@ -50,5 +50,9 @@ class TrainingDivergedError(AlignbenchError, RuntimeError):
     """Training produced a non-finite loss."""
 
 
+class PluginError(AlignbenchError):
+    """A plug-in (entry point) or dataset card that cannot be used: failed import, taken name."""
+
+
 class DiskFullError(AlignbenchError):
     """No space left to write the cache or results (names the folder and the space needed)."""

@@ -176,13 +176,12 @@ def _methods(args: argparse.Namespace, dest: str) -> None:
     value = getattr(args, dest)
     if not value:
         return
-    from alignbench.config import parse_method_spec, split_methods
+    from alignbench.config import parse_method_spec, split_methods, split_tuned
     from alignbench.registry import METHODS
 
     for text in split_methods(value):
         # ':tuned' (take the best trial of `alignbench tune`) is resolved by run itself, not an option here
-        text = ":".join(part for part in text.split(":") if part.strip() != "tuned")
-        name, options = parse_method_spec(text)
+        name, options = parse_method_spec(split_tuned(text)[0])
         try:
             METHODS.get(name).Config().update(options)
         except ConfigError as exc:
@@ -222,6 +221,7 @@ COMMAND_CHECKS: dict[str, dict[str, Check]] = {
     "tune": {"tune_dir": _tune_dir, "cache": _cache, "data_root": _data_root, "seeds": _seeds, "device": _device,
              "methods": _methods},
     "encode": {"cache": _cache_writable, "data_root": _data_root, "device": _device, "splits": _splits},
+    "layers": {"cache": _cache_writable, "data_root": _data_root},
     "report": {"results": _results_readable, "out": _out_file, "plot_dir": _plot_dir},
     "data": {"data_root": _data_root},
     "analyze": {"results": _results_readable, "out": _out_file, "plot_dir": _plot_dir},

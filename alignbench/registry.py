@@ -5,6 +5,14 @@ registered objects live in modules that import torch.  So names are
 *discovered* by reading the source files' decorators with :mod:`ast` (no
 import), and a module is imported only when one of its names is asked for.
 Adding a method is one file in ``methods/``: the scan finds its decorator.
+
+Other installed packages add names through entry points (groups
+``alignbench.methods``, ``alignbench.tasks``, ``alignbench.encoders``,
+``alignbench.datasets``): their names come from the package metadata, so they
+are listed without importing the plug-in; a plug-in that fails to import, or
+that claims a name already taken, is reported by name and never breaks the
+other names.  Dataset cards (``alignbench.datasets.cards``) add names at run
+time through :meth:`Registry.declare`.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from alignbench.errors import UnknownNameError
+from alignbench.errors import PluginError, UnknownNameError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +41,8 @@ class Entry:
     summary: str = ""
     obj: Any = None
     is_family: bool = False  # prefix family such as ``timm:<model>``
+    origin: str = ""  # "" for built-ins; "plug-in <distribution>" or "card <file>" otherwise
+    loader: Callable[[], Any] | None = None  # imports a plug-in's object (entry point ``load``)
 
 
 @dataclass
@@ -42,16 +52,20 @@ class Registry(Generic[T]):
     ``kind`` is the noun used in messages ("method"), ``packages`` the dotted
     packages whose modules are scanned, ``decorator`` the decorator's name
     (``register_method``); ``family_decorator`` registers prefix families
-    (``timm:`` → a factory taking the part after the colon).
+    (``timm:`` → a factory taking the part after the colon); ``group`` is the
+    entry-point group other packages register plug-ins in.
     """
 
     kind: str
     packages: tuple[str, ...]
     decorator: str
     family_decorator: str | None = None
+    group: str | None = None
+    hooks: tuple[str, ...] = ()  # "module:function" called after the scan to declare more names (dataset cards)
     _entries: dict[str, Entry] = field(default_factory=dict)
     _aliases: dict[str, str] = field(default_factory=dict)
     _scanned: bool = False
+    problems: dict[str, str] = field(default_factory=dict)  # plug-in name → why it was skipped or failed
 
     # -- registration (runs at import of the defining module) ---------------
     def register(self, name: str, *, aliases: tuple[str, ...] | list[str] = ()) -> Callable[[T], T]:
@@ -74,6 +88,10 @@ class Registry(Generic[T]):
 
     def _add(self, name, module, aliases, summary, obj, is_family) -> None:
         e = self._entries.get(name)
+        if e is not None and obj is not None and e.module != module and (e.obj is not None or not e.loader):
+            # a second module registering a taken name (a plug-in shadowing a built-in) must not win silently
+            raise PluginError(f"{module} registers {self.kind} {name!r}, which already exists "
+                              f"({e.origin or e.module}); choose another name")
         if e is None:
             e = self._entries[name] = Entry(name, module, aliases, summary, None, is_family)
         e.obj, e.module, e.summary, e.is_family = obj, module, summary or e.summary, is_family
@@ -98,6 +116,41 @@ class Registry(Generic[T]):
                     for name, aliases, summary, fam in _decorated(path, self.decorator, self.family_decorator):
                         if name not in self._entries:
                             self._add(name, f"{pkg}.{info.name}", aliases, summary, None, fam)
+        if self.group:
+            self._scan_plugins()
+        for hook in self.hooks:
+            module, _, fn = hook.partition(":")
+            getattr(importlib.import_module(module), fn)()
+
+    def _scan_plugins(self) -> None:
+        """Entry points of ``group`` from installed distributions: names from metadata, nothing imported."""
+        from importlib.metadata import entry_points
+
+        try:
+            eps = list(entry_points(group=self.group))
+        except Exception as exc:  # noqa: BLE001 - unreadable metadata of one package must not break listing
+            log.warning("cannot read %s entry points: %s", self.group, exc)
+            return
+        for ep in eps:
+            dist = getattr(getattr(ep, "dist", None), "name", None) or "an installed package"
+            taken = self._entries.get(ep.name) or self._entries.get(self._aliases.get(ep.name, ""))
+            if taken is not None:
+                self.problems[ep.name] = (f"plug-in {ep.value!r} from {dist} registers {self.kind} {ep.name!r}, "
+                                          f"which already exists ({taken.origin or taken.module}); ignored")
+                log.warning("%s", self.problems[ep.name])
+                continue
+            module = ep.value.partition(":")[0].strip()
+            self._entries[ep.name] = Entry(ep.name, module, (), f"(plug-in from {dist})", None, False,
+                                           origin=f"plug-in {dist} ({ep.value})", loader=ep.load)
+
+    def declare(self, name: str, obj: Any, *, summary: str = "", origin: str = "") -> None:
+        """Add a ready object under ``name`` at run time (dataset cards); a taken name is an error."""
+        self._scan()
+        taken = self._entries.get(name) or self._entries.get(self._aliases.get(name, ""))
+        if taken is not None and taken.origin != origin:
+            raise PluginError(f"{origin or 'a declaration'} names {self.kind} {name!r}, which already exists "
+                              f"({taken.origin or taken.module}); choose another name")
+        self._entries[name] = Entry(name, getattr(obj, "__module__", ""), (), summary, obj, False, origin=origin)
 
     def entries(self) -> list[Entry]:
         """All entries, sorted; no module is imported."""
@@ -146,7 +199,9 @@ class Registry(Generic[T]):
         forwards the part after the prefix as the first argument.
         """
         entry, rest = self.resolve(name)
-        if entry.obj is None:
+        if entry.obj is None and entry.loader is not None:
+            self._load_plugin(entry)
+        elif entry.obj is None:
             importlib.import_module(entry.module)
             entry = self._entries[entry.name]
             if entry.obj is None:
@@ -160,6 +215,23 @@ class Registry(Generic[T]):
 
         factory.registry_name = name  # type: ignore[attr-defined]
         return factory
+
+    def _load_plugin(self, entry: Entry) -> None:
+        """Import a plug-in's object; any failure becomes one PluginError naming the plug-in."""
+        try:
+            obj = entry.loader()  # type: ignore[misc]
+        except PluginError as exc:
+            self.problems[entry.name] = str(exc)
+            raise PluginError(f"{self.kind} {entry.name!r} from {entry.origin}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - whatever a third-party import raises, say which plug-in
+            self.problems[entry.name] = f"{type(exc).__name__}: {exc}"
+            raise PluginError(f"{self.kind} {entry.name!r} from {entry.origin} failed to import: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        entry.obj = entry.obj if entry.obj is not None else obj  # its decorator may have set it already
+        try:
+            setattr(entry.obj, "registry_name", entry.name)
+        except (AttributeError, TypeError):
+            pass
 
     def canonical(self, name: str) -> str:
         entry, rest = self.resolve(name)
@@ -206,10 +278,12 @@ def _summary_node(node: ast.AST) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-METHODS: Registry = Registry("method", ("alignbench.methods",), "register_method")
-TASKS: Registry = Registry("task", ("alignbench.tasks",), "register_task")
-ENCODERS: Registry = Registry("encoder", ("alignbench.encoders",), "register_encoder", "register_encoder_family")
-DATASETS: Registry = Registry("dataset", ("alignbench.datasets",), "register_dataset")
+METHODS: Registry = Registry("method", ("alignbench.methods",), "register_method", group="alignbench.methods")
+TASKS: Registry = Registry("task", ("alignbench.tasks",), "register_task", group="alignbench.tasks")
+ENCODERS: Registry = Registry("encoder", ("alignbench.encoders",), "register_encoder", "register_encoder_family",
+                              group="alignbench.encoders")
+DATASETS: Registry = Registry("dataset", ("alignbench.datasets",), "register_dataset", group="alignbench.datasets",
+                              hooks=("alignbench.datasets.cards:declare_from_environment",))
 
 register_method = METHODS.register
 register_task = TASKS.register

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from alignbench.aggregate import MIN_SEEDS_FOR_T, Cell, Resampler, RowRuns, cell, group_rows, mark_best
 from alignbench.errors import ConfigError
+from alignbench.results import TUNED_MARK
 from alignbench.stats import ALPHA, BOOT_SEED, N_BOOT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -258,6 +259,9 @@ def caption(table: Table) -> str:
         )
     if "none" in kinds:
         parts.append("A value without ± has one seed and no stored outcomes to resample.")
+    if any(TUNED_MARK in r.method for r in table.rows):
+        parts.append(f"{TUNED_MARK} tuned on the validation split (alignbench tune: same trials and objective for "
+                     "every method; the label shows the chosen settings).")
     parts.append(
         f"Bold: the best mean per column within each {_within(table)} and every entry not significantly worse "
         f"(p ≥ {ALPHA:g}; paired t over ≥ {MIN_SEEDS_FOR_T} shared seeds, else a paired bootstrap over the same test "

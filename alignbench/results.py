@@ -64,8 +64,13 @@ FRAME_COLUMNS = (
 )  # fmt: skip
 
 
-def method_label(method: str, options: dict[str, Any] | None) -> str:
-    """'pal' or 'pal:K=128' — how a method variant is named in tables."""
+TUNED_MARK = "†"
+
+
+def method_label(method: str, options: dict[str, Any] | None, tuned: dict[str, Any] | None = None) -> str:
+    """'pal' or 'pal:K=128' — how a method variant is named in tables; tuned runs are 'pal†' (own rows)."""
+    if tuned is not None:
+        return method_label(method, tuned.get("fixed")) + TUNED_MARK
     opts = ":".join(f"{k}={v}" for k, v in sorted((options or {}).items()))
     return f"{method}:{opts}" if opts else method
 
@@ -95,7 +100,11 @@ def row_identity(record: dict[str, Any]) -> dict[str, Any]:
             "val": spec.get("val"),
             "budget": (record.get("budget") or {}).get("pairs", spec.get("budget")),
         }
-    return {k: v for k, v in resolved.items() if k not in ROW_EXCLUDED}
+    out = {k: v for k, v in resolved.items() if k not in ROW_EXCLUDED}
+    tuned = (record.get("spec") or {}).get("tuned")
+    if tuned:  # a tuned run is never averaged with default runs, even where the best config is the default
+        out["tuned"] = tuned.get("study")
+    return out
 
 
 def _json_safe(obj: Any) -> Any:
@@ -287,7 +296,8 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> "pd.DataFrame":
                     {
                         "run_id": rec["run_id"],
                         "method": spec["method"],
-                        "method_label": rec.get("_label") or method_label(spec["method"], spec.get("method_options")),
+                        "method_label": rec.get("_label") or method_label(spec["method"], spec.get("method_options"),
+                                                                         spec.get("tuned")),
                         "pair": (rec.get("resolved") or {}).get("pair", spec.get("pair")),
                         "budget": budget,
                         "seed": spec.get("seed"),

@@ -236,6 +236,7 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
         "evals": [{"key": ev.key, "task": ev.task, "dataset": ev.dataset, "split": ev.split} for ev in run.evals],
         "metrics": metrics,
         "timings": timings,
+        "layers": {"image": run.image.layer, "text": run.text.layer},  # resolved (alignbench.identity)
         "method": {
             "name": run.method.name,
             "version": run.method.version,
@@ -290,7 +291,8 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
 
 _ORDER = (
     "schema_version", "status", "run_id", "fit_id", "spec_key", "spec", "resolved", "budget", "data", "evals",
-    "metrics", "timings", "method", "fit", "features", "provenance", "started_at", "finished_at", "outcomes",
+    "metrics", "timings", "layers", "method", "fit", "features", "provenance", "started_at", "finished_at",
+    "outcomes",
 )  # fmt: skip
 
 

@@ -168,6 +168,33 @@ def best_config(tune_dir: str | Path, key: StudyKey) -> TunedConfig:
                        space=dict(study.user_attrs.get("space", {})))
 
 
+def find_tuned(tune_dir: str | Path, method: str, fixed: dict[str, Any], pair: str, budget: int | str,
+               objective: str = "recall") -> TunedConfig:
+    """The best config for ``method:fixed`` at (pair, budget): from its study (any seeds; the most trials wins).
+
+    ConfigError saying which ``alignbench tune`` command makes the study when there is none.
+    """
+    fixed_t = tuple(sorted((k, str(v)) for k, v in fixed.items()))
+    key = StudyKey(method, pair, budget, objective, (0,), fixed_t)
+    path = study_file(tune_dir, pair, budget)
+    candidates = []
+    if path.exists():
+        import optuna
+
+        storage = _storage(path)
+        _check_file(storage, path, key)
+        for s in optuna.get_all_study_summaries(storage):
+            a = s.user_attrs
+            if (a.get("method"), a.get("objective")) == (method, objective) and \
+                    sorted(tuple(kv) for kv in a.get("fixed", [])) == sorted(fixed_t):
+                candidates.append((s.n_trials, s.study_name, tuple(a.get("seeds", [0]))))
+    if not candidates:
+        raise ConfigError(f"{method}:tuned has no tuning study for pair {pair} budget {budget} in {tune_dir}; "
+                          f"make it with: {tune_command(key)}")
+    _, _, seeds = max(candidates)
+    return best_config(tune_dir, StudyKey(method, pair, budget, objective, seeds, fixed_t))
+
+
 def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:
     """One row per study in ``tune_dir``: trials by state, best value and config."""
     import optuna

@@ -42,6 +42,7 @@ from alignbench.config import (
     parse_seeds,
     split_list,
     split_methods,
+    split_tuned,
 )
 from alignbench.errors import ConfigError
 
@@ -69,6 +70,10 @@ class SweepConfig:
     data_root: str | None = None
     name: str | None = None
     device: str = "auto"  # checked spelling; resolved on each worker (not part of any run id)
+    image_layer: int | None = None  # encoder options of every run (part of the feature key and the run id)
+    text_layer: int | None = None
+    dtype: str = "fp32"
+    tune_dir: str = "results/tune"  # where ``:tuned`` methods find their studies (alignbench tune)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -162,9 +167,21 @@ def build_config(file_values: dict[str, Any] | None = None, **overrides: Any) ->
     for key in ("tasks", "datasets", "evals"):
         if key in merged:
             setattr(cfg, key, split_list(_as_list(merged[key])))
-    for key in ("train", "executor", "profile", "results", "cache", "data_root", "name"):
+    for key in ("train", "executor", "profile", "results", "cache", "data_root", "name", "tune_dir"):
         if merged.get(key) is not None:
             setattr(cfg, key, str(merged[key]))
+    for key in ("image_layer", "text_layer"):
+        if merged.get(key) is not None:
+            try:
+                setattr(cfg, key, int(merged[key]))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} must be an integer block index, got {merged[key]!r}") from None
+    if merged.get("dtype") is not None:
+        from alignbench.encoders.base import DTYPES
+
+        if str(merged["dtype"]) not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {merged['dtype']!r}")
+        cfg.dtype = str(merged["dtype"])
     if merged.get("device") is not None:
         from alignbench.devices import check_device_text
 
@@ -190,8 +207,9 @@ def expand(cfg: SweepConfig) -> list[RunSpec]:
 
     methods = []
     for text in cfg.methods:
+        text, tuned = split_tuned(text)
         name, opts = parse_method_spec(text)
-        methods.append((METHODS.canonical(name), opts))  # UnknownNameError with did-you-mean
+        methods.append((METHODS.canonical(name), opts, tuned))  # UnknownNameError with did-you-mean
     for pair in cfg.pairs:
         _check_pair(pair)
     evals = resolve_evals(cfg)
@@ -202,17 +220,32 @@ def expand(cfg: SweepConfig) -> list[RunSpec]:
         base["train"] = cfg.train
     if cfg.val is not _UNSET:
         base["val"] = cfg.val
+    from alignbench.config import EncoderOptions
+
+    if (cfg.image_layer, cfg.text_layer, cfg.dtype) != (None, None, "fp32"):
+        base["encoder"] = EncoderOptions(image_layer=cfg.image_layer, text_layer=cfg.text_layer, dtype=cfg.dtype)
     specs, seen = [], set()
     for pair in cfg.pairs:
-        for name, opts in methods:
+        for name, opts, tuned in methods:
             for budget in cfg.budgets:
+                record = _tuned(cfg, name, opts, pair, budget) if tuned else None
+                options = {**(record["params"] if record else {}), **opts}
                 for seed in cfg.seeds:
                     spec = RunSpec(method=name, pair=pair, budget=budget, seed=seed,
-                                   method_options=dict(opts), **base)
+                                   method_options=options, tuned=record, **base)
                     if spec.run_id not in seen:
                         seen.add(spec.run_id)
                         specs.append(spec)
     return specs
+
+
+def _tuned(cfg: SweepConfig, method: str, opts: dict, pair: str, budget: int | str) -> dict[str, Any]:
+    """The best config of the (pair, budget) study of ``method`` with options ``opts`` (optuna loaded only here)."""
+    from alignbench.studies import find_tuned
+
+    record = find_tuned(cfg.tune_dir, method, opts, pair, budget).record()
+    record["fixed"] = dict(opts)
+    return record
 
 
 def resolve_evals(cfg: SweepConfig) -> list[str] | None:

@@ -23,9 +23,10 @@ import math
 import os
 import sys
 import time
+import dataclasses
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -57,7 +58,7 @@ class TrainerSettings:
     lr_range_test: bool = True
     val_every: int = 1
     temperature: float = 0.05
-    dtype: str = "fp32"  # fp32 | bf16 (autocast)
+    dtype: str = "fp32"  # auto | fp32 | bf16 (autocast; auto = bf16 where it is native: alignbench.devices)
     # cosine: warm-up then one cosine to min_lr over max_epochs (the default here).  reference: the
     # reference's CosineAnnealingLR, T_max = 50·max(⌊N/4096⌋, 1) steps, per batch, cyclic past T_max.
     schedule: str = "cosine"
@@ -90,8 +91,10 @@ class TrainConfig(TrainerSettings):
             raise ConfigError("warmup_steps, min_lr and weight_decay must be >= 0")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        from alignbench.devices import MATMUL_DTYPES
+
+        if self.dtype not in MATMUL_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.dtype!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.clip_mode not in CLIP_MODES:
@@ -284,7 +287,11 @@ def train_contrastive(
     load_state = load_state or _restore(flat)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    info: dict[str, Any] = {}
+    from alignbench.devices import matmul_dtype
+
+    resolved, why = matmul_dtype(config.dtype, flat[0].device)  # auto: the fastest faithful dtype here
+    config = dataclasses.replace(config, dtype=resolved)
+    info: dict[str, Any] = {"dtype": resolved, "dtype_reason": why}
 
     lr = config.lr
     info["lr_source"] = "fixed"
@@ -383,8 +390,3 @@ def train_contrastive(
         desc, epoch, step, info["best_epoch"], info["best_val_loss"], lr, info["time_s"],
     )
     return info
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    """Plain dict of a TrainConfig (for results)."""
-    return asdict(config)

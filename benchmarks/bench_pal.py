@@ -13,6 +13,10 @@ Synthetic random tokens of the right shapes live in a temporary memmap, so
 no feature cache is needed.  On a shared machine, run it when it is quiet;
 ``--threads 1`` is the most stable setting.
 
+It also says which path ``dtype=auto`` (PAL's default) takes on this CPU
+(bf16 where AMX / AVX-512 bf16 make it native, else fp32; alignbench.devices)
+and PAL's epoch ÷ the floor of the FASTEST dtype measured (target ≤ 1.5).
+
     python benchmarks/bench_pal.py                 # fp32 + bf16, RSS
     python benchmarks/bench_pal.py --dtypes fp32 --threads 1 --no-rss
 """
@@ -173,6 +177,17 @@ def main() -> int:
     if "fp32" in results and "bf16" in results:
         print(f"bf16 / fp32 PAL epoch time: {results['bf16'][0] / results['fp32'][0]:.2f} (wall), "
               f"{results['bf16'][2] / results['fp32'][2]:.2f} (CPU)")
+    from alignbench.devices import cpu_bf16_flags, matmul_dtype
+
+    chosen, why = matmul_dtype("auto", "cpu")
+    print(f"CPU bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}; dtype=auto chooses {chosen} ({why})")
+    if results:
+        fastest = min(results, key=lambda d: results[d][1])
+        print(f"fastest floor: {fastest} {results[fastest][1]:.2f} s; floors "
+              + ", ".join(f"{d} {r[1]:.2f} s" for d, r in results.items()))
+        if chosen in results:
+            print(f"chosen path ({chosen}): PAL epoch / fastest floor = {results[chosen][0] / results[fastest][1]:.2f} "
+                  f"(wall)  [target <= 1.5]")
     if args.rss:
         cmd = [sys.executable, __file__, "--child-rss", "--budget", str(args.budget), "--K", str(args.K),
                "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--data-dir", str(root)]

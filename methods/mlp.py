@@ -19,6 +19,7 @@ from torch import nn
 from alignbench.errors import ConfigError
 from alignbench.methods.base import register_method
 from alignbench.methods.global_head import GlobalHeadMethod, HeadConfig
+from alignbench.search_space import Choice, FloatRange
 
 
 class LowRankResidualHead(nn.Module):
@@ -69,6 +70,8 @@ class MLP(GlobalHeadMethod):
     version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
 
     Config = MLPConfig
+    search_space = {"lr": FloatRange(1e-4, 1e-1, log=True), "weight_decay": FloatRange(1e-6, 1e-1, log=True),
+                    "gate_init": Choice((0.0, 0.1))}
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3}
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from alignbench.cap import ArrayTokens, DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed
+from alignbench.cap import DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
@@ -70,6 +70,7 @@ class PALConfig(MethodConfig, TrainerSettings):
     chunk_elems: int = 1 << 22
     compile: str = "auto"
     center: str = "none"
+    dtype: str = "auto"  # the token–anchor matmuls: auto = bf16 where native (AMX, AVX-512 bf16, GPU), else fp32
 
     def __post_init__(self) -> None:
         if isinstance(self.compile, bool):  # compile=True/False from Python
@@ -88,8 +89,10 @@ class PALConfig(MethodConfig, TrainerSettings):
             raise ConfigError(f"center must be one of {', '.join(CENTER)}, got {self.center!r}")
         if self.center != "none" and self.pool == "cls":
             raise ConfigError("center shifts tokens; pool=cls uses the global feature only (use center=none)")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        from alignbench.devices import MATMUL_DTYPES
+
+        if self.dtype not in MATMUL_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.dtype!r}")
         if self.compile not in ("auto", "on", "off"):
             raise ConfigError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.chunk_elems < 1:
@@ -99,10 +102,6 @@ class PALConfig(MethodConfig, TrainerSettings):
     def train_config(self) -> TrainConfig:
         # bf16 is applied inside CAP; the B×B InfoNCE stays fp32
         return dataclasses.replace(super().train_config(), dtype="fp32")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.dtype == "bf16" else torch.float32
 
 
 def _abs_rows(f: ImageFeatures | TextFeatures, idx: np.ndarray | None = None) -> np.ndarray:
@@ -159,6 +158,7 @@ class PAL(Method):
         self.mu_v: torch.Tensor | None = None  # mean training token subtracted before the cosines (center option)
         self.mu_t: torch.Tensor | None = None
         self._workspace: Workspace | None = None  # reused similarity buffers, only while fitting
+        self._resident: tuple[Any, Any] | None = None  # (token array, ResidentTokens) on the GPU while fitting
         self._compile_fit: bool | None = None  # compile decision for the whole fit (None: per call)
 
     # -- anchors ------------------------------------------------------------------
@@ -183,21 +183,39 @@ class PAL(Method):
         c = self.config.compile
         return c == "on" or (c == "auto" and rows * tokens * self.config.K >= min_sims)
 
+    def matmul_dtype(self) -> tuple[torch.dtype, str, str]:
+        """(torch dtype, name, why) of CAP's token–anchor matmuls on this method's device (``dtype`` option)."""
+        from alignbench.devices import matmul_dtype
+
+        name, why = matmul_dtype(self.config.dtype, self.device)
+        return (torch.bfloat16 if name == "bf16" else torch.float32), name, why
+
     def _cap(self, src, anchors: torch.Tensor, name: str) -> torch.Tensor:
         c = self.config
         compile = self._compile_fit if self._compile_fit is not None else self._use_compile(src.n, src.T)
-        return cap_profiles(src, anchors, c.tau_p, chunk_elems=c.chunk_elems, dtype=c.torch_dtype, compile=compile,
+        return cap_profiles(src, anchors, c.tau_p, chunk_elems=c.chunk_elems, dtype=self.matmul_dtype()[0],
+                            compile=compile,
                             workspace=self._workspace, name=name)
 
     def _image_profiles(self, f: ImageFeatures, rows: np.ndarray, A: torch.Tensor) -> torch.Tensor:
         """Profiles of images at absolute ``rows`` (sorted for memmap reads by the caller)."""
         pool = self.config.pool
         if pool == "cap":
-            return self._cap(ArrayTokens(f.tokens, rows, shift=self.mu_v), A, "image")
+            return self._cap(self._image_tokens(f, rows), A, "image")
         if pool == "mean":
             return self._mean_tokens_images(f, rows).to(self.device) @ A.T
         x = torch.from_numpy(np.asarray(f.pooled[rows], dtype=np.float32)).to(self.device)
         return torch.nn.functional.normalize(x, dim=-1) @ A.T
+
+    def _image_tokens(self, f: ImageFeatures, rows: np.ndarray):
+        """The image tokens of ``rows`` for CAP: gathered on the device when the training tokens are resident
+        there, else streamed from the memmap with the next block read ahead (alignbench.token_stream)."""
+        from alignbench.token_stream import PrefetchTokens
+
+        res = self._resident
+        if res is not None and res[0] is f.tokens and res[1].holds(f.tokens, rows):
+            return res[1].source(rows, self.mu_v)
+        return PrefetchTokens(f.tokens, rows, self.device, shift=self.mu_v)
 
     def _mean_tokens_images(self, f: ImageFeatures, rows: np.ndarray) -> torch.Tensor:
         """Mean of the L2-normalised tokens per image (pool=mean), streamed in chunks."""
@@ -244,8 +262,9 @@ class PAL(Method):
             d_v, d_t = train.images.token_dim, train.texts.token_dim
         self._scan_training_tokens(train)
         self._init_anchors(d_v, d_t, seed)
+        _, matmul, why = self.matmul_dtype()
         info: dict[str, Any] = {"n_train": len(train), "K": cfg.K, "pool": cfg.pool,
-                                "n_params": cfg.K * (d_v + d_t), "dtype": cfg.dtype, "center": cfg.center}
+                                "n_params": cfg.K * (d_v + d_t), "center": cfg.center}
 
         steps_per_epoch = math.ceil(len(train) / min(cfg.batch_size, len(train)))
         epoch_starts: list[float] = []
@@ -273,6 +292,8 @@ class PAL(Method):
                 return float(info_nce(pv, pt, cfg.temperature))
 
         self._workspace = Workspace()
+        if cfg.pool == "cap":
+            info["token_source"] = self._place_training_tokens(train)
         n_tok = train.images.n_tokens if cfg.pool == "cap" else 0
         self._compile_fit = cfg.pool == "cap" and self._use_compile(len(train) * max(cfg.max_epochs, 1), n_tok,
                                                                        COMPILE_MIN_SIMS_FIT)
@@ -282,9 +303,12 @@ class PAL(Method):
                 seed=seed, desc="pal",
             )
         finally:
-            self._workspace = None
+            self._workspace = self._resident = None
             compiled, self._compile_fit = self._compile_fit, None
         info.update(result)
+        # the trainer reports its own (fp32) InfoNCE dtype; PAL's record is CAP's matmul dtype
+        info.update(dtype=matmul if cfg.pool == "cap" else "fp32", dtype_reason=why if cfg.pool == "cap" else
+                    "pool without token-anchor matmuls", infonce_dtype=result.get("dtype"))
         ends = epoch_starts[1:] + [(time.perf_counter(), time.process_time())]
         # wall and process-CPU time of each epoch (training steps + its validation check), for speed reports
         info["epoch_times_s"] = [round(e[0] - s_[0], 4) for s_, e in zip(epoch_starts, ends)]
@@ -296,6 +320,17 @@ class PAL(Method):
         if cfg.pool == "cap":
             info["compiled_cap"] = bool(compiled and not compile_failed())
         self.fit_info = info
+
+    def _place_training_tokens(self, train: Pairs) -> str:
+        """Copy the training image tokens to the GPU once when they fit there; else they stream per step."""
+        from alignbench.token_stream import ResidentTokens, fits_on_device
+
+        rows = np.unique(_abs_rows(train.images, train.image_index))
+        nbytes = len(rows) * train.images.n_tokens * train.images.token_dim * 2
+        if not fits_on_device(nbytes, self.device):
+            return "streamed (memmap, next block prefetched" + (", pinned)" if self.device.type == "cuda" else ")")
+        self._resident = (train.images.tokens, ResidentTokens(train.images.tokens, rows, self.device))
+        return f"resident on {self.device} ({nbytes / 2**30:.2f} GiB fp16)"
 
     def _scan_training_tokens(self, train: Pairs) -> None:
         """Check the training tokens are finite and, for ``center``, take their means, in one pass each.

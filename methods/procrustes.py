@@ -23,6 +23,7 @@ import torch
 from alignbench.errors import ConfigError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
+from alignbench.search_space import Choice
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Procrustes(Method):
 
     level = "global"
     Config: ClassVar[type[MethodConfig]] = ProcrustesConfig
+    search_space: ClassVar[dict[str, Any]] = {"space": Choice(("raw", "standardised"))}
 
     def __init__(self, config: MethodConfig | None = None, **overrides: Any):
         super().__init__(config, **overrides)

@@ -29,6 +29,7 @@ from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs
 from alignbench.methods.base import register_method
 from alignbench.methods.global_head import EMBED_CHUNK, GlobalHeadMethod, HeadConfig
+from alignbench.search_space import FloatRange
 from alignbench.training import info_nce
 
 LOSSES = ("sigmoid", "infonce")
@@ -125,6 +126,7 @@ class SAIL(GlobalHeadMethod):
     inherent_deviations = (
         "shared trainer (AdamW, cosine, early stopping) instead of the official Lion lr 1e-5 / batch 32k / 100 epochs",
     )
+    search_space = {"lr": FloatRange(1e-4, 1e-2, log=True), "weight_decay": FloatRange(1e-6, 1e-1, log=True)}
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3, "expansion": 2}
 
     def image_inputs(self, f: ImageFeatures) -> torch.Tensor:

@@ -80,3 +80,16 @@ def test_analyze_without_an_analysis_is_a_clear_error(stored, capsys, method, me
 def test_analyze_checks_its_paths_first(stored, capsys):
     assert _analyze(stored, "--out", str(stored["tmp"])) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_stored_fitted_states_are_used_not_refit(stored):
+    fits = pytest.importorskip("alignbench.fits", reason="this alignbench does not keep fitted states yet")
+    records = ResultStore(stored["results"]).load_all()
+    assert all(fits.state_path(stored["results"], r["fit_id"]).is_file() for r in records)
+    loader = FitLoader(stored["results"], cache=stored["cache"], data_root=stored["data"])
+    for rec in records:
+        fit = loader.fit(rec)
+        source = loader.source_for(fit)
+        metrics = TASKS.get("retrieval")().evaluate(fit.method, source, source.dataset("flickr8k"), "test")
+        assert metrics == pytest.approx(rec["metrics"]["retrieval/flickr8k"])
+    assert loader.refits == [] and loader.notes == []

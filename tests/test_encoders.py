@@ -202,6 +202,22 @@ def test_timm_family_layout(model):
     assert torch.allclose(again.encode(x).pooled, out.pooled)
 
 
+def test_timm_squash_keeps_the_whole_image_for_dense_tasks():
+    """resize=squash (what segmentation asks for) maps a wide image to the input without cropping."""
+    from PIL import Image
+
+    crop = get_encoder("timm:test_vit", pretrained=False)
+    squash = get_encoder("timm:test_vit", pretrained=False, resize="squash")
+    wide = np.zeros((40, 80, 3), np.uint8)
+    wide[:, :10] = 255  # a white band at the left edge: a centre crop cuts it away
+    a, b = crop.transform(Image.fromarray(wide)), squash.transform(Image.fromarray(wide))
+    assert a.shape == b.shape
+    assert float(b[:, :, 0].mean()) > float(a[:, :, 0].mean()) + 1.0
+    assert squash.fingerprint() != crop.fingerprint()
+    with pytest.raises(ConfigError, match="resize"):
+        get_encoder("timm:test_vit", pretrained=False, resize="stretch")
+
+
 def test_timm_vit_tokens_are_before_the_final_norm():
     enc = get_encoder("timm:test_vit", pretrained=False)
     out = enc.encode(_images(enc.transform))

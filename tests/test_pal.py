@@ -64,7 +64,7 @@ def make_pal(**kw):
 
 @pytest.fixture(scope="module")
 def fitted(data):
-    m = make_pal()
+    m = make_pal(dtype="fp32")  # the exact path: compared with float64 below
     m.fit(data[0], data[1], seed=0)
     return m
 
@@ -294,8 +294,8 @@ def test_pool_variants(pool, data):
 
 
 def test_chunk_size_does_not_change_training(data):
-    a = make_pal(K=8, max_epochs=2)
-    b = make_pal(K=8, max_epochs=2, chunk_elems=500)
+    a = make_pal(K=8, max_epochs=2, dtype="fp32")  # exact path: bf16 matmuls may block rows differently
+    b = make_pal(K=8, max_epochs=2, chunk_elems=500, dtype="fp32")
     a.fit(data[0], data[1], seed=0)
     b.fit(data[0], data[1], seed=0)
     np.testing.assert_allclose(a.state_dict()["A_v"].numpy(), b.state_dict()["A_v"].numpy(), atol=1e-5)
@@ -323,13 +323,14 @@ def test_center_removes_a_common_token_offset(data):
     dv = 8 * rng.standard_normal(data[0].images.token_dim).astype(np.float32)
     dt = 8 * rng.standard_normal(data[0].texts.token_dim).astype(np.float32)
     shifted = [_offset_pairs(p, dv, dt) for p in data]
-    plain, centred = make_pal(K=16, max_epochs=3), make_pal(K=16, max_epochs=3, center="both")
+    plain, centred = make_pal(K=16, max_epochs=3, dtype="fp32"), make_pal(K=16, max_epochs=3, center="both",
+                                                                          dtype="fp32")
     plain.fit(data[0], data[1], seed=0)
     centred.fit(shifted[0], shifted[1], seed=0)
     np.testing.assert_allclose(centred.mu_v.numpy(), data[0].images.tokens[np.unique(data[0].image_index)]
                                .reshape(-1, len(dv)).mean(0) + dv, rtol=1e-4, atol=1e-4)
     # Centring the shifted data ≈ centring the original: compare against a centred fit on the original.
-    ref = make_pal(K=16, max_epochs=3, center="both")
+    ref = make_pal(K=16, max_epochs=3, center="both", dtype="fp32")
     ref.fit(data[0], data[1], seed=0)
     test = shifted[2]
     np.testing.assert_allclose(centred.embed_image(test.image()).numpy(), ref.embed_image(data[2].image()).numpy(),
@@ -338,7 +339,7 @@ def test_center_removes_a_common_token_offset(data):
                                atol=2e-4)
     assert "center='both' (faithful default 'none')" in centred.fit_info["deviations"]
     assert centred.fit_info["center"] == "both" and plain.mu_v is None
-    again = make_pal(K=16, center="both")
+    again = make_pal(K=16, center="both", dtype="fp32")
     again.load_state_dict(centred.state_dict())
     np.testing.assert_array_equal(again.embed_image(test.image()).numpy(), centred.embed_image(test.image()).numpy())
     patches = centred.patch_scores(test.image().subset(np.arange(3)), torch.eye(16)[:4])
@@ -439,3 +440,31 @@ def test_compile_option_values():
     assert METHODS.get("pal")().config.compile == "auto"
     with pytest.raises(ConfigError):
         make_pal(compile="sometimes")
+
+
+# -- dtype=auto: the CPU's fastest faithful matmul ----------------------------------------------------
+@pytest.mark.parametrize("flags,chosen", [(frozenset({"avx2"}), "fp32"), (frozenset({"avx2", "amx_bf16"}), "bf16"),
+                                          (frozenset({"avx512_bf16"}), "bf16")])
+def test_auto_dtype_follows_the_cpu_and_is_recorded(data, monkeypatch, flags, chosen):
+    from alignbench import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: flags)
+    m = make_pal(K=8, max_epochs=1)
+    assert m.config.dtype == "auto"
+    m.fit(data[0], None, seed=0)
+    assert m.fit_info["dtype"] == chosen and m.fit_info["dtype_reason"].startswith("auto: this CPU has")
+    assert m.fit_info["infonce_dtype"] == "fp32"
+    forced = make_pal(K=8, max_epochs=1, dtype="fp32")
+    forced.fit(data[0], None, seed=0)
+    assert forced.fit_info["dtype"] == "fp32" and forced.fit_info["dtype_reason"] == "asked"
+
+
+def test_bf16_path_keeps_fp32_anchors_and_stays_close_to_fp32(data):
+    a, b = make_pal(K=16, max_epochs=2, dtype="fp32"), make_pal(K=16, max_epochs=2, dtype="bf16")
+    a.fit(data[0], None, seed=0)
+    b.fit(data[0], None, seed=0)
+    assert all(t.dtype == torch.float32 for t in b.anchors())  # master weights stay fp32
+    img = data[2].image()
+    ea, eb = a.embed_image(img), b.embed_image(img)
+    assert eb.dtype == torch.float32
+    assert float((ea * eb).sum(1).min()) > 0.98  # same embeddings up to bf16 rounding

@@ -266,20 +266,22 @@ def test_submitter_killed_between_sbatch_and_ledger_update_is_recovered(world, m
     cfg = build_config({}, methods="cca,asif", pairs=PAIR, budgets="20", seeds="0", evals=EVALS,
                        executor="slurm", results=str(results / "runs"))
     profile = launch.load_profile(str(_profile(world["root"], "p-recover")))
-    real_record = launch._record
+    from alignbench.launch import backends
+
+    real_record = backends._record
 
     def killed(led, job, index, sub, run_ids):
         if sub["kind"] == "runs":
             raise KeyboardInterrupt  # the process dies right after sbatch accepted the run array
         return real_record(led, job, index, sub, run_ids)
 
-    monkeypatch.setattr(launch, "_record", killed)
+    monkeypatch.setattr(backends, "_record", killed)
     with pytest.raises(KeyboardInterrupt):
         launch.run_sweep(cfg, profile)
     led = ledger_of(results)
     assert led["submissions"][-1]["state"] == "submitting"
     assert not any(j["kind"] == "runs" for j in led["jobs"].values())
-    monkeypatch.setattr(launch, "_record", real_record)
+    monkeypatch.setattr(backends, "_record", real_record)
     rep = launch.run_sweep(cfg, profile, wait=True)
     assert rep.submitted == 0 and rep.ok, rep.format()
     led = ledger_of(results)

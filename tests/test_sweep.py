@@ -342,3 +342,29 @@ def test_stage_two_encodes_nothing_with_a_segmentation_evaluation(tmp_path, monk
     assert rep.ok, rep.format()
     assert rep.encodes_submitted == len(launch.feature_needs(expand(cfg))) == 4
     assert [r for r in _reads_of_the_run(cfg) if r["action"] != "reused"] == []
+
+
+# -- the PAL paper's protocol as a plan ---------------------------------------------------------------
+def test_pal_paper_sweep_plans_offline_without_touching_anything(tmp_path):
+    """--plan lists the jobs, GPU-hours and disk with no data, no weights and no network; writes nothing."""
+    env = {"ALIGNBENCH_DATA": str(tmp_path / "no-data"), "ALIGNBENCH_CACHE": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    r = cli(["sweep", "--config", str(REPO / "slurm" / "pal-paper.yaml"), "--plan",
+             "--results", str(tmp_path / "results" / "runs")], env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "stage 1: 24 encode jobs" in out and "stage 2: 105 runs" in out  # 7 methods x 5 budgets x 3 seeds
+    assert "dense_images dinov2-l14-timm ade20k:val" in out  # segmentation sets are pre-encoded too
+    coco = next(line for line in out.splitlines() if line.startswith("images dinov2-l14-timm coco:train"))
+    assert "113,287" in coco and "60.1 GB" in coco  # 257 x 1024 fp16 tokens + fp32 pooled per image
+    assert "GPU-hours" in out and "nothing was submitted" in out
+    assert not any(tmp_path.rglob("*.json")) and not (tmp_path / "cache").exists() and not (tmp_path / "hf").exists()
+
+
+def test_pal_paper_file_sets_the_paper_encoders_and_layers():
+    cfg = build_config(load_sweep_file(REPO / "slurm" / "pal-paper.yaml"))
+    specs = expand(cfg)
+    assert {s.budget for s in specs} == {1000, 5000, 10_000, 50_000, "max"} and {s.seed for s in specs} == {0, 1, 2}
+    assert {(s.encoder.image_layer, s.encoder.text_layer) for s in specs} == {(23, 24)}
+    assert all(s.train == "coco:train" and s.val == "coco:val" for s in specs)
+    assert len(specs[0].evals) == 10

@@ -142,3 +142,29 @@ def test_a_study_file_of_another_pair_or_budget_is_refused(dirs, capsys):
     assert _tune(dirs, "--methods", "asif", "--trials", "1", "--budget", "50") == 2
     assert "holds studies of pair tiny-vit+tiny-text budget 40, not pair tiny-vit+tiny-text budget 50" in \
         capsys.readouterr().err
+
+
+def test_tuned_runs_use_the_best_dev_config_and_get_their_own_marked_rows(dirs, capsys, tmp_path):
+    import json
+
+    results = tmp_path / "runs"
+    run = ["run", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]), "--results",
+           str(results), "--tune-dir", str(dirs["tune"]), "--no-progress", "--device", "cpu", "--budget", "40",
+           "--datasets", "flickr8k"]
+    assert cli(run + ["--methods", "asif:tuned"]) == 2  # no study yet: the error says how to make it
+    err = capsys.readouterr().err
+    assert f"make it with: alignbench tune --methods asif --pair {PAIR} --budget 40 --seeds 0 --objective recall" in err
+    assert _tune(dirs, "--methods", "asif", "--trials", "2") == 0
+    best = _study(dirs, "asif|recall|seeds=0").best_trial
+    capsys.readouterr()
+    assert cli(run + ["--methods", "asif:tuned,asif"]) == 0
+    out = capsys.readouterr().out
+    assert "asif†" in out and "| asif " in out.replace("asif†", "") and "† tuned on the validation split" in out
+    recs = [json.loads(p.read_text()) for p in results.glob("*.json")]
+    tuned = [r for r in recs if r["spec"].get("tuned")]
+    assert len(recs) == 2 and len(tuned) == 1
+    t = tuned[0]
+    assert t["spec"]["tuned"]["study"] == "asif|recall|seeds=0" and t["spec"]["tuned"]["trial"] == best.number
+    assert {k: t["method"]["config"][k] for k in best.params} == best.params
+    assert cli(run + ["--methods", "asif", "--tuned"]) == 0  # --tuned = every method as METHOD:tuned
+    assert "0 to do, 1 already done" in capsys.readouterr().err

@@ -28,9 +28,16 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.datasets.base import data_root
     from alignbench.registry import DATASETS
 
-    root = data_root(args.data_root)  # a missing root is one error, not one per dataset
+    from alignbench.errors import DataError
+
+    try:
+        root = data_root(args.data_root)  # a missing root is one error, not one per dataset
+    except DataError:
+        if not args.names:
+            raise
+        root = None  # named datasets may be dataset cards, which need no data root
     names = [DATASETS.canonical(n) for n in args.names] if args.names else DATASETS.names()
-    print(f"data root: {root}")
+    print(f"data root: {root or '(none)'}")
     failed = 0
     for name in names:
         lines, ok = describe(name, root, check=args.check, verbose=bool(args.names) or args.check)
@@ -72,6 +79,10 @@ def describe(name: str, root, *, check: bool, verbose: bool) -> tuple[list[str],
             ok, present = False, present + 1
             continue
         except AlignbenchError as exc:
+            if hasattr(ds, "card"):  # a card declares its splits: one that cannot be listed is a problem
+                lines.append(f"  {split:<9} PROBLEM: {_indent(str(exc), 4)}")
+                ok = False
+                continue
             lines.append(f"  {split:<9} missing: {_short(str(exc))}")
             continue
         present += 1
@@ -103,6 +114,9 @@ def _check_split(ds, split: str) -> str | None:
         images = ds.images(split)
         if len(images) == 0:
             return "no images"
+        deep = getattr(ds, "check_files", None)  # card datasets check every file's header, not just two
+        if deep is not None and (problem := deep(split)) is not None:
+            return problem
         for i in sorted({0, len(images) - 1}):
             im = images[i]
             if ds.kind == "segmentation":

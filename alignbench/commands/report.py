@@ -1,13 +1,14 @@
-"""``alignbench report``: tables (Markdown, LaTeX, CSV) and budget curves from the result store."""
+"""``alignbench report``: tables (Markdown, LaTeX, CSV, a self-contained HTML page) and budget curves from the result store."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-HELP = "turn stored results into tables (markdown, latex, csv) and metric-vs-budget plots"
+HELP = "turn stored results into tables (markdown, latex, csv, html page) and metric-vs-budget plots"
 EXAMPLES = [
     "alignbench report --format markdown",
+    "alignbench report --format html --out report.html",
     "alignbench report --format latex --by pair --out table.tex",
     "alignbench report --metric i2t_R@1,segmentation/mIoU_fg --plot --plot-dir results/figures",
     "alignbench report --format csv --metric all --results results/runs",
@@ -16,7 +17,8 @@ EXAMPLES = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default="markdown", choices=("markdown", "latex", "csv"), help="output format")
+    p.add_argument("--format", default="markdown", choices=("markdown", "latex", "csv", "html"),
+                   help="output format (html: one self-contained page with sortable table, curves and provenance)")
     p.add_argument("--by", default="budget", choices=("budget", "pair"), help="group rows by budget or by encoder pair")
     p.add_argument(
         "--metric",
@@ -45,6 +47,11 @@ def main(args: argparse.Namespace) -> int:
         from alignbench.compare import compare_report, split_labels
 
         text = compare_report(records, split_labels(args.compare), by=args.by, metrics=metrics)
+    elif args.format == "html":
+        from alignbench.report_html import render_html
+        from alignbench.results import ResultStore
+
+        text = render_html(records, by=args.by, metrics=metrics, failures=ResultStore(args.results).failures())
     else:
         text = render(records, fmt=args.format, by=args.by, metrics=metrics)
     if args.out:

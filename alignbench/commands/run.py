@@ -39,10 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="datasets folder (default: $ALIGNBENCH_DATA)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $ALIGNBENCH_CACHE)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder precision")
-    p.add_argument("--image-layer", type=int, default=None, help="image encoder block (default: last)")
-    p.add_argument("--text-layer", type=int, default=None, help="text encoder layer (default: last)")
+    p.add_argument("--image-layer", default=None,
+                   help="image encoder block (default: last), or 'best': the choice stored by `alignbench layers`")
+    p.add_argument("--text-layer", default=None,
+                   help="text encoder layer (default: last), or 'best': the choice stored by `alignbench layers`")
     p.add_argument("--device", default="auto", help="where encoders and fits compute: auto (CUDA when present, "
                    "default), cpu, cuda, cuda:N")
+    p.add_argument("--tuned", action="store_true",
+                   help="run every method with the best config of its (pair, budget) study (as METHOD:tuned)")
+    p.add_argument("--tune-dir", default=None, help="study files for :tuned methods (default: results/tune)")
     p.add_argument("--overwrite", action="store_true", help="redo runs whose result already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -51,17 +56,21 @@ def build_specs(args: argparse.Namespace) -> list:
     """The RunSpecs of this command, every name and hyperparameter checked (no data read)."""
     import dataclasses
 
-    from alignbench.config import EncoderOptions
     from alignbench.runner import validate_spec
     from alignbench.sweep_config import build_config, expand
 
     _check_task_dataset_kinds(args.tasks, args.datasets)
+    methods = args.methods
+    if getattr(args, "tuned", False):
+        from alignbench.config import split_methods
+
+        methods = [m if m.split(":")[-1] == "tuned" else f"{m}:tuned" for m in split_methods(methods)]
     cfg = build_config(
-        methods=args.methods, pairs=args.pair, budgets=args.budget, seeds=args.seeds, tasks=args.tasks,
+        methods=methods, pairs=args.pair, budgets=args.budget, seeds=args.seeds, tasks=args.tasks,
         datasets=args.datasets, evals=args.evals, train=args.train, val=args.val, executor="debug",
+        tune_dir=getattr(args, "tune_dir", None),
     )  # fmt: skip
-    enc = EncoderOptions(image_layer=args.image_layer, text_layer=args.text_layer, dtype=args.dtype)
-    specs = [dataclasses.replace(s, encoder=enc) for s in expand(cfg)]
+    specs = [dataclasses.replace(s, encoder=_encoder_options(s, args)) for s in expand(cfg)]
     checked = set()
     for s in specs:
         key = (s.method, tuple(sorted(s.method_options.items())), s.pair)
@@ -69,6 +78,24 @@ def build_specs(args: argparse.Namespace) -> list:
             checked.add(key)
             validate_spec(s)
     return specs
+
+
+def _encoder_options(spec, args: argparse.Namespace):
+    """The spec's layers and dtype; 'best' is resolved from the stored layer choice of its pair and train split."""
+    from alignbench.config import EncoderOptions
+    from alignbench.layer_choices import BEST, parse_layer, resolve_run_layers
+
+    image, text = parse_layer(args.image_layer), parse_layer(args.text_layer)
+    if BEST in (image, text):
+        image, text, note = resolve_run_layers(spec.pair, spec.train, image, text, store_root=args.cache,
+                                               dtype=args.dtype)
+        if note not in _PRINTED:
+            _PRINTED.add(note)
+            print(note, file=sys.stderr)
+    return EncoderOptions(image_layer=image, text_layer=text, dtype=args.dtype)
+
+
+_PRINTED: set[str] = set()
 
 
 def _check_task_dataset_kinds(tasks: str | None, datasets: str | None) -> None:

@@ -15,6 +15,7 @@ EXAMPLES = [
     "alignbench sweep --config sweeps/budgets.yaml --status",
     "alignbench sweep --status                # every sweep recorded under results/sweeps",
     "alignbench sweep --methods pal,linear --pairs all --budgets 10k --seeds 0 --dry-run",
+    "alignbench sweep --config slurm/pal-paper.yaml --plan   # jobs, GPU-hours, disk; submits nothing",
 ]
 
 
@@ -40,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the job's GPU when it has one), cpu, cuda, cuda:N; resolved on the worker")
     p.add_argument("--status", action="store_true", help="report the sweep's state instead of submitting")
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted, submit nothing")
+    p.add_argument("--plan", action="store_true", help="print the jobs, estimated GPU-hours and disk; submit, "
+                   "encode and download nothing (works before the data and weights are here)")
     p.add_argument("--wait", action="store_true", help="with --executor slurm: block until every run has ended")
     p.add_argument("--all", action="store_true", help="with --status: list finished runs too")
 
@@ -66,6 +69,16 @@ def main(args: argparse.Namespace) -> int:
         return 0 if all(r.ok or not r.counts()["failed"] for r in reports) else 1
     cfg = build_config(file_values, **overrides)
     from alignbench import launch
+
+    if args.plan:
+        from alignbench.launch.estimate import format_plan
+        from alignbench.sweep_config import expand
+
+        specs = expand(cfg)
+        packs = launch.group_packs(specs, launch.load_profile(cfg.profile))
+        print(f"sweep {launch.sweep_id(cfg, specs)}: {len(specs)} runs ({cfg.executor}, device {cfg.device})")
+        print(format_plan(specs, launch.feature_needs(specs), len(packs)))
+        return 0
 
     if args.status:
         rep = launch.sweep_status(cfg)

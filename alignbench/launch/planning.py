@@ -1,0 +1,83 @@
+"""Planning a sweep: packs of runs, the feature sets stage 1 encodes, checks before submitting."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignbench.config import RunSpec
+from alignbench.errors import ConfigError
+from alignbench.launch.profiles import Profile
+from alignbench.sweep_config import SweepConfig
+
+if TYPE_CHECKING:
+    from alignbench.feature_kinds import FeatureSet
+
+
+# Planning helpers
+def group_packs(specs: list[RunSpec], profile: Profile) -> list[list[RunSpec]]:
+    """Expensive runs one per task (first: they set the makespan), cheap ones ``pack`` at a time."""
+    cheap = [s for s in specs if s.method in profile.pack_methods]
+    heavy = [s for s in specs if s.method not in profile.pack_methods]
+    packs = [[s] for s in heavy]
+    for i in range(0, len(cheap), profile.pack):
+        packs.append(cheap[i : i + profile.pack])
+    return packs
+
+
+def check_results_writable(cfg: SweepConfig) -> None:
+    """Fail before submitting anything if results cannot be written (a job would fail later, silently)."""
+    for d in (cfg.runs_dir, cfg.sweeps_dir):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"results folder {d} is not writable ({exc.strerror or exc}); "
+                              "choose another with --results DIR") from None
+
+
+def check_executor_available(executor: str) -> None:
+    if executor == "slurm" and not shutil.which("sbatch"):
+        raise ConfigError("--executor slurm needs SLURM's sbatch on PATH, and there is none on this machine; "
+                          "use --executor local to run the sweep here (or start a test cluster: "
+                          "bash slurm/cluster.sh install && bash slurm/cluster.sh start)")
+
+
+def feature_needs(specs: list[RunSpec]) -> list["FeatureSet"]:
+    """Every feature set the runs read (training/validation pairs and task needs), once each."""
+    from alignbench import feature_kinds
+    from alignbench.registry import TASKS
+    from alignbench.runner import EvalSpec, parse_split_ref
+    from alignbench.source import split_pair
+
+    needs: dict[str, feature_kinds.FeatureSet] = {}
+    tasks: dict[str, Any] = {}
+
+    def add(what: str, spec: RunSpec, dataset: str, split: str | None) -> None:
+        for kind in feature_kinds.expand(what):
+            fs = feature_kinds.feature_set(kind, split_pair(spec.pair), dataset, split,
+                                           image_layer=spec.encoder.image_layer, text_layer=spec.encoder.text_layer,
+                                           dtype=spec.encoder.dtype)
+            needs.setdefault(fs.key, fs)
+
+    for spec in specs:
+        for ref, default in ((spec.train, "train"), (spec.val, "dev")):
+            if ref:
+                add("pairs", spec, *parse_split_ref(ref, default))
+        for text in spec.evals:
+            ev = EvalSpec.parse(text).resolved()
+            task = tasks.setdefault(ev.task, TASKS.get(ev.task)())
+            for need in task.needs(ev.dataset, ev.split):
+                add(need.what, spec, need.dataset, need.split)
+    return list(needs.values())
+
+
+def missing_features(needs: list["FeatureSet"], store_root: Path | None, data_root: Path | None) -> list["FeatureSet"]:
+    """The feature sets not (validly) in the store; nothing is encoded."""
+    from alignbench.store import FeatureStore
+
+    store = FeatureStore(store_root)
+    return [n for n in needs if not n.spec.has(store, n, data_root=data_root)]
