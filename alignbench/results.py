@@ -258,24 +258,6 @@ def validate_record(rec: Any) -> str | None:
     return schema_problem(rec)
 
 
-def row_identity(record: dict[str, Any]) -> dict[str, Any]:
-    """What one table row shares: ``resolved`` minus the seed, the evaluations and their feature keys.
-
-    Two runs with equal row identities differ only in their seed (and what they
-    evaluated), so their metrics may be averaged; anything else is another row.
-    A schema-1 record (no ``resolved``) gets a best-effort identity from its spec.
-    """
-    res = record.get("resolved")
-    if not isinstance(res, dict):
-        spec = record.get("spec") or {}
-        return {"schema": 1, "method": {"name": spec.get("method"), "options": spec.get("method_options") or {}},
-                "pair": spec.get("pair"), "budget": (record.get("budget") or {}).get("pairs", spec.get("budget")),
-                "encoder": spec.get("encoder"), "train": spec.get("train"), "val": spec.get("val")}
-    out = {k: v for k, v in res.items() if k not in ("seed", "evals", "feature_keys")}
-    out["feature_keys"] = {k: v for k, v in (res.get("feature_keys") or {}).items() if k != "evals"}
-    return out
-
-
 def records_to_frame(records: Iterable[dict[str, Any]]) -> "pd.DataFrame":
     """Flatten result records to a tidy frame: one row per run × metric."""
     import pandas as pd
