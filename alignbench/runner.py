@@ -86,6 +86,15 @@ def subsample_indices(n_available: int, budget: int | str, seed: int) -> np.ndar
     return np.sort(perm[:n])
 
 
+def available_pairs(train: str, data_root: str | Path | None = None, *, dataset: Any = None) -> int:
+    """Image–caption pairs in a training split (``dataset:split``); runs get it resolved (ResolvedRun.available)."""
+    from alignbench.registry import DATASETS
+
+    name, split = parse_split_ref(train, "train")
+    ds = dataset if dataset is not None else DATASETS.get(name)(root=data_root)
+    return len(ds.caption_image_index(ds.check_split(split)))
+
+
 # -- planning -------------------------------------------------------------------------
 def plan(specs: Iterable[RunSpec | ResolvedRun], results_dir: str | Path = "results/runs", *,
          resolver: Resolver | None = None) -> tuple[list[ResolvedRun], list[ResolvedRun]]:
@@ -305,4 +314,4 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["EvalSpec", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]
+__all__ = ["EvalSpec", "available_pairs", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]
