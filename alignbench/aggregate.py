@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 GROUP_PATHS = ("budget", "pair", "image.encoder", "text.encoder")  # shown as group columns, never in labels
 DERIVED = ("feature_keys",)  # identity paths that follow from others (cache keys of the layers, dtype, data): no label
 LEAVES = ("train", "val")  # split references: one label part ("train coco:train"), not one per field
+ENCODER_DEFAULTS = ("image.layer", "text.layer")  # resolved per encoder (alignbench.identity)
 MIN_SEEDS_FOR_T = 3  # paired t over seeds from this many shared seeds on; fewer → paired bootstrap
 
 
@@ -112,12 +113,17 @@ def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
         defaults = {p: c.most_common(1)[0][0] for (m, p), c in untyped.items() if m == method}
         for r in members:
             shown = sorted((varying | typed[r.key]) & set(paths) & set(r.flat) - {"tuned"}, key=_label_order)
+            # a layer nobody typed is the encoder's default (the pair is a group column): not a label part
+            shown = [p for p in shown if p not in ENCODER_DEFAULTS or p in typed[r.key]]
             if any(p not in defaults for p in shown):  # a setting no run left at its default: ask the method
                 defaults = {**_config_defaults(method), **defaults}
             parts = [_part(p, r.flat[p]) for p in shown if r.flat[p] != defaults.get(p)]
             name = f"{method}{TUNED_MARK}" if "tuned" in r.flat else method  # tuned on dev (alignbench tune)
             r.label = f"{name} [{'; '.join(parts)}]" if parts else name
         _disambiguate(members, sorted(varying))
+    for r in rows.values():  # report --include-stale: results the current code would not reproduce
+        if any(rec.get("_stale") for recs in r.runs.values() for rec in recs):
+            r.label += " [stale]"
     return rows
 
 

@@ -53,7 +53,8 @@ def run(methods: str | Sequence[str], *, budget: Any = "10k", pair: str | Sequen
     from alignbench.commands import run as run_cmd
     from alignbench.datasets.cards import use
     from alignbench.devices import parse_device
-    from alignbench.runner import plan, run_one
+    from alignbench.planning import plan_runs
+    from alignbench.runner import run_one
 
     use(dataset_files, data_root)
     args = argparse.Namespace(
@@ -68,20 +69,20 @@ def run(methods: str | Sequence[str], *, budget: Any = "10k", pair: str | Sequen
     args.device, args.data_root, args.results, args.cache = device, data_root, results, cache
     check("run", args)  # the CLI's checks of every value and path, in the same order
     specs = run_cmd.build_specs(args)
-    run_cmd.check_budgets(specs, data_root)
+    runs = run_cmd.resolve_specs(specs, args)  # budgets, overlapping splits: refused before any work
     choice = parse_device(device)
-    todo, _ = (specs, []) if overwrite else plan(specs, results)
+    todo = plan_runs(runs, results, overwrite=overwrite).todo
     failed: dict[str, str] = {}
-    for spec in todo:
+    for run in todo:
         try:
-            run_one(spec, results_dir=results, store_root=cache, data_root=data_root, overwrite=overwrite,
+            run_one(run, results_dir=results, store_root=cache, data_root=data_root, overwrite=True,
                     device=str(choice), progress=progress)
         except AlignbenchError:
             raise  # bad input repeats for every run: say it once, as the CLI does
         except Exception as exc:  # noqa: BLE001 - kept as a failed row, like the CLI's FAILED line
-            log.error("%s failed: %s: %s", spec.run_id, type(exc).__name__, exc)
-            failed[spec.run_id] = f"{type(exc).__name__}: {exc}"
-    frame = load_results(results, run_ids=[s.run_id for s in specs])
+            log.error("%s failed: %s: %s", run.run_id, type(exc).__name__, exc)
+            failed[run.run_id] = f"{type(exc).__name__}: {exc}"
+    frame = load_results(results, run_ids=[r.run_id for r in runs])
     if failed:
         import pandas as pd
 

@@ -1,8 +1,10 @@
-"""Typed run configuration: budgets, method specs with overrides, the RunSpec and its id.
+"""Typed run configuration: budgets, method specs with overrides, the RunSpec as typed.
 
-A run is a pure function of its RunSpec and the cached features, so the
-spec's hash is the run id: the planner skips runs whose result exists, and
-local, debug and SLURM execution run the same function.
+A RunSpec is what the user asked for; alignbench.identity resolves it once
+into a ResolvedRun whose ``run_id``/``fit_id`` hash what will actually run
+(equivalent spellings give one id; a changed default gives a new one).  The
+spec's own hash, ``spec_key``, only names bookkeeping that exists before
+resolution: sweep ledgers and failure records.
 """
 from __future__ import annotations
 
@@ -184,7 +186,12 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """Stable hash of the spec; readable prefix for humans browsing results/."""
+        """Alias of :attr:`spec_key` (sweep ledgers key runs by it); a result's id is ``ResolvedRun.run_id``."""
+        return self.spec_key
+
+    @property
+    def spec_key(self) -> str:
+        """Stable hash of the spec as typed; readable prefix.  Not the run's identity (see alignbench.identity)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         h = hashlib.sha256(blob.encode()).hexdigest()[:12]
         opts = "".join(f"-{k}{v}" for k, v in sorted(self.method_options.items()))

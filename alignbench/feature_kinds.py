@@ -81,6 +81,15 @@ class FeatureKind:
                                               data_root=data_root, encoder_options=opts or None)
 
 
+    def entry(self, store: Any, fs: FeatureSet, *, data_root: Any = None, base: dict | None = None,
+              dataset: Any = None) -> str:
+        """The cache entry (``<encoder>/<folder>``) ``fs`` is read from; nothing is encoded (run identities)."""
+        opts = {**(base or {}), **self.options(store, fs.encoder, fs.layer, fs.dtype)}
+        args = (fs.encoder, dataset if dataset is not None else fs.dataset, fs.split)[: 3 if self.per_split else 2]
+        return store.entry_name(self.store_get, *args, layer=fs.layer, dtype=fs.dtype, data_root=data_root,
+                                encoder_options=opts or None)
+
+
 def dense_options(store: Any, encoder: str, layer: int | None, dtype: str, base: dict | None = None) -> dict:
     """``base`` plus :data:`DENSE_OPTIONS` if the image encoder knows them, else ``base`` (its default images).
 

@@ -1,19 +1,41 @@
 """The result store: one JSON file per run, written atomically, read back as a table.
 
 Why one file per run: sweep workers never share a file, so a crashed or
-duplicated job cannot corrupt anyone else's numbers, and "is this run done?"
-is a file-exists check.  Files are written with ``alignbench.atomic`` (temp file,
-fsync, ``os.replace``), so a reader never sees half a result.
+duplicated job cannot corrupt anyone else's numbers.  Files are written with
+``alignbench.atomic`` (temp file, fsync, ``os.replace``), so a reader never sees
+half a result; every reader still parses each file against its schema
+(:func:`validate_record`), so a damaged or partial file is named and redone,
+never counted as done.
 
-A record (schema version 1) looks like::
+A record (schema version 2) looks like::
 
-    {"schema_version": 1, "status": "ok", "run_id": ..., "spec": {...RunSpec...},
+    {"schema_version": 2, "status": "ok",
+     "run_id": "<prefix>-<hash>",            # hash of fit_id + evaluations (alignbench.identity)
+     "fit_id": "<prefix>-fit-<hash>",        # hash of everything but the evaluations
+     "spec_key": ..., "spec": {...RunSpec as typed...},
+     "resolved": {                            # ResolvedRun.to_dict(): what the ids hash
+        "pair": "effnet-lite0+minilm-l6",
+        "image": {"encoder": "effnet-lite0", "layer": 16}, "text": {"encoder": "minilm-l6", "layer": 5},
+        "dtype": "fp32",
+        "method": {"name": "pal", "version": 1, "config": {...full config after defaults...}},
+        "train": {"dataset": "flickr8k", "split": "train"}, "val": {"dataset": "flickr8k", "split": "dev"} | null,
+        "budget": 10000, "seed": 0,
+        "evals": [{"task": "retrieval", "dataset": "flickr8k", "split": "test", "key": "retrieval/flickr8k"}],
+        "feature_keys": {"train": {"images": "<encoder>/<entry>", "texts": ...}, "val": {...},
+                         "evals": {"retrieval/flickr8k": {"images": ..., "texts": ...}}}},
      "budget": {"requested": "10k"|10000|"max", "pairs": 10000, "available": 30000},
      "evals": [{"key": "retrieval/flickr8k", "task": ..., "dataset": ..., "split": ...}],
      "metrics": {"retrieval/flickr8k": {"i2t_R@1": 12.3, ...}, ...},
      "timings": {"encode": s, "fit": s, "eval": {"retrieval/flickr8k": s}, "total": s},
-     "method": {"name": ..., "config": {...}, "fit_info": {...}, "num_parameters": n},
+     "method": {"name": ..., "version": 1, "config": {...}, "fit_info": {...}, "num_parameters": n},
+     "fit": {"state": "<fit_id>.state.pt", "reused": false},
      "provenance": {...}, "started_at": iso, "finished_at": iso}
+
+:func:`row_identity` (``resolved`` minus seed, evaluations and their feature
+keys) is what one table row shares: runs that differ in anything else are
+different rows.  Schema-1 files (no ``resolved``) still load; they are stale
+(alignbench.planning), because nothing in them says which method version or
+features made their numbers.
 """
 from __future__ import annotations
 
@@ -33,12 +55,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REQUIRED_KEYS = ("schema_version", "run_id", "spec", "metrics")
 FAILED_SUFFIX = ".failed.json"
 FRAME_COLUMNS = (
     "run_id", "method", "method_label", "pair", "budget", "seed",
-    "task", "dataset", "split", "eval", "metric", "value",
+    "task", "dataset", "split", "eval", "metric", "value", "stale",
 )  # fmt: skip
 
 
@@ -104,28 +126,39 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 class ResultStore:
-    """Result files under ``root`` (default ``results/runs``); sub-folders are read too."""
+    """Result files under ``root`` (default ``results/runs``); sub-folders are read too.
+
+    Results are named ``<run_id>.json`` (:class:`~alignbench.identity.ResolvedRun`); a failure
+    is ``<spec_key>.failed.json`` (the spec as typed: a run can fail before it is resolved).
+    """
 
     def __init__(self, root: str | os.PathLike = "results/runs"):
         self.root = Path(root)
         self.skipped: list[tuple[Path, str]] = []  # (file, why) from the last load_all
 
     # -- paths -------------------------------------------------------------------
-    def path_for(self, spec: RunSpec) -> Path:
-        return self.root / f"{spec.run_id}.json"
+    def path_for(self, run: Any) -> Path:
+        """``<root>/<run_id>.json`` of a ResolvedRun (or a run id)."""
+        return self.root / f"{run if isinstance(run, str) else run.run_id}.json"
 
-    def failed_path_for(self, spec: RunSpec) -> Path:
-        return self.root / f"{spec.run_id}{FAILED_SUFFIX}"
+    def failed_path_for(self, spec: Any) -> Path:
+        """``<root>/<spec_key>.failed.json`` of a RunSpec (or a ResolvedRun, via its spec)."""
+        spec = getattr(spec, "spec", None) or spec
+        return self.root / f"{spec.spec_key}{FAILED_SUFFIX}"
 
-    def exists(self, spec: RunSpec) -> bool:
-        return self.path_for(spec).is_file()
+    def exists(self, run: Any) -> bool:
+        """True if the run's result file exists and is a valid, current-schema record."""
+        return self.load(run) is not None
 
     # -- writing -----------------------------------------------------------------
     def write(self, record: dict[str, Any]) -> Path:
-        spec = RunSpec.from_dict(record["spec"])
-        path = atomic_write_json(self.path_for(spec), record)
-        stale = self.failed_path_for(spec)
-        if stale.exists():  # this run has now succeeded: its old failure no longer applies
+        problem = validate_record(record)
+        if problem:
+            raise ValueError(f"refusing to write an invalid result record: {problem}")
+        path = atomic_write_json(self.path_for(record["run_id"]), record)
+        key = record.get("spec_key")
+        stale = self.root / f"{key}{FAILED_SUFFIX}" if key else None
+        if stale is not None and stale.exists():  # this run has now succeeded: its old failure no longer applies
             stale.unlink()
         return path
 
@@ -146,7 +179,7 @@ class ResultStore:
         return out
 
     def load_all(self) -> list[dict[str, Any]]:
-        """Every valid result; corrupted or foreign files are skipped with a warning naming them."""
+        """Every valid result; damaged or foreign files are skipped with a warning naming them."""
         records = []
         self.skipped = []
         for path in self._files(failed=False):
@@ -156,13 +189,20 @@ class ResultStore:
                 records.append(rec)
         return records
 
-    def load(self, spec: RunSpec) -> dict[str, Any] | None:
-        """The result of ``spec`` if it exists and is valid (a bad file is warned about)."""
-        path = self.path_for(spec)
+    def load(self, run: Any) -> dict[str, Any] | None:
+        """The result of ``run`` (ResolvedRun or run id) if its file exists and is valid (a bad file is warned about)."""
+        path = self.path_for(run)
         return self._load(path) if path.is_file() else None
 
+    def problem(self, run: Any) -> str | None:
+        """Why the file of ``run`` cannot be used (None if it is missing or valid)."""
+        path = self.path_for(run)
+        if not path.is_file():
+            return None
+        return _read_problem(path)[1]
+
     def failures(self) -> list[dict[str, Any]]:
-        """Failure records (``<run_id>.failed.json``) whose run has no result yet."""
+        """Failure records (``<spec_key>.failed.json``); a success deletes its run's failure record."""
         out = []
         for path in self._files(failed=True):
             try:
@@ -178,11 +218,7 @@ class ResultStore:
     @staticmethod
     def _load(path: Path, skipped: list | None = None) -> dict[str, Any] | None:
         """The record in ``path``, or None (warned, and appended to ``skipped``) if unusable."""
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            problem = validate_record(rec)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            problem = f"corrupted result file ({exc})"
+        rec, problem = _read_problem(path)
         if problem:
             log.warning("skipping %s: %s", path, problem)
             if skipped is not None:
@@ -195,23 +231,31 @@ class ResultStore:
         return records_to_frame(self.load_all() if records is None else records)
 
 
+def _read_problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"damaged result file (not valid JSON: {exc}); it is redone by the next run"
+    return rec, validate_record(rec)
+
+
 def validate_record(rec: Any) -> str | None:
-    """Why ``rec`` is not a usable result, or None if it is."""
+    """Why ``rec`` is not a usable result, or None if it is (parsed against its schema's model)."""
     if not isinstance(rec, dict):
         return f"not an alignbench result (a JSON {type(rec).__name__}, expected an object)"
     missing = [k for k in REQUIRED_KEYS if k not in rec]
     if missing:
         return f"not an alignbench result (missing {', '.join(missing)})"
     version = rec["schema_version"]
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         return f"unknown result schema version {version!r}"
     if version > SCHEMA_VERSION:
         return f"written by a newer alignbench (schema {version} > {SCHEMA_VERSION}); upgrade to read it"
     if rec.get("status", "ok") != "ok":
         return f"run status is {rec.get('status')!r}, not 'ok'"
-    if not isinstance(rec["metrics"], dict) or not isinstance(rec["spec"], dict) or "method" not in rec["spec"]:
-        return "malformed result (spec or metrics are not objects)"
-    return None
+    from alignbench.result_schema import schema_problem
+
+    return schema_problem(rec)
 
 
 def records_to_frame(records: Iterable[dict[str, Any]]) -> "pd.DataFrame":
@@ -234,8 +278,9 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> "pd.DataFrame":
                     {
                         "run_id": rec["run_id"],
                         "method": spec["method"],
-                        "method_label": method_label(spec["method"], spec.get("method_options"), spec.get("tuned")),
-                        "pair": spec.get("pair"),
+                        "method_label": rec.get("_label") or method_label(spec["method"], spec.get("method_options"),
+                                                                         spec.get("tuned")),
+                        "pair": (rec.get("resolved") or {}).get("pair", spec.get("pair")),
                         "budget": budget,
                         "seed": spec.get("seed"),
                         "task": ev.get("task"),
@@ -244,6 +289,7 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> "pd.DataFrame":
                         "eval": key,
                         "metric": metric,
                         "value": float(value),
+                        "stale": bool(rec.get("_stale")),
                     }
                 )
     return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
@@ -255,9 +301,9 @@ def _parse_eval_key(key: str) -> dict[str, Any]:
     return {"task": task, "dataset": dataset, "split": split or None}
 
 
-def require_results(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """All valid results under ``root``, or a DataError saying why there are none."""
-    store = ResultStore(root)
+def require_results(root: str | os.PathLike, store: ResultStore | None = None) -> list[dict[str, Any]]:
+    """All valid results under ``root``, or a DataError saying why there are none (``store.skipped`` names the rest)."""
+    store = store or ResultStore(root)
     if not store.root.is_dir():
         raise DataError(f"results folder {str(store.root)!r} does not exist; run `alignbench run` first or pass --results")
     records = store.load_all()

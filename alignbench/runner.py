@@ -1,11 +1,11 @@
 """Execute one run: the single function local, debug and SLURM execution all call.
 
-``run_one(spec)`` is a pure function of the RunSpec and the cached features:
-it encodes (or loads) what the spec needs, subsamples the training pairs
-(nested by seed), fits the method, evaluates every ``task:dataset:split`` and
-writes ONE result JSON atomically.  A failed run leaves
-``<run_id>.failed.json`` with its traceback beside the results (so a sweep can
-report it) and re-raises; it never touches another run's file.
+``run_one(run)`` is a pure function of the ResolvedRun (alignbench.identity)
+and the cached features: it encodes (or loads) what the run reads, subsamples
+the training pairs (nested by seed), fits the method, evaluates every
+evaluation and writes ONE result JSON atomically.  A failed run leaves
+``<spec_key>.failed.json`` with its traceback beside the results (so a sweep
+can report it) and re-raises; it never touches another run's file.
 
 Kept free of module-level heavy imports and inside the installed package, so
 submitit can pickle a reference to it and import it in a job.
@@ -25,6 +25,7 @@ import numpy as np
 
 from alignbench.config import RunSpec, resolve_budget
 from alignbench.errors import AlignbenchError, ConfigError
+from alignbench.identity import EvalSpec, ResolvedRun, Resolver, parse_split_ref
 from alignbench.results import SCHEMA_VERSION, ResultStore
 
 log = logging.getLogger(__name__)
@@ -32,50 +33,7 @@ log = logging.getLogger(__name__)
 _SUBSAMPLE_SALT = 0x5EED  # keeps the pair subsample stream apart from the method's own seed use
 
 
-# -- spec parsing ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class EvalSpec:
-    """One evaluation: ``task:dataset[:split]`` (split None = the dataset's test split)."""
-
-    task: str
-    dataset: str
-    split: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "EvalSpec":
-        parts = [p.strip() for p in str(text).split(":")]
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ConfigError(f"cannot read evaluation {text!r}: use TASK:DATASET[:SPLIT], e.g. retrieval:flickr8k:test")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
-
-    def resolved(self) -> "EvalSpec":
-        """Canonical task/dataset names and an explicit split (no data is read)."""
-        from alignbench.registry import DATASETS, TASKS
-        from alignbench.tasks.base import default_split
-
-        task = TASKS.canonical(self.task)
-        dataset = DATASETS.canonical(self.dataset)
-        split = self.split or default_split(DATASETS.get(dataset))
-        return EvalSpec(task, dataset, split)
-
-    @property
-    def key(self) -> str:
-        """Metrics key in results: ``task/dataset`` (``:split`` added when it is not the test split)."""
-        tail = f":{self.split}" if self.split and self.split != "test" else ""
-        return f"{self.task}/{self.dataset}{tail}"
-
-    def __str__(self) -> str:
-        return f"{self.task}:{self.dataset}" + (f":{self.split}" if self.split else "")
-
-
-def parse_split_ref(text: str, default_split: str) -> tuple[str, str]:
-    """'flickr8k:train' → ('flickr8k', 'train'); 'flickr8k' → ('flickr8k', default_split)."""
-    name, _, split = str(text).partition(":")
-    if not name.strip():
-        raise ConfigError(f"cannot read dataset split {text!r}: use DATASET[:SPLIT], e.g. flickr8k:train")
-    return name.strip(), (split.strip() or default_split)
-
-
+# -- spec parsing (EvalSpec and split references live in alignbench.identity) -----------
 def validate_spec(spec: RunSpec) -> None:
     """Check every name and hyperparameter in ``spec`` without reading data or encoding.
 
@@ -129,10 +87,7 @@ def subsample_indices(n_available: int, budget: int | str, seed: int) -> np.ndar
 
 
 def available_pairs(train: str, data_root: str | Path | None = None, *, dataset: Any = None) -> int:
-    """Image–caption pairs in a training split (``dataset:split``), counted from the captions file.
-
-    Cheap (no encoding), so a budget that cannot be met fails before any work.
-    """
+    """Image–caption pairs in a training split (``dataset:split``); runs get it resolved (ResolvedRun.available)."""
     from alignbench.registry import DATASETS
 
     name, split = parse_split_ref(train, "train")
@@ -141,21 +96,24 @@ def available_pairs(train: str, data_root: str | Path | None = None, *, dataset:
 
 
 # -- planning -------------------------------------------------------------------------
-def plan(specs: Iterable[RunSpec], results_dir: str | Path = "results/runs") -> tuple[list[RunSpec], list[RunSpec]]:
-    """Split specs into (to run, already done); duplicates are dropped."""
-    store = ResultStore(results_dir)
-    todo, done, seen = [], [], set()
-    for spec in specs:
-        if spec.run_id in seen:
-            continue
-        seen.add(spec.run_id)
-        (done if store.exists(spec) else todo).append(spec)
-    return todo, done
+def plan(specs: Iterable[RunSpec | ResolvedRun], results_dir: str | Path = "results/runs", *,
+         resolver: Resolver | None = None) -> tuple[list[ResolvedRun], list[ResolvedRun]]:
+    """Split runs into (to run, already done); equivalent spellings are one run.
+
+    Done = a valid stored result with the identity the current code resolves
+    (alignbench.planning says why anything else is redone).
+    """
+    from alignbench.planning import plan_runs
+
+    resolver = resolver or Resolver()
+    runs = [s if isinstance(s, ResolvedRun) else resolver.resolve(s) for s in specs]
+    p = plan_runs(runs, results_dir)
+    return p.todo, p.done
 
 
 # -- execution ------------------------------------------------------------------------
 def run_one(
-    spec: RunSpec,
+    run: RunSpec | ResolvedRun,
     *,
     results_dir: str | Path = "results/runs",
     store_root: str | Path | None = None,
@@ -164,90 +122,110 @@ def run_one(
     device: str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Run ``spec`` and return the path of its result JSON (skipped if it exists)."""
+    """Run ``run`` and return the path of its result JSON (skipped if a valid current result exists).
+
+    A RunSpec is resolved first (alignbench.identity); a failure at any phase,
+    resolution included, leaves ``<spec_key>.failed.json``.
+    """
+    from alignbench.store import FeatureStore
+
     store = ResultStore(results_dir)
-    path = store.path_for(spec)
-    if path.exists() and not overwrite:
-        log.info("%s: result exists, skipping (%s)", spec.run_id, path)
-        return path
+    spec = run.spec if isinstance(run, ResolvedRun) else run
     started = _now()
     t0 = time.perf_counter()
-    state = {"phase": "validate"}
+    state = {"phase": "resolve"}
     try:
-        validate_spec(spec)
-        record = _execute(spec, store_root, data_root, device, progress, state)
+        if not isinstance(run, ResolvedRun):
+            validate_spec(run)
+            run = Resolver(store=FeatureStore(store_root) if store_root is not None else None,
+                           data_root=data_root).resolve(run)
+        path = store.path_for(run)
+        if not overwrite:
+            if store.load(run) is not None:
+                log.info("%s: result exists, skipping (%s)", run.run_id, path)
+                return path
+            problem = store.problem(run)
+            if problem:
+                log.warning("%s: redoing it: %s", path, problem)
+        record = _execute(run, results_dir, store_root, data_root, device, progress, state)
     except Exception as exc:  # Ctrl-C (KeyboardInterrupt) is not a failure of the run: no record
-        _write_failure(store, spec, exc, started, state["phase"])
+        _write_failure(store, spec, exc, started, state["phase"], run)
         raise
     record.update(
         schema_version=SCHEMA_VERSION,
         status="ok",
-        run_id=spec.run_id,
+        run_id=run.run_id,
+        fit_id=run.fit_id,
+        spec_key=spec.spec_key if spec is not None else None,
         started_at=started,
         finished_at=_now(),
     )
     record["timings"]["total"] = time.perf_counter() - t0
     out = store.write(_ordered(record))
-    log.info("%s: done in %.1f s → %s", spec.run_id, record["timings"]["total"], out)
+    log.info("%s: done in %.1f s → %s", run.run_id, record["timings"]["total"], out)
     return out
 
 
-def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, state: dict) -> dict[str, Any]:
+def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, progress: bool,
+             state: dict) -> dict[str, Any]:
     import torch
 
     from alignbench import feature_kinds, provenance
-    from alignbench.registry import METHODS, TASKS
+    from alignbench.fits import fitted_for, save_fitted, state_path
+    from alignbench.identity import make_method
+    from alignbench.split_guard import check_disjoint
+    from alignbench.registry import TASKS
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
 
     timings: dict[str, Any] = {}
-    source = FeatureSource(
-        spec.pair,
-        store=FeatureStore(store_root, device=device),
-        data_root=data_root,
-        image_layer=spec.encoder.image_layer,
-        text_layer=spec.encoder.text_layer,
-        dtype=spec.encoder.dtype,
-        progress=progress,
-    )
-    evals = [EvalSpec.parse(e).resolved() for e in spec.evals]
-    tasks = {ev.task: TASKS.get(ev.task)() for ev in evals}
+    source = FeatureSource.for_run(run, store=FeatureStore(store_root, device=device), data_root=data_root,
+                                   progress=progress)
+    tasks = {ev.task: TASKS.get(ev.task)() for ev in run.evals}
 
-    # 1. encode (or load from the cache) everything the run will read.
+    # 0. training and validation images are never evaluated (image identity, before any work).
+    state["phase"] = "check splits"
+    check_disjoint(run, source)
+
+    # 1. a stored fit of this fit_id (alignbench.fits), else the training data; features of every evaluation.
     state["phase"] = "encode"
     t = time.perf_counter()
-    train_ds, train_split = parse_split_ref(spec.train, "train")
-    resolve_budget(spec.budget, available_pairs(spec.train, dataset=source.dataset(train_ds)))  # before encoding
-    all_train = source.pairs(train_ds, train_split)
-    val = None
-    if spec.val:
-        val_ds, val_split = parse_split_ref(spec.val, "dev")
-        val = source.pairs(val_ds, val_split)
-    for ev in evals:
-        task = tasks[ev.task]
-        task.check_dataset(source.dataset(ev.dataset))
-        for need in task.needs(ev.dataset, ev.split):
+    method = fitted_for(run, results_dir, device=device)
+    all_train = val = None
+    if method is None:
+        all_train = source.pairs(run.train.dataset, run.train.split)
+        val = source.pairs(run.val.dataset, run.val.split) if run.val is not None else None
+    for ev in run.evals:
+        for need in tasks[ev.task].needs(ev.dataset, ev.split):
             feature_kinds.fetch(source, need.what, need.dataset, need.split)
     timings["encode"] = time.perf_counter() - t
 
-    # 2. subsample the budget (nested by seed) and fit.
+    # 2. subsample the budget (nested by seed) and fit; keep the fitted state.
     state["phase"] = "fit"
-    idx = subsample_indices(len(all_train), spec.budget, spec.seed)
-    train = all_train.subset(idx)
-    cls = METHODS.get(spec.method)
-    method = cls(**dict(spec.method_options)).to(device)
-    log.info("%s: fitting %s on %d pairs (%s)", spec.run_id, spec.method, len(train), spec.pair)
-    torch.manual_seed(spec.seed)
-    t = time.perf_counter()
-    method.fit(train, val, seed=spec.seed)
-    timings["fit"] = time.perf_counter() - t
+    fit = {"state": state_path(results_dir, run.fit_id).name, "reused": method is not None}
+    if method is None:
+        train = all_train.subset(subsample_indices(len(all_train), run.budget, run.seed))
+        method = make_method(run.method).to(device)
+        log.info("%s: fitting %s on %d pairs (%s)", run.run_id, run.method.label, len(train), run.pair)
+        torch.manual_seed(run.seed)
+        t = time.perf_counter()
+        method.fit(train, val, seed=run.seed)
+        timings["fit"] = time.perf_counter() - t
+        try:
+            save_fitted(method, run, results_dir)
+        except OSError as exc:  # the metrics are still right; only the reuse is lost
+            log.warning("%s: the fitted state could not be stored (%s); its next evaluation will refit", run.run_id, exc)
+            fit["state"] = None
+    else:
+        log.info("%s: evaluating the stored fit %s (no refit)", run.run_id, fit["state"])
+        timings["fit"] = 0.0
 
     # 3. evaluate.
     metrics: dict[str, dict[str, float]] = {}
     outcomes: dict[str, dict[str, Any]] = {}
     timings["eval"] = {}
-    for ev in evals:
-        log.info("%s: evaluating %s", spec.run_id, ev)
+    for ev in run.evals:
+        log.info("%s: evaluating %s", run.run_id, ev)
         state["phase"] = f"eval {ev}"
         t = time.perf_counter()
         metrics[ev.key], found = tasks[ev.task].evaluate_with_outcomes(method, source, source.dataset(ev.dataset), ev.split)
@@ -255,34 +233,32 @@ def _execute(spec: RunSpec, store_root, data_root, device: str, progress: bool, 
             outcomes[ev.key] = found.to_json()
         timings["eval"][ev.key] = time.perf_counter() - t
 
+    requested = run.spec.budget if run.spec is not None else run.budget
     return {
-        "spec": spec.to_dict(),
-        "budget": {"requested": spec.budget, "pairs": len(train), "available": len(all_train)},
+        "spec": run.spec.to_dict() if run.spec is not None else None,
+        "resolved": run.to_dict(),
+        "budget": {"requested": requested, "pairs": run.budget, "available": run.available},
         "data": {
-            "train": {"dataset": train_ds, "split": train_split, "pairs": len(train), "available": len(all_train)},
-            "val": None if val is None else {"ref": spec.val, "pairs": len(val)},
+            "train": {**run.train.to_dict(), "pairs": run.budget, "available": run.available},
+            "val": None if run.val is None else {**run.val.to_dict(), "pairs": None if val is None else len(val)},
         },
-        "evals": [{"key": ev.key, "task": ev.task, "dataset": ev.dataset, "split": ev.split} for ev in evals],
+        "evals": [{"key": ev.key, "task": ev.task, "dataset": ev.dataset, "split": ev.split} for ev in run.evals],
         "metrics": metrics,
         "timings": timings,
-        "layers": {"image": _layer_of(all_train.images), "text": _layer_of(all_train.texts)},
+        "layers": {"image": run.image.layer, "text": run.text.layer},  # resolved (alignbench.identity)
         "method": {
-            "name": spec.method,
+            "name": run.method.name,
+            "version": run.method.version,
             "level": getattr(method, "level", None),
             "config": method.config.to_dict(),
             "fit_info": dict(method.fit_info),
             "num_parameters": _num_parameters(method),
         },
+        "fit": fit,
         "features": source.reads,
-        "provenance": provenance.collect(device, spec.encoder.dtype),
+        "provenance": provenance.collect(device, run.dtype),
         "outcomes": outcomes,
     }
-
-
-def _layer_of(features: Any) -> int | None:
-    """The encoder layer the cached features come from (resolved: 'last' is a number here)."""
-    layer = (getattr(features, "meta", None) or {}).get("key", {}).get("encoder", {}).get("layer")
-    return None if layer is None else int(layer)
 
 
 def _num_parameters(method: Any) -> int | None:
@@ -293,13 +269,16 @@ def _num_parameters(method: Any) -> int | None:
         return None
 
 
-def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: str, phase: str) -> None:
+def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: str, phase: str,
+                   run: Any = None) -> None:
     from alignbench import provenance
 
+    resolved = run if isinstance(run, ResolvedRun) else None
     record = {
         "schema_version": SCHEMA_VERSION,
         "status": "failed",
-        "run_id": spec.run_id,
+        "run_id": resolved.run_id if resolved is not None else None,
+        "spec_key": spec.spec_key,
         "spec": spec.to_dict(),
         "error": {
             "type": type(exc).__name__,
@@ -314,14 +293,15 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
     }
     try:
         path = store.write_failure(record)
-        log.error("%s failed (%s: %s); details in %s", spec.run_id, type(exc).__name__, exc, path)
+        log.error("%s failed (%s: %s); details in %s", spec.spec_key, type(exc).__name__, exc, path)
     except OSError as write_exc:  # never mask the original error
-        log.error("%s failed and its failure record could not be written: %s", spec.run_id, write_exc)
+        log.error("%s failed and its failure record could not be written: %s", spec.spec_key, write_exc)
 
 
 _ORDER = (
-    "schema_version", "status", "run_id", "spec", "budget", "data", "evals", "metrics",
-    "timings", "layers", "method", "features", "provenance", "started_at", "finished_at", "outcomes",
+    "schema_version", "status", "run_id", "fit_id", "spec_key", "spec", "resolved", "budget", "data", "evals",
+    "metrics", "timings", "layers", "method", "fit", "features", "provenance", "started_at", "finished_at",
+    "outcomes",
 )  # fmt: skip
 
 
@@ -334,4 +314,4 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["EvalSpec", "available_pairs", "plan", "run_one", "subsample_indices", "validate_spec"]
+__all__ = ["EvalSpec", "available_pairs", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]

@@ -36,8 +36,8 @@ class FeatureSource:
                  image_layer: int | None = None, text_layer: int | None = None, dtype: str = "fp32",
                  progress: bool = True, encoder_options: dict[str, dict] | None = None, device: str = "cpu"):
         self.pair = pair
-        self.image_encoder, self.text_encoder = split_pair(pair)
         self.store = store if store is not None else FeatureStore(device=device)
+        self.image_encoder, self.text_encoder = (self.store._canonical(n) for n in split_pair(pair))
         self.data_root = data_root
         self.image_layer, self.text_layer = image_layer, text_layer
         self.dtype = dtype
@@ -50,8 +50,35 @@ class FeatureSource:
         self._cache: dict[Any, Any] = {}
         self.reads: list[dict[str, Any]] = []  # every store entry read, with "reused" | "encoded" | "resumed"
 
+    @classmethod
+    def for_run(cls, run: Any, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
+                progress: bool = True) -> "FeatureSource":
+        """The source a ResolvedRun reads: its canonical encoders, resolved layers and dtype."""
+        return cls(run.pair, store=store, data_root=data_root, image_layer=run.image.layer,
+                   text_layer=run.text.layer, dtype=run.dtype, progress=progress)  # store carries the device
+
     def __repr__(self) -> str:
         return f"FeatureSource({self.pair!r}, store={self.store!r})"
+
+    def resolved_layers(self) -> tuple[int, int]:
+        """(image layer, text layer) as non-negative indices (no model is built)."""
+        img = self.store._enc(self.image_encoder, "image", self.image_layer, self.dtype,
+                              self._image_opts["encoder_options"])
+        txt = self.store._enc(self.text_encoder, "text", self.text_layer, self.dtype,
+                              self._text_opts["encoder_options"])
+        return int(img.layer), int(txt.layer)
+
+    def feature_key(self, what: str, dataset: str, split: str | None) -> str:
+        """The cache entry (``<encoder>/<folder>``) a feature kind (alignbench.feature_kinds) is read from.
+
+        Nothing is encoded: run identities hash these names (alignbench.identity).
+        """
+        from alignbench.feature_kinds import feature_set, kind
+
+        fs = feature_set(what, (self.image_encoder, self.text_encoder), dataset, split,
+                         image_layer=self.image_layer, text_layer=self.text_layer, dtype=self.dtype)
+        base = self._image_opts["encoder_options"] if kind(what).side == "image" else self._text_opts["encoder_options"]
+        return kind(what).entry(self.store, fs, data_root=self.data_root, base=base, dataset=self.dataset(dataset))
 
     def _memo(self, key: Any, make):
         if key not in self._cache:

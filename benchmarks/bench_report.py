@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from alignbench.config import EncoderOptions, RunSpec
+from alignbench.identity import Resolver
 from alignbench.outcomes import Outcomes
 from alignbench.results import SCHEMA_VERSION, ResultStore
 from alignbench.tasks.classification import ClassificationTask
@@ -71,6 +72,7 @@ TASKS = {"retrieval": RetrievalTask(), "classification": ClassificationTask(), "
 
 def write_results(root: Path, n: int, one_seed: bool) -> int:
     store = ResultStore(root)
+    resolver = Resolver()
     rng = np.random.default_rng(0)
     seeds = (0,) if one_seed else (0, 1, 2, 3, 4)
     written = 0
@@ -85,15 +87,18 @@ def write_results(root: Path, n: int, one_seed: bool) -> int:
                             return written
                         spec = RunSpec(method=method, pair=pair, budget=budget, seed=seed,
                                        encoder=EncoderOptions(image_layer=layer))  # fmt: skip
+                        run = resolver.resolve(spec, data=False)  # identity as the code decides it
                         skill = (0.0 if method == "random" else 0.3 + 0.05 * METHODS.index(method)) * budget ** 0.05 / 2
                         outs = _outcomes(rng, min(skill, 1.0))
                         store.write({
-                            "schema_version": SCHEMA_VERSION, "status": "ok", "run_id": spec.run_id, "spec": spec.to_dict(),
+                            "schema_version": SCHEMA_VERSION, "status": "ok", "run_id": run.run_id, "fit_id": run.fit_id,
+                            "spec_key": spec.spec_key, "spec": spec.to_dict(), "resolved": run.to_dict(),
                             "budget": {"requested": budget, "pairs": budget, "available": 30_000},
                             "evals": [{"key": k, "task": o.task, "dataset": k.split("/")[1], "split": "test"}
                                       for k, o in outs.items()],
                             "metrics": {k: TASKS[o.task].metrics_from_outcomes(o) for k, o in outs.items()},
-                            "timings": {}, "method": {"name": method, "config": {}, "fit_info": {}},
+                            "timings": {}, "method": {"name": method, "version": run.method.version,
+                                                      "config": run.method.config, "fit_info": {}},
                             "provenance": {"synthetic": True}, "outcomes": {k: o.to_json() for k, o in outs.items()},
                         })  # fmt: skip
                         written += 1

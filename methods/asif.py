@@ -90,6 +90,8 @@ def relative_rep(
 class ASIF(Method):
     """Training-free ASIF: sparse relative representations over the training pairs as anchors."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     level = "global"
     Config = ASIFConfig
     search_space = {"k": IntRange(50, 2000, log=True), "p": FloatRange(1.0, 16.0), "center": Choice((False, True))}

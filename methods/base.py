@@ -6,6 +6,9 @@ texts into a shared space where ``similarity`` ranks them.  ``patch_scores``
 gives per-patch class scores for zero-shot segmentation; global methods map
 each patch token through their image side.
 
+Identity: each registered class declares ``version`` (an int, bumped when the
+method's numbers change); with the full config it is hashed into the run id.
+
 Test convention: a method may define ``test_overrides: ClassVar[dict]``, config
 overrides (e.g. ``{"max_epochs": 30}``) that the conformance suite
 (tests/test_methods_conformance.py) applies so each method's fit on the small
@@ -164,6 +167,11 @@ class Method(ABC):
     """
 
     level: ClassVar[Literal["global", "token"]] = "global"
+    # Bumped by a method's file whenever its numbers change (a fix, a new default computed
+    # differently…): the version is part of every run's identity (alignbench/identity.py),
+    # so results of the old version become stale and `alignbench run` redoes them.  A change
+    # in a shared base (global_head.py, cca.py's CanonicalMethod) bumps every method built on it.
+    version: ClassVar[int] = 1
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     registry_name: ClassVar[str] = ""
     test_overrides: ClassVar[dict[str, Any]] = {}  # conformance-suite speed-ups only

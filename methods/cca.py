@@ -186,5 +186,7 @@ class CanonicalMethod(Method):
 class CCA(CanonicalMethod):
     """Regularised CCA (float64 closed form), cosine similarity in the canonical space."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     search_space: ClassVar[dict[str, Any]] = {"eps": FloatRange(1e-5, 10.0, log=True),
                                               "latent_dim": Choice((64, 128, 256, 512))}

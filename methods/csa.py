@@ -36,6 +36,8 @@ class CSAConfig(CCAConfig):
 class CSA(CanonicalMethod):
     """Canonical Similarity Analysis: CCA fit, ρ-weighted similarity of normalised projections."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config: ClassVar[type[MethodConfig]] = CSAConfig
     search_space: ClassVar[dict] = {"eps": FloatRange(1e-5, 10.0, log=True), "s": Choice((64, 128, 256, 512))}
 

@@ -106,6 +106,8 @@ class FreezeAlignConfig(HeadConfig):
 class FreezeAlign(Method):
     """Freeze-Align: token-level projectors (image: mean patch + CLS projections; text: masked mean + head)."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     level = "token"
     Config: ClassVar[type[MethodConfig]] = FreezeAlignConfig
     search_space: ClassVar[dict[str, Any]] = {"lr": FloatRange(1e-4, 1e-2, log=True),

@@ -100,6 +100,8 @@ class FuseMixConfig(HeadConfig):
 class FuseMix(GlobalHeadMethod):
     """FuseMix: residual MLP heads with shared-λ latent mixup and a learnable temperature."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config = FuseMixConfig
     inherent_deviations = (
         "validation loss = InfoNCE without mixup at the current learnable temperature",

@@ -19,6 +19,8 @@ class LinearConfig(HeadConfig):
 class Linear(GlobalHeadMethod):
     """Contrastive Linear(d, 512) per modality on global features (Merullo et al. idea, STRUCTURE recipe)."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config = LinearConfig
     search_space = {"lr": FloatRange(1e-4, 1e-1, log=True), "weight_decay": FloatRange(1e-6, 1e-1, log=True)}
     test_overrides = {"max_epochs": 60, "patience": 10, "batch_size": 256, "lr": 3e-3}

@@ -67,6 +67,8 @@ class MLPConfig(HeadConfig):
 class MLP(GlobalHeadMethod):
     """MLP: STRUCTURE's low-rank residual head; faithful gate_init=0 keeps the gate shut, so it trains as a bias-free linear map (gate_init=0.1: a real MLP)."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config = MLPConfig
     search_space = {"lr": FloatRange(1e-4, 1e-1, log=True), "weight_decay": FloatRange(1e-6, 1e-1, log=True),
                     "gate_init": Choice((0.0, 0.1))}

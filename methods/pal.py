@@ -140,6 +140,8 @@ def _scan_tokens(arr: np.ndarray, rows: np.ndarray, what: str, *, want_mean: boo
 class PAL(Method):
     """Projection-free Anchor Learning: K learned anchors per modality, cross-attention pooled profiles."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     level = "token"
     Config: ClassVar[type[MethodConfig]] = PALConfig
     search_space: ClassVar[dict[str, Any]] = {

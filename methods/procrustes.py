@@ -66,6 +66,8 @@ def orthogonal_map(x_std: np.ndarray, y_std: np.ndarray) -> np.ndarray:
 class Procrustes(Method):
     """Procrustes: closed-form orthogonal map between standardised features (latent translation), float64."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     level = "global"
     Config: ClassVar[type[MethodConfig]] = ProcrustesConfig
     search_space: ClassVar[dict[str, Any]] = {"space": Choice(("raw", "standardised"))}

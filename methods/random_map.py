@@ -24,6 +24,8 @@ class RandomConfig(HeadConfig):
 class RandomMap(GlobalHeadMethod):
     """The same method shapes, untrained: a seeded random Linear(d, 512) per modality (chance control)."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config = RandomConfig
 
     def build_heads(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:

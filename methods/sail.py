@@ -120,6 +120,8 @@ class SAILConfig(HeadConfig):
 class SAIL(GlobalHeadMethod):
     """SAIL: gated star heads on [CLS; mean patch] and text features, SigLIP loss (loss=infonce: PAL's baseline)."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config = SAILConfig
     inherent_deviations = (
         "shared trainer (AdamW, cosine, early stopping) instead of the official Lion lr 1e-5 / batch 32k / 100 epochs",

@@ -105,6 +105,8 @@ class StructureConfig(HeadConfig):
 class Structure(GlobalHeadMethod):
     """STRUCTURE: contrastive Linear (or MLP) head + neighbourhood-structure regulariser (JS of batch softmax)."""
 
+    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+
     Config = StructureConfig
     search_space = {"lam": FloatRange(0.1, 30.0, log=True), "lambda_warmup_epochs": IntRange(0, 50),
                     "levels": IntRange(1, 3)}

@@ -339,7 +339,8 @@ def write_camvid(root: Path) -> dict:
     d = root / "camvid"
     ids = ["0001TP_008550", "0001TP_008580", "Seq05VD_f00000"]
     for k, i in enumerate(ids):
-        solid_image(d / "test" / f"{i}.jpg", colour(k), size=(16, 12))
+        # colours no caption fixture uses: evaluated images must not be training images (alignbench.split_guard)
+        solid_image(d / "test" / f"{i}.jpg", colour(150 + k), size=(16, 12))
         gray_png(d / "testannot" / f"{i}.png", mask_array([0, 3, 11, 10]))
     write_lines(d / "test.txt", ids)
     write_lines(d / "classes.txt", ["sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence",

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 def write_tiny_data(root: Path) -> Path:
     """flickr8k (30 train images × 2 captions = 60 pairs) and a 3-class cifar10 ImageFolder test split."""
     fx.write_flickr8k(root, {"train": 30, "dev": 6, "test": 8}, captions_per_image=2)
-    fx.write_image_folder(root / "cifar10" / "test", {"airplane": 3, "cat": 3, "dog": 3})
+    # colours after flickr8k's: an evaluated image must not also be a training image (alignbench.split_guard)
+    fx.write_image_folder(root / "cifar10" / "test", {"airplane": 3, "cat": 3, "dog": 3}, start=100)
     return root
 
 

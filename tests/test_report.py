@@ -20,6 +20,7 @@ import pytest
 
 from alignbench.cli import main as cli
 from alignbench.report import build_table, latex_escape
+from alignbench.identity import fit_id_of, run_id_of
 from alignbench.results import ResultStore
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -70,7 +71,7 @@ def test_latex_is_a_valid_booktabs_table(name):
     n_cols = len(re.match(r"\\begin\{tabular\}\{(\w+)\}", body[0]).group(1))
     rows = [line for line in body if line.endswith("\\\\")]
     assert rows and all(_latex_columns(r) == n_cols for r in rows)
-    assert "csa [s\\_dim=64]" in tex and "pal [image-layer 9]" in tex
+    assert "csa [latent\\_dim=64]" in tex and "pal [image-layer 9]" in tex
     assert "s.d." not in tex and "95\\% confidence interval" not in tex  # the caption is in comments
 
 
@@ -98,7 +99,7 @@ def test_bold_is_the_best_and_what_a_paired_test_cannot_tell_from_it():
     rows = {(r.group, r.method): r for r in table.rows}
     i2t, t2i = names.index("retrieval/flickr8k/i2t_R@1"), names.index("retrieval/flickr8k/t2i_R@1")
     ten_k = ("10k", "effnet-lite0+minilm-l6")
-    assert rows[ten_k, "csa [s_dim=64]"].cells[t2i].bold  # 21.0 is the best T→I at 10k
+    assert rows[ten_k, "csa [latent_dim=64]"].cells[t2i].bold  # 21.0 is the best T→I at 10k
     # linear (20.0, one seed) vs csa on the same 500 caption queries: paired bootstrap p < 0.05 → not bold
     assert not rows[ten_k, "linear"].cells[t2i].bold
     # pal's three seeds share one seed with csa and have no outcomes: no test, so no claim of a tie
@@ -114,8 +115,8 @@ def test_bold_is_the_best_and_what_a_paired_test_cannot_tell_from_it():
 def _variant(rec, **metric_values):
     """A copy of a golden record as another method, with some retrieval metrics replaced."""
     rec = copy.deepcopy(rec)
-    rec["spec"]["method"] = rec["method"]["name"] = "linear"
-    rec["run_id"] = rec["run_id"].replace("pal-", "linear-")
+    rec["spec"]["method"] = rec["method"]["name"] = rec["resolved"]["method"]["name"] = "linear"
+    rec["run_id"], rec["fit_id"] = run_id_of(rec["resolved"]), fit_id_of(rec["resolved"])  # ids hash the identity
     rec["metrics"]["retrieval/flickr8k"].update(metric_values)
     return rec
 
@@ -160,7 +161,6 @@ def _resolved(rec, *, layer=12, K=512, val=("flickr8k", "dev"), typed=None):
     """A record in the resolved shape (schema 2): full config, resolved layers, split dicts, feature keys."""
     rec = copy.deepcopy(rec)
     rec["spec"]["method_options"] = dict(typed or {})
-    rec["run_id"] += f"-{layer}-{K}-{val[0]}"
     rec["resolved"] = {
         "pair": rec["spec"]["pair"], "image": {"encoder": "effnet-lite0", "layer": layer},
         "text": {"encoder": "minilm-l6", "layer": 6}, "dtype": "fp32",
@@ -169,6 +169,7 @@ def _resolved(rec, *, layer=12, K=512, val=("flickr8k", "dev"), typed=None):
         "budget": rec["budget"]["pairs"], "seed": rec["spec"]["seed"], "evals": [],
         "feature_keys": {"train": {"images": f"effnet-lite0/flickr8k-train-L{layer}"}},
     }  # fmt: skip
+    rec["run_id"], rec["fit_id"] = run_id_of(rec["resolved"]), fit_id_of(rec["resolved"])  # ids hash the identity
     return rec
 
 
@@ -197,13 +198,13 @@ def test_compare_prints_paired_differences_with_ci_and_p(capsys):
     # differences are exactly 3 on every seed: paired t over 3 seeds, p < 0.001
     assert "| 10k      | effnet-lite0+minilm-l6 | flickr8k I→T R@1 " in out
     assert "+3.0" in out and "paired t (3 seeds)" in out and "< 0.001" in out
-    assert cli(["report", "--results", str(RESULTS), "--compare", "csa [s_dim=64],linear"]) == 0
+    assert cli(["report", "--results", str(RESULTS), "--compare", "csa [latent_dim=64],linear"]) == 0
     out = capsys.readouterr().out
     t2i = next(line for line in out.splitlines() if "T→I R@1" in line)
     assert "paired bootstrap (500 test queries)" in t2i and "+1.0" in t2i
     # bad input: unknown label (did you mean the variant), one label, the same label twice
     assert cli(["report", "--results", str(RESULTS), "--compare", "csa,linear"]) == 2
-    assert "did you mean 'csa [s_dim=64]'" in capsys.readouterr().err
+    assert "did you mean 'csa [latent_dim=64]'" in capsys.readouterr().err
     assert cli(["report", "--results", str(RESULTS), "--compare", "pal"]) == 2
     assert cli(["report", "--results", str(RESULTS), "--compare", "pal,pal"]) == 2
 
@@ -249,7 +250,7 @@ def test_corrupted_result_is_reported_skipped_and_untouched(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out, err = r.stdout, r.stderr
-    assert victim.name in err and "corrupted" in err  # a warning on stderr names the file
+    assert victim.name in err and "damaged" in err  # a warning on stderr names the file
     assert victim.read_bytes() == broken
     # the other two pal seeds at 1k are still reported: mean of 20+0 and 20+1
     assert "**20.5 ± 6.4**" in out  # t(0.975, 1) · 0.707 / √2 = 12.706 · 0.5 = 6.35

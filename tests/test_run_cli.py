@@ -16,6 +16,7 @@ import pytest
 from alignbench.cli import main as cli
 from alignbench.config import RunSpec
 from alignbench.errors import BudgetError
+from alignbench.identity import Resolver
 from alignbench.outcomes import Outcomes
 from alignbench.registry import TASKS
 from alignbench.runner import plan, run_one, subsample_indices
@@ -100,7 +101,8 @@ def test_run_then_report_end_to_end(dirs, capsys):
     files = sorted(dirs["results"].glob("*.json"))
     assert len(files) == 8
     rec = json.loads(files[0].read_text())
-    assert rec["status"] == "ok" and rec["schema_version"] == 1
+    assert rec["status"] == "ok" and rec["schema_version"] == 2
+    assert rec["resolved"]["method"]["version"] >= 1 and rec["fit_id"] != rec["run_id"]
     assert set(rec["metrics"]) == {"retrieval/flickr8k", "classification/cifar10", "segmentation/camvid"}
     assert rec["budget"]["available"] == 18 * 5
     assert rec["provenance"]["packages"]["torch"] and "dtype" in rec["provenance"]
@@ -135,7 +137,8 @@ def test_run_one_directly_and_failure_record(dirs):
     spec = RunSpec(method="csa", pair=PAIR, budget=30, seed=0, train="flickr8k:train", val="flickr8k:dev",
                    evals=("retrieval:flickr8k:test",))
     path = run_one(spec, results_dir=dirs["results"], store_root=dirs["cache"], data_root=dirs["data"], progress=False)
-    assert path.exists() and plan([spec], dirs["results"]) == ([], [spec])
+    todo, done = plan([spec], dirs["results"], resolver=Resolver(dirs["cache"], dirs["data"]))
+    assert path.exists() and todo == [] and [d.spec for d in done] == [spec]
 
     # a budget above what exists fails before encoding, says how many exist, and leaves a failure record
     big = RunSpec(method="csa", pair=PAIR, budget=1000, seed=0, evals=("retrieval:flickr8k:test",))

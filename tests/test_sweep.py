@@ -15,6 +15,8 @@ import pytest
 from alignbench import launch
 from alignbench.config import OFFLINE_PAIRS
 from alignbench.errors import ConfigError, UnknownNameError
+from alignbench.identity import Resolver
+from alignbench.results import ResultStore
 from alignbench.sweep_config import build_config, expand, load_sweep_file
 from sweep_world import EVALS, PAIR, cli, metrics_by_run, sweep_args, write_tiny_data
 
@@ -191,7 +193,14 @@ def test_status_classifies_done_failed_lost_running_and_missing(tmp_path):
     cfg.runs_dir.mkdir(parents=True)
     led = launch.Ledger.open(path, sweep="s", cfg=cfg, specs=specs)
     done, failed, lost, running, missing = specs
-    (cfg.runs_dir / f"{done.run_id}.json").write_text("{}")
+    resolver = Resolver()
+    run = resolver.resolve(done)
+    ResultStore(cfg.runs_dir).write({
+        "schema_version": 2, "status": "ok", "run_id": run.run_id, "fit_id": run.fit_id, "spec_key": done.spec_key,
+        "spec": done.to_dict(), "resolved": run.to_dict(), "evals": [],
+        "metrics": {e.key: {"R@1": 1.0} for e in run.evals}})
+    # a damaged result file (here: an empty object) of another run is not "done"
+    (cfg.runs_dir / f"{resolver.resolve(missing).run_id}.json").write_text("{}")
     (cfg.runs_dir / f"{failed.run_id}.failed.json").write_text(json.dumps(
         {"error": {"type": "BudgetError", "message": "too big", "traceback": "Traceback ...\nBudgetError: too big\n"}}))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -33,15 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="paired difference of two rows per metric, with its 95%% CI and p-value (e.g. pal,linear)")
     p.add_argument("--plot", action="store_true", help="also draw metric-vs-budget curves (PNG + PDF)")
     p.add_argument("--plot-dir", default="results/figures", help="where --plot writes (default: results/figures)")
+    p.add_argument("--include-stale", action="store_true",
+                   help="also show results whose identity no longer matches the current code (marked [stale])")
 
 
 def main(args: argparse.Namespace) -> int:
     from alignbench.atomic import write_text_atomic
     from alignbench.config import split_list
     from alignbench.report import render
-    from alignbench.results import require_results
-
-    records = require_results(args.results)
+    records = _current_records(args)
     metrics = split_list(args.metrics) or None
     if args.compare is not None:
         from alignbench.compare import compare_report, split_labels
@@ -66,3 +66,35 @@ def main(args: argparse.Namespace) -> int:
         for path in plot_budget_curves(records, args.plot_dir, metrics=metrics):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _current_records(args: argparse.Namespace) -> list:
+    """Valid results, stale ones left out (or marked with --include-stale); says how many and why."""
+    from collections import Counter
+
+    from alignbench.errors import DataError
+    from alignbench.identity import Resolver
+    from alignbench.planning import mark_stale
+    from alignbench.results import ResultStore, require_results
+
+    store = ResultStore(args.results)
+    records = require_results(args.results, store)
+    for path, why in store.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    st = mark_stale(records, Resolver())
+    if st.stale:
+        reasons = Counter(r for r in st.stale.values())
+        top = "; ".join(f"{n}× {r}" for r, n in reasons.most_common(3)) + ("; …" if len(reasons) > 3 else "")
+        if args.include_stale:
+            print(f"{len(st.stale)} stale result(s) shown, marked [stale] ({top})", file=sys.stderr)
+            for rec in records:
+                if rec["_stale"]:
+                    rec["_label"] = f"{rec.get('_label') or rec['spec']['method']} [stale]"
+        else:
+            print(f"left out {len(st.stale)} stale result(s) of {len(records)} ({top}); --include-stale shows them",
+                  file=sys.stderr)
+            records = [r for r in records if not r["_stale"]]
+    if not records:
+        raise DataError(f"every result in {args.results!r} is stale; rerun them with `alignbench run` "
+                        "or pass --include-stale")
+    return records

@@ -114,51 +114,55 @@ def _check_task_dataset_kinds(tasks: str | None, datasets: str | None) -> None:
             task_objs[0].check_dataset(ds, kind)
 
 
-def check_budgets(specs: list, data_root: str | None) -> None:
-    """Refuse budgets above the available pairs before any encoding (BudgetError says how many exist)."""
-    from alignbench.config import resolve_budget
-    from alignbench.runner import available_pairs
+def resolve_specs(specs: list, args: argparse.Namespace) -> list:
+    """ResolvedRuns of the specs: budgets above the available pairs, overlapping splits… refused before any encoding."""
+    from alignbench.identity import Resolver
 
-    counts: dict[str, int] = {}
-    for s in specs:
-        if s.train not in counts:
-            counts[s.train] = available_pairs(s.train, data_root)
-        resolve_budget(s.budget, counts[s.train])
+    resolver = Resolver(args.cache, args.data_root)
+    runs = [resolver.resolve(s) for s in specs]
+    for run in runs:  # training/validation images never evaluated: refused before any encoding or fitting
+        resolver.check_splits(run)
+    return runs
 
 
 def main(args: argparse.Namespace) -> int:
-    from alignbench.errors import AlignbenchError, TrainingDivergedError
-    from alignbench.report import format_budget
-    from alignbench.results import ResultStore
-    from alignbench.runner import plan, run_one
-
     from alignbench.devices import parse_device, warn_if_slow_dtype
+    from alignbench.errors import AlignbenchError, TrainingDivergedError
+    from alignbench.planning import plan_runs
+    from alignbench.results import ResultStore
+    from alignbench.runner import run_one
 
     device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
     specs = build_specs(args)
-    check_budgets(specs, args.data_root)
-    todo, done = (specs, []) if args.overwrite else plan(specs, args.results)
+    runs = resolve_specs(specs, args)
+    p = plan_runs(runs, args.results, overwrite=args.overwrite)
+    todo, done = p.todo, p.done
     warn_if_slow_dtype(args.dtype, device)
-    print(f"{len(specs)} run(s): {len(todo)} to do, {len(done)} already done in {args.results}"
+    n = len(todo) + len(done)
+    dup = f" ({len(specs) - n} equivalent spellings merged)" if len(specs) > n else ""
+    print(f"{n} run(s): {len(todo)} to do, {len(done)} already done in {args.results}{dup}"
           + (" (--overwrite redoes them)" if done else ""), file=sys.stderr)
+    for run in todo:
+        if run.run_id in p.why:
+            print(f"redoing {run}: {p.why[run.run_id]}", file=sys.stderr)
     failed = []
     t_all = time.perf_counter()
-    for i, spec in enumerate(todo, 1):
-        label = f"[{i}/{len(todo)}] {_method_label(spec)} {spec.pair} budget {format_budget(spec.budget)} seed {spec.seed}"
+    for i, run in enumerate(todo, 1):
+        label = f"[{i}/{len(todo)}] {run}"
         print(f"{label}: running", file=sys.stderr)
         t = time.perf_counter()
         try:
-            path = run_one(spec, results_dir=args.results, store_root=args.cache, data_root=args.data_root,
-                           overwrite=args.overwrite, device=device, progress=not args.no_progress)
+            path = run_one(run, results_dir=args.results, store_root=args.cache, data_root=args.data_root,
+                           overwrite=True, device=device, progress=not args.no_progress)
         except TrainingDivergedError as exc:
-            failed.append((spec, exc))
+            failed.append((run, exc))
             print(f"{label}: FAILED ({exc})", file=sys.stderr)
             continue
         except AlignbenchError:
             raise  # a user/data error would repeat for every run: stop and say it once
         except Exception as exc:
-            failed.append((spec, exc))
-            record = ResultStore(args.results).failed_path_for(spec)
+            failed.append((run, exc))
+            record = ResultStore(args.results).failed_path_for(run.spec)
             where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
             print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
             continue
@@ -167,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
     if todo:
         print(f"finished {len(todo) - len(failed)}/{len(todo)} run(s) in {time.perf_counter() - t_all:.1f} s",
               file=sys.stderr)
-    _print_summary(specs, args.results)
+    _print_summary(todo + done, args.results)
     return 1 if failed else 0
 
 
@@ -182,12 +186,6 @@ def _eta(started: float, finished: int, total: int) -> str:
     return f"; {left} left, ETA {format_eta(per_run * left)}"
 
 
-def _method_label(spec) -> str:
-    from alignbench.results import method_label
-
-    return method_label(spec.method, spec.method_options)
-
-
 def _timings(path) -> str:
     import json
 
@@ -199,13 +197,18 @@ def _timings(path) -> str:
         return ""
 
 
-def _print_summary(specs: list, results: str) -> None:
+def _print_summary(runs: list, results: str) -> None:
     """Method × headline-metric table of this command's runs (finished ones)."""
+    from alignbench.planning import ResultIndex
     from alignbench.report import render
-    from alignbench.results import ResultStore
 
-    store = ResultStore(results)
-    records = [r for r in (store.load(s) for s in specs) if r is not None]
+    index = ResultIndex(results)
+    records = []
+    for run in runs:
+        rec = index.find(run)
+        if rec is not None:
+            records.append({**rec, "_label": run.method.label})
+    store = index.store
     if not records:
         return
     print()

@@ -121,6 +121,15 @@ def _failure_detail(path: Path) -> str:
     return f"{tb.rstrip()}{hint}\n(failure record: {path})"
 
 
+def _done(ledger: Ledger, specs: list[RunSpec] | None, run_ids: list[str]) -> set[str]:
+    """Ledger keys whose current, valid result is stored (alignbench.planning: stale/damaged ones are not)."""
+    from alignbench.planning import sweep_done
+
+    cfg = ledger.data.get("config") or {}
+    specs = specs if specs is not None else [RunSpec.from_dict(ledger.runs[r]["spec"]) for r in run_ids]
+    return sweep_done(specs, ledger.data["runs_dir"], store_root=cfg.get("cache"), data_root=cfg.get("data_root"))[0]
+
+
 def collect_status(ledger: Ledger, specs: list[RunSpec] | None = None, *, executor: str | None = None,
                    final_states: bool = True) -> list[RunStatus]:
     """The state of every run of the ledger (or of ``specs``), from files + the scheduler."""
@@ -128,6 +137,7 @@ def collect_status(ledger: Ledger, specs: list[RunSpec] | None = None, *, execut
     executor = executor or ledger.data.get("executor", "local")
     run_ids = [s.run_id for s in specs] if specs is not None else list(ledger.runs)
     live = _live_jobs(ledger, executor, run_ids)
+    done = _done(ledger, specs, run_ids)
     out: list[RunStatus] = []
     for rid in run_ids:
         info = ledger.runs.get(rid, {})
@@ -135,7 +145,7 @@ def collect_status(ledger: Ledger, specs: list[RunSpec] | None = None, *, execut
         job = ledger.jobs.get(job_id, {}) if job_id else {}
         st = RunStatus(rid, "missing", job_id, job.get("stdout"), job.get("stderr"))
         failed = runs_dir / f"{rid}.failed.json"
-        if (runs_dir / f"{rid}.json").is_file():
+        if rid in done:
             st.state = "done"
         elif job_id and job_id in live:
             state, reason = live[job_id]

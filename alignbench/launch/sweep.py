@@ -68,7 +68,10 @@ def run_sweep(cfg: SweepConfig, profile: Profile | None = None, *, wait: bool = 
     specs, sid, path = prepare(cfg)
     runs_dir = cfg.runs_dir
     # Fast path: nothing to do when every result exists (no scheduler, no submitit, no torch).
-    if all((runs_dir / f"{s.run_id}.json").is_file() for s in specs):
+    from alignbench.planning import sweep_done
+
+    done, why = sweep_done(specs, runs_dir, store_root=cfg.store_root, data_root=cfg.data_path, guard=True)
+    if len(done) == len(specs):
         status = [RunStatus(s.run_id, "done") for s in specs]
         return SweepReport(sid, path, cfg.executor, status, dry_run=dry_run)
     check_executor_available(cfg.executor)
@@ -82,6 +85,7 @@ def run_sweep(cfg: SweepConfig, profile: Profile | None = None, *, wait: bool = 
         status = collect_status(led, specs, executor=prev_executor or cfg.executor, final_states=False)
         todo = [s for s, st in zip(specs, status) if st.state in ("missing", "failed", "lost")]
         report = SweepReport(sid, path, cfg.executor, status, dry_run=dry_run)
+        report.notes += [f"redoing {k}: {w}" for k, w in why.items()]
         busy = [st for st in status if st.state in ("running", "pending")]
         if busy:
             report.notes.append(f"{len(busy)} runs still queued or running from an earlier submission: left alone")

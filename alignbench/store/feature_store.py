@@ -164,6 +164,27 @@ class FeatureStore:
         req = self._prompt_request(encoder, dataset, layer, dtype, data_root, encoder_options, tokens)
         return self._valid(req)
 
+    def entry_name(self, kind: str, encoder: str, dataset: Any, split: str | None = None, *,
+                   layer: int | None = None, dtype: str = "fp32", data_root: Any = None,
+                   encoder_options: dict | None = None, tokens: bool = True) -> str:
+        """``<encoder>/<entry folder>`` that a request reads; ``kind`` is the loading method's name
+        (``image_features``, ``text_features``, ``prompt_features``).
+
+        Nothing is encoded or read beyond the dataset listing: run identities
+        (alignbench.identity) hash these names.
+        """
+        args = (layer, dtype, data_root, encoder_options, tokens)
+        if kind == "image_features":
+            req = self._image_request(encoder, dataset, split, *args)
+        elif kind == "text_features":
+            req = self._text_request(encoder, dataset, split, *args)
+        elif kind == "prompt_features":
+            req = self._prompt_request(encoder, dataset, *args)
+        else:
+            raise ConfigError(f"unknown feature request {kind!r} (image_features, text_features or prompt_features)")
+        path = entry_key(self.root, req).path
+        return f"{path.parent.name}/{path.name}"
+
     # -- listing --------------------------------------------------------------------------
     def entries(self) -> list[CacheEntry]:
         """Complete entries under the root (folders with a ``meta.json``), sorted by path."""

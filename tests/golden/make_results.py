@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from alignbench.config import EncoderOptions, RunSpec
+from alignbench.identity import Resolver
 from alignbench.outcomes import Outcomes
 from alignbench.results import SCHEMA_VERSION, ResultStore
+
+RESOLVER = Resolver()  # identities as the current code resolves them ($ALIGNBENCH_DATA: the shared datasets)
 
 HERE = Path(__file__).parent
 PAIR, PAIR2 = "effnet-lite0+minilm-l6", "dinov2-s14+minilm-l6"
@@ -62,8 +65,11 @@ def with_outcomes(rec):
 
 
 def record(method, budget, seed, pair=PAIR, options=None, skip_seg=False, image_layer=None):
+    evals_typed = ("retrieval:flickr8k:test", "classification:cifar10:test", "classification:fashion-mnist:test")
+    evals_typed += () if skip_seg else ("segmentation:camvid:test",)
     spec = RunSpec(method=method, pair=pair, budget=budget, seed=seed, method_options=options or {},
-                   encoder=EncoderOptions(image_layer=image_layer))
+                   encoder=EncoderOptions(image_layer=image_layer), evals=evals_typed)
+    run = RESOLVER.resolve(spec)
     i2t, t2i, c10, fm, miou = BASE[method]
     gain = 5.0 if budget == 10_000 and method != "random" else 0.0
     j = JITTER[seed] if method != "random" else 0.0
@@ -89,11 +95,13 @@ def record(method, budget, seed, pair=PAIR, options=None, skip_seg=False, image_
                                           "IoU/road": 6 * miou}
         evals.append({"key": "segmentation/camvid", "task": "segmentation", "dataset": "camvid", "split": "test"})
     return {
-        "schema_version": SCHEMA_VERSION, "status": "ok", "run_id": spec.run_id, "spec": spec.to_dict(),
+        "schema_version": SCHEMA_VERSION, "status": "ok", "run_id": run.run_id, "fit_id": run.fit_id,
+        "spec_key": spec.spec_key, "spec": spec.to_dict(), "resolved": run.to_dict(),
         "budget": {"requested": budget, "pairs": budget, "available": 30000},
         "evals": evals, "metrics": metrics,
         "timings": {"encode": 1.0, "fit": 2.0, "eval": {e["key"]: 0.5 for e in evals}, "total": 5.0},
-        "method": {"name": method, "config": options or {}, "fit_info": {}, "num_parameters": 100},
+        "method": {"name": method, "version": run.method.version, "config": run.method.config, "fit_info": {},
+                   "num_parameters": 100},
         "provenance": {"golden": True}, "started_at": "2026-01-01T00:00:00+00:00",
         "finished_at": "2026-01-01T00:00:05+00:00",
     }
@@ -110,7 +118,7 @@ def main() -> None:
             store.write(record("asif", budget, seed, skip_seg=budget == 1000))
         store.write(record("random", budget, 0))
         store.write(record("random", budget, 1))
-    store.write(with_outcomes(record("csa", 10_000, 0, options={"s_dim": 64})))  # one seed; option with an underscore
+    store.write(with_outcomes(record("csa", 10_000, 0, options={"latent_dim": 64})))  # one seed; option with an underscore
     store.write(with_outcomes(record("linear", 10_000, 0)))
     for seed in (0, 1, 2):
         store.write(record("pal", 10_000, seed, pair=PAIR2))
