@@ -28,7 +28,7 @@ from alignbench.errors import AlignbenchError
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".image-ids"
-FORMAT = 1
+FORMAT = 2  # 2: file splits keyed by path, size and mtime (1 missed files rewritten in place)
 
 
 class SplitOverlapError(AlignbenchError):
@@ -61,13 +61,39 @@ def _compute(images: Any) -> np.ndarray:
     return out
 
 
+def _listing_stamp(images: Any) -> str | None:
+    """What the cached fingerprints of a split are valid for.
+
+    For files: every path with its size AND modification time, so a file
+    rewritten in place (same name, same size — solid-colour test images, an
+    edited photo) is hashed again instead of answering with its old content.
+    Otherwise the split's own listing fingerprint.
+    """
+    from alignbench.datasets.base import FileImageLoader
+
+    loader = images.loader
+    if isinstance(loader, FileImageLoader):
+        import xxhash
+
+        h = xxhash.xxh3_64()
+        try:
+            for p in loader.paths:
+                st = os.stat(p)
+                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # a missing file: no cache; hashing names it
+            return None
+        return h.hexdigest()
+    return getattr(images, "fingerprint", None) or None
+
+
 def image_fingerprints(dataset: Any, split: str, cache_root: str | os.PathLike | None = None) -> np.ndarray:
     """(N,) uint64 content fingerprint of each image of ``dataset``'s ``split`` (cached under ``cache_root``)."""
     images = dataset.images(split)
     name = getattr(dataset, "registry_name", "") or type(dataset).__name__
     path = None
-    if cache_root is not None and getattr(images, "fingerprint", None):
-        path = Path(cache_root) / CACHE_DIR / f"{name}-{split}-{images.fingerprint}-v{FORMAT}.npy"
+    stamp = _listing_stamp(images)
+    if cache_root is not None and stamp:
+        path = Path(cache_root) / CACHE_DIR / f"{name}-{split}-{stamp}-v{FORMAT}.npy"
         try:
             cached = np.load(path)
             if cached.shape == (len(images),):

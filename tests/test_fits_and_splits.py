@@ -137,3 +137,23 @@ def test_same_images_under_another_dataset_name_are_refused(tmp_path, monkeypatc
     assert _nothing_encoded(d)
     # a disjoint split of the copy is fine
     assert _run(d, RETRIEVAL, "--val", "flickr8k-copy:dev", methods="cca") == 0
+
+
+def test_fingerprints_follow_a_file_rewritten_in_place_with_the_same_size(tmp_path):
+    """The fingerprint cache must not answer with an image's old content (same name, same size, new pixels)."""
+    import os
+
+    import fixtures_layouts as fx
+
+    from alignbench.split_guard import image_fingerprints
+
+    root = write_tiny_data(tmp_path / "data")
+    ds = Flickr8k(root=root)
+    cache = tmp_path / "cache"
+    before = image_fingerprints(ds, "test", cache)
+    path = ds.images("test").loader.paths[0]
+    size = os.path.getsize(path)
+    fx.solid_image(Path(path), fx.colour(170))  # another solid colour: a JPEG of the same size
+    assert os.path.getsize(path) == size
+    after = image_fingerprints(ds, "test", cache)
+    assert after[0] != before[0] and (after[1:] == before[1:]).all()
