@@ -58,6 +58,8 @@ class ResultIndex:
             prev = self.previous.get((run.spec.method, run.spec.pair, run.budget, run.seed))
         if prev is None:
             return None
+        if prev.get("fit_id") and id_hash(prev["fit_id"]) == id_hash(run.fit_id):
+            return None  # new evaluations of a kept fit: nothing stored is stale
         return f"stale result {Path(prev['_file']).name}: " + "; ".join(differences(prev.get("resolved"), run.to_dict()))
 
 

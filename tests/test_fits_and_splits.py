@@ -55,14 +55,16 @@ def _fit_forbidden(monkeypatch, method="pal"):
 
 
 # -- fitted models kept ------------------------------------------------------------------------
-def test_new_evaluation_reuses_the_stored_fit_with_identical_metrics(dirs, monkeypatch):
+def test_new_evaluation_reuses_the_stored_fit_with_identical_metrics(dirs, monkeypatch, capsys):
     assert _run(dirs, RETRIEVAL) == 0
     (first,) = _records(dirs)
     state = dirs["results"] / f"{first['fit_id']}.state.pt"
     assert state.is_file() and first["fit"] == {"state": state.name, "reused": False}
 
     _fit_forbidden(monkeypatch)  # an eval-only rerun must not fit
+    capsys.readouterr()
     assert _run(dirs, f"{RETRIEVAL},{CIFAR}") == 0
+    assert "stale" not in capsys.readouterr().err  # new evaluations of a kept fit, not a stale result
     first_again, second = _records(dirs)
     assert second["fit_id"] == first["fit_id"] and second["run_id"] != first["run_id"]
     assert second["fit"]["reused"] is True and second["timings"]["fit"] == 0.0
