@@ -2,7 +2,10 @@
 
 Why SQLite: an interrupted ``alignbench tune`` resumes where it stopped (an
 interrupted trial is queued again with the same parameters, so none is lost)
-and two tune processes can share a file.  Each study records what it was made
+and two tune processes can share a file: a file lock beside it (``study_lock``)
+serialises opening a study, re-queueing and claiming the next trial, so
+together they run exactly ``--trials`` trials, and each opening seeds its
+sampler differently, so they do not draw the same configurations.  Each study records what it was made
 for (pair, budget, method and fixed options, objective, seeds, splits, search
 space); opening it for anything else is an error rather than a silent mix.
 """
@@ -51,6 +54,14 @@ def study_file(tune_dir: str | Path, pair: str, budget: int | str) -> Path:
     return Path(tune_dir) / f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', pair)}-b{budget}.db"
 
 
+def study_lock(path: Path):
+    """The file lock of study file ``path`` (a FileLock beside it; hold it briefly, never during a trial)."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
 def _storage(path: Path):
     import warnings
 
@@ -76,7 +87,14 @@ def _check_file(storage: Any, path: Path, key: StudyKey) -> None:
 
 
 def open_study(path: Path, key: StudyKey, space: dict[str, str], *, seed: int):
-    """The study for ``key`` in ``path`` (made if new), its recorded key and space checked."""
+    """The study for ``key`` in ``path`` (made if new), its recorded key and space checked.
+
+    Call it holding ``study_lock(path)``: a second process must not see a new
+    study before its key is recorded.  The sampler's seed is ``seed`` plus the
+    number of earlier openings (kept in the study), so a first run is
+    reproducible while a resumed run or a second process does not replay the
+    same draws.
+    """
     import optuna
 
     from alignbench.tuning import OBJECTIVES, SPLIT_PROTOCOL
@@ -85,12 +103,13 @@ def open_study(path: Path, key: StudyKey, space: dict[str, str], *, seed: int):
     _check_file(storage, path, key)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     existed = key.name in names
-    n_before = len(optuna.load_study(study_name=key.name, storage=storage).trials) if existed else 0
     study = optuna.create_study(
         storage=storage, study_name=key.name, direction=OBJECTIVES[key.objective], load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed + n_before),  # resumed: do not replay the first draws
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5),
     )
+    openings = int(study.user_attrs.get("openings", 0))
+    study.sampler = optuna.samplers.TPESampler(seed=seed + openings)
+    study.set_user_attr("openings", openings + 1)
     want = {**key.attrs(), "space": space, "split_protocol": SPLIT_PROTOCOL}
     if not existed:
         for k, v in want.items():
@@ -121,6 +140,11 @@ def requeue_interrupted(study: Any) -> int:
 
 def finished(study: Any) -> int:
     return sum(t.state.name in _FINISHED for t in study.trials)
+
+
+def claimed(study: Any) -> int:
+    """Trials finished or running (in this or another process): what counts against ``--trials``."""
+    return sum(t.state.name in (*_FINISHED, "RUNNING") for t in study.trials)
 
 
 @dataclass

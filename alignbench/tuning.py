@@ -139,7 +139,7 @@ def _run_trial(trial: Any, method: str, fixed: dict[str, Any], space: dict, data
     """Fit the trial's config on every seed's training pairs and return the mean objective on ``score``.
 
     Trained methods report each epoch's early-stopping loss of the first seed
-    to the pruner (negated when the objective is maximised, since the pruner
+    to the study (the pruner's input; also recorded under ``--no-prune``; negated when the objective is maximised, since the pruner
     compares in the study's direction); the epochs spent go in the trial's
     ``epochs`` attribute.  A diverged fit ends the trial as pruned.
     """
@@ -159,9 +159,9 @@ def _run_trial(trial: Any, method: str, fixed: dict[str, Any], space: dict, data
 
         def observe(epoch: int, val: float, first: bool = i == 0) -> None:
             epochs["n"] += 1
-            if first and prune:
+            if first:  # recorded with or without pruning: a --no-prune study keeps the curves a pruner would see
                 trial.report(sign * val, epoch)
-                if trial.should_prune():
+                if prune and trial.should_prune():
                     trial.set_user_attr("epochs", epochs["n"])
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 

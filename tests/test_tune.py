@@ -105,7 +105,9 @@ def test_objective_val_loss_minimises_the_validation_infonce(dirs):
                  "--no-prune") == 0
     study = _study(dirs, "linear:max_epochs=10|val_loss|seeds=0")
     assert study.direction.name == "MINIMIZE" and all(t.value > 0 for t in study.trials)
-    assert all(not t.intermediate_values for t in study.trials)  # --no-prune: nothing reported
+    # --no-prune: nothing pruned, but the curves a pruner would see are recorded (to replay pruners offline)
+    assert all(t.state.name == "COMPLETE" and len(t.intermediate_values) == t.user_attrs["epochs"]
+               for t in study.trials)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -168,3 +170,46 @@ def test_tuned_runs_use_the_best_dev_config_and_get_their_own_marked_rows(dirs, 
     assert {k: t["method"]["config"][k] for k in best.params} == best.params
     assert cli(run + ["--methods", "asif", "--tuned"]) == 0  # --tuned = every method as METHOD:tuned
     assert "0 to do, 1 already done" in capsys.readouterr().err
+
+
+# A child `alignbench tune` whose first trial waits until the other child is inside its first trial too,
+# so the two processes certainly run trials of one study at the same time.
+_CHILD = """
+import os, pathlib, sys, time
+import alignbench.tuning as tuning
+gate, real, seen = pathlib.Path(sys.argv[1]), tuning.score, []
+def score(*args, **kwargs):
+    if not seen:
+        seen.append(1)
+        (gate / str(os.getpid())).touch()
+        t0 = time.time()
+        while len(list(gate.iterdir())) < 2 and time.time() - t0 < 300:
+            time.sleep(0.05)
+    return real(*args, **kwargs)
+tuning.score = score
+from alignbench.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_two_tune_processes_share_one_study_without_losing_or_duplicating_a_trial(dirs, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    assert _tune(dirs, "--methods", "csa", "--trials", "1") == 0  # features cached, the study file exists
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    args = ["tune", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]), "--tune-dir",
+            str(dirs["tune"]), "--no-progress", "--device", "cpu", "--budget", "40", "--methods", "asif",
+            "--trials", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(gate), *args], env=env, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert len(list(gate.iterdir())) == 2  # both processes ran a trial, at the same time
+    study = _study(dirs, "asif|recall|seeds=0")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5  # exactly --trials: none lost, none extra
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(drawn)) == 5  # no configuration drawn twice (the two samplers are not seeded alike)

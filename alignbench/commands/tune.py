@@ -116,16 +116,18 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
     from alignbench.search_space import describe_space
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
-    from alignbench.studies import finished, open_study, requeue_interrupted, study_file
+    from alignbench.studies import finished, open_study, requeue_interrupted, study_file, study_lock
     from alignbench.tuning import is_trained, load_tune_data, run_trial
 
     source = FeatureSource(pair, store=FeatureStore(args.cache) if args.cache else None, data_root=args.data_root,
                            progress=not args.no_progress)
     data = load_tune_data(source, args.train, args.val, budget, list(entries[0][0].seeds))
     path = study_file(tune_dir, pair, budget)
+    lock = study_lock(path)
     for key, space in entries:
-        study = open_study(path, key, describe_space(space), seed=key.seeds[0])
-        requeue_interrupted(study)
+        with lock:
+            study = open_study(path, key, describe_space(space), seed=key.seeds[0])
+            requeue_interrupted(study)
         left = args.trials - finished(study)
         label = f"{key.name} ({pair}, budget {budget})"
         if left <= 0:
@@ -139,19 +141,37 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
         prune = not args.no_prune and is_trained(METHODS.get(key.method))
         t0 = time.perf_counter()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(
-            lambda trial: run_trial(trial, key.method, dict(key.fixed), space, data, key.objective, prune, device),
-            n_trials=left, callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=_finished_states())],
-        )
+        _optimize(study, lock, args.trials,
+                  lambda trial: run_trial(trial, key.method, dict(key.fixed), space, data, key.objective, prune, device))
         best = study.best_trial if any(t.state.name == "COMPLETE" for t in study.trials) else None
+        if finished(study) < args.trials:  # the rest are running in another process sharing the study
+            print(f"{label}: {args.trials - finished(study)} trial(s) still running elsewhere", file=sys.stderr)
         print(f"{label}: done in {time.perf_counter() - t0:.1f} s; best {None if best is None else round(best.value, 4)} "
               f"{'' if best is None else best.params} ({path})", file=sys.stderr)
 
 
-def _finished_states():
-    from optuna.trial import TrialState
+def _optimize(study, lock, trials: int, objective) -> None:
+    """Run trials one at a time until ``trials`` are finished or running in any process sharing the study.
 
-    return (TrialState.COMPLETE, TrialState.PRUNED)
+    The next trial is claimed (created RUNNING) while holding the study's file
+    lock, and the lock is let go as the trial starts, so two processes never
+    both take the last slot.
+    """
+    from alignbench.studies import claimed
+
+    def run(trial):
+        lock.release()
+        return objective(trial)
+
+    while True:
+        lock.acquire()
+        try:
+            if claimed(study) >= trials:
+                return
+            study.optimize(run, n_trials=1)
+        finally:
+            if lock.is_locked:
+                lock.release()
 
 
 def _status(tune_dir: str) -> int:
