@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from alignbench.cap import _prep
+from alignbench.token_rows import ragged_token_rows
 
 #: The prepared tokens of a fit take at most this share of the memory available when the fit starts.
 PREPARED_SHARE = 0.25
@@ -96,10 +97,10 @@ class PreparedTexts:
     def __init__(self, tokens: np.ndarray, offsets: np.ndarray, texts: np.ndarray, dtype: torch.dtype,
                  shift: torch.Tensor | None = None, chunk_rows: int = 1 << 16):
         self.array, self.texts = tokens, np.asarray(texts, dtype=np.int64)
-        starts, self.lens = offsets[self.texts], offsets[self.texts + 1] - offsets[self.texts]
+        self.lens = offsets[self.texts + 1] - offsets[self.texts]
         self.starts = np.cumsum(self.lens) - self.lens  # where each caption starts in self.flat
         total = int(self.lens.sum())
-        src_rows = np.repeat(starts - self.starts, self.lens) + np.arange(total)
+        src_rows = ragged_token_rows(offsets, self.texts)
         self.flat = torch.zeros((total + 1, int(tokens.shape[1])), dtype=dtype)
         for s in range(0, total, chunk_rows):
             e = min(total, s + chunk_rows)

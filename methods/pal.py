@@ -204,7 +204,7 @@ class PAL(Method):
             return torch.nn.functional.normalize(x, dim=-1) @ A.T
         if pool == "cap":
             for prep in self._prepared:
-                hit = prep.source(f.tokens, _abs_rows(f, idx)) if hasattr(prep, "flat") else None
+                hit = prep.source(f.tokens, absolute_rows(f, idx)) if hasattr(prep, "flat") else None
                 if hit is not None:  # prepared captions, sorted by length: back to the order of idx
                     src, order = hit
                     return self._cap(src, A, "text")[torch.from_numpy(np.argsort(order)).to(self.device)]
@@ -322,8 +322,8 @@ class PAL(Method):
         for split, pairs in (("train", train), ("val", val)):
             if pairs is None:
                 continue
-            img = np.unique(_abs_rows(pairs.images, pairs.image_index))
-            txt = np.unique(_abs_rows(pairs.texts, pairs.text_index))
+            img = np.unique(absolute_rows(pairs.images, pairs.image_index))
+            txt = np.unique(absolute_rows(pairs.texts, pairs.text_index))
             for side, size, build in (
                 ("images", PreparedImages.nbytes_for(pairs.images.tokens, len(img), dtype),
                  lambda: PreparedImages(pairs.images.tokens, img, dtype, self.mu_v)),
