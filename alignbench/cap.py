@@ -153,6 +153,25 @@ def _fwd_stats(s: torch.Tensor, valid: torch.Tensor | None, inv_tau: float) -> t
     return prof, norm.log() + shift.squeeze(1) * inv_tau
 
 
+def _fwd_stats_fused(s: torch.Tensor, valid: torch.Tensor | None, inv_tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_fwd_stats` written for torch.compile: the exponential appears once per sum.
+
+    Why: with one shared ``e``, inductor stores ``e`` as a full float32 tensor and reads it back
+    (three passes over the chunk); written twice, both sums fuse into one pass over ``s`` that
+    computes each exponential once.  Eager, this form would compute them twice: it is only compiled.
+    """
+    s = s.float()
+    s_in = s if valid is None else s.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+    s_out = s if valid is None else s.masked_fill(~valid.unsqueeze(-1), 0.0)
+    if inv_tau <= _FIXED_SHIFT_MAX_INV_TAU:
+        shift = torch.ones_like(s[:, :1])
+    else:
+        shift = s_in.amax(dim=1, keepdim=True)
+    norm = torch.exp((s_in - shift) * inv_tau).sum(dim=1)
+    prof = (torch.exp((s_in - shift) * inv_tau) * s_out).sum(dim=1) / norm
+    return prof, norm.log() + shift.squeeze(1) * inv_tau
+
+
 def _bwd_coef(
     s: torch.Tensor, valid: torch.Tensor | None, lse: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     inv_tau: float, dtype: torch.dtype,
@@ -177,7 +196,8 @@ def _kernels(compile: bool) -> dict[str, Callable]:
     if not compile or _COMPILE_FAILED:
         return _EAGER
     if _COMPILED is None:
-        _COMPILED = {k: torch.compile(f, dynamic=True) for k, f in _EAGER.items()}
+        fused = {**_EAGER, "fwd": _fwd_stats_fused}
+        _COMPILED = {k: torch.compile(f, dynamic=True) for k, f in fused.items()}
     return _COMPILED
 
 
