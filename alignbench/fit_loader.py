@@ -44,7 +44,7 @@ class FitLoader:
                 + (", …" if len(self.refits) > 3 else "")]
 
     def run_of(self, record: dict[str, Any]) -> "ResolvedRun":
-        """The resolved run behind a record: its ``resolved`` block, or (schema 1) its spec resolved here, once."""
+        """The resolved fit behind a record (no evaluations): its ``resolved`` block, or (schema 1) its spec resolved here."""
         import dataclasses
 
         from alignbench.config import RunSpec
@@ -54,7 +54,7 @@ class FitLoader:
         if key not in self._runs:
             resolved, spec = record.get("resolved"), record.get("spec") or {}
             if isinstance(resolved, dict):
-                self._runs[key] = ResolvedRun.from_dict(resolved)
+                self._runs[key] = ResolvedRun.fit_from_dict(resolved)
             elif spec.get("method") and spec.get("train"):  # a refit evaluates nothing: no evaluation is resolved
                 self._resolver = self._resolver or Resolver(self.cache, self.data_root)
                 self._runs[key] = self._resolver.resolve(dataclasses.replace(RunSpec.from_dict(spec), evals=()))

@@ -153,16 +153,18 @@ class ResolvedRun:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], spec: RunSpec | None = None) -> "ResolvedRun":
-        """The run a stored ``resolved`` block describes, as recorded (only the label's defaults are today's)."""
-        m = d["method"]
+    def fit_from_dict(cls, d: dict[str, Any], spec: RunSpec | None = None) -> "ResolvedRun":
+        """The fit a stored ``resolved`` block describes: everything but the evaluations, as recorded.
+
+        Its ``fit_id`` is the recorded one (a fit does not depend on evaluations); only the
+        label's defaults are today's.
+        """
+        m, part = d["method"], fit_part(d)
         method = MethodRef(m["name"], int(m["version"]), dict(m["config"]), resolve_method(m["name"])[1].defaults)
         return cls(pair=d["pair"], image=EncoderRef(**d["image"]), text=EncoderRef(**d["text"]), dtype=d["dtype"],
                    method=method, train=SplitRef(**d["train"]),
                    val=None if d.get("val") is None else SplitRef(**d["val"]), budget=int(d["budget"]),
-                   seed=int(d["seed"]), evals=tuple(EvalSpec(e["task"], e["dataset"], e.get("split"))
-                                                    for e in d.get("evals") or ()),
-                   feature_keys=dict(d.get("feature_keys") or {}), spec=spec)
+                   seed=int(d["seed"]), evals=(), feature_keys=part["feature_keys"], spec=spec)
 
     @property
     def fit_id(self) -> str:
@@ -361,13 +363,12 @@ class Resolver:
     @staticmethod
     def _eval_keys(src: Any, ev: EvalSpec) -> dict[str, str]:
         from alignbench.feature_kinds import expand
-        from alignbench.registry import TASKS
 
         out: dict[str, str] = {}
-        for need in TASKS.get(ev.task)().needs(ev.dataset, ev.split):
+        for need in ev.task_object().needs(ev.dataset, ev.split):
             for w in expand(need.what):
                 name = w if need.dataset == ev.dataset and need.split in (ev.split, None) else f"{w}:{need.dataset}:{need.split}"
-                out[name] = src.feature_key(w, need.dataset, need.split)
+                out[name] = src.feature_key(w, need.dataset, need.split, need.view)
         return out
 
 

@@ -66,20 +66,19 @@ def feature_needs(runs: list["ResolvedRun"]) -> list["FeatureSet"]:
     Canonical encoders, the runs' layers and dtype, canonical splits: nothing is re-read from spec strings.
     """
     from alignbench import feature_kinds
-    from alignbench.registry import TASKS
 
     needs: dict[str, feature_kinds.FeatureSet] = {}
-    tasks: dict[str, Any] = {}
+    tasks: dict[Any, Any] = {}
     for run in runs:
         pair = (run.image.encoder, run.text.encoder)
-        wanted = [("pairs", ref.dataset, ref.split) for ref in (run.train, run.val) if ref is not None]
+        wanted = [("pairs", ref.dataset, ref.split, None) for ref in (run.train, run.val) if ref is not None]
         for ev in run.evals:
-            task = tasks.setdefault(ev.task, TASKS.get(ev.task)())
-            wanted += [(need.what, need.dataset, need.split) for need in task.needs(ev.dataset, ev.split)]
-        for what, dataset, split in wanted:
+            task = tasks.setdefault(ev, ev.task_object())
+            wanted += [(need.what, need.dataset, need.split, need.view) for need in task.needs(ev.dataset, ev.split)]
+        for what, dataset, split, view in wanted:
             for kind in feature_kinds.expand(what):
                 fs = feature_kinds.feature_set(kind, pair, dataset, split, image_layer=run.image.layer,
-                                               text_layer=run.text.layer, dtype=run.dtype)
+                                               text_layer=run.text.layer, dtype=run.dtype, view=view)
                 needs.setdefault(fs.key, fs)
     return list(needs.values())
 
