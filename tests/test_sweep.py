@@ -398,7 +398,7 @@ def test_sliding_windows_are_a_feature_set_of_their_own(tmp_path, monkeypatch):
                        evals="segmentation:camvid:test,segmentation:camvid:test:protocol=slide:short=24:crop=12:stride=8",
                        results=str(cfg.runs_dir), cache=str(cfg.store_root), data_root=str(cfg.data_path))
     specs = expand(cfg)
-    needs = launch.feature_needs(specs)
+    needs = _needs(cfg)
     crops = [n for n in needs if n.kind == "crops"]
     assert [(n.encoder, n.dataset, n.split, n.view.tag) for n in crops] == [("tiny-vit", "camvid", "test", "crops24-12-8")]
     missing = launch.missing_features(needs, cfg.store_root, cfg.data_path)
