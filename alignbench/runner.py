@@ -16,7 +16,6 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,8 +23,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from alignbench.config import RunSpec, resolve_budget
-from alignbench.errors import AlignbenchError, ConfigError
-from alignbench.identity import EvalSpec, ResolvedRun, Resolver, parse_split_ref
+from alignbench.errors import AlignbenchError
+from alignbench.identity import EvalSpec, ResolvedRun, Resolver, parse_split_ref  # noqa: F401  (parse_split_ref re-exported)
 from alignbench.results import SCHEMA_VERSION, ResultStore
 
 log = logging.getLogger(__name__)
@@ -37,39 +36,28 @@ _SUBSAMPLE_SALT = 0x5EED  # keeps the pair subsample stream apart from the metho
 def validate_spec(spec: RunSpec) -> None:
     """Check every name and hyperparameter in ``spec`` without reading data or encoding.
 
-    Raises UnknownNameError (with "did you mean"), ConfigError or
-    AlignbenchError (a task asked for a dataset of the wrong kind).
+    Raises UnknownNameError (with "did you mean"), ConfigError, DataError (no such
+    split) or AlignbenchError (a task asked for a dataset of the wrong kind).
     """
     from alignbench.registry import DATASETS, METHODS, TASKS
+    from alignbench.refs import resolve_split_ref
 
     cls = METHODS.get(spec.method)
     cls.Config().update(dict(spec.method_options))  # ConfigError on unknown / bad hyperparameters
     _check_pair(spec.pair)
-    for ref in (spec.train, spec.val):
+    for ref, default in ((spec.train, "train"), (spec.val, "dev")):
         if ref:
-            ds = DATASETS.get(parse_split_ref(ref, "train")[0])
-            if getattr(ds, "kind", "captions") != "captions":
-                raise AlignbenchError(f"{ref}: training and validation need an image–caption dataset, not a {ds.kind} one")
+            resolve_split_ref(ref, default, DATASETS.get)
     for text in spec.evals:
-        ev = EvalSpec.parse(text)
-        task = TASKS.get(ev.task)()
+        ev = EvalSpec.parse(text).resolved()  # task options checked against the dataset (a threshold needs a background)
         ds_cls = DATASETS.get(ev.dataset)
-        task.check_dataset(DATASETS.canonical(ev.dataset), getattr(ds_cls, "kind", ""))
+        TASKS.get(ev.task)().check_dataset(ev.dataset, getattr(ds_cls, "kind", ""))
 
 
 def _check_pair(pair: str) -> None:
     """VISION+TEXT with both names known (UnknownNameError with "did you mean" otherwise)."""
-    try:
-        from alignbench.encoders import parse_pair
-    except ImportError:  # encoders package without the helper: check the names ourselves
-        from alignbench.registry import ENCODERS
+    from alignbench.encoders import parse_pair
 
-        vision, sep, text = str(pair).partition("+")
-        if not sep or not vision.strip() or not text.strip():
-            raise ConfigError(f"encoder pair {pair!r} is not VISION+TEXT (e.g. effnet-lite0+minilm-l6)") from None
-        ENCODERS.resolve(vision.strip())
-        ENCODERS.resolve(text.strip())
-        return
     parse_pair(pair)
 
 
@@ -84,15 +72,6 @@ def subsample_indices(n_available: int, budget: int | str, seed: int) -> np.ndar
     n = resolve_budget(budget, n_available)
     perm = np.random.default_rng(np.random.SeedSequence([int(seed), _SUBSAMPLE_SALT])).permutation(n_available)
     return np.sort(perm[:n])
-
-
-def available_pairs(train: str, data_root: str | Path | None = None, *, dataset: Any = None) -> int:
-    """Image–caption pairs in a training split (``dataset:split``); runs get it resolved (ResolvedRun.available)."""
-    from alignbench.registry import DATASETS
-
-    name, split = parse_split_ref(train, "train")
-    ds = dataset if dataset is not None else DATASETS.get(name)(root=data_root)
-    return len(ds.caption_image_index(ds.check_split(split)))
 
 
 # -- planning -------------------------------------------------------------------------
@@ -174,14 +153,13 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
     from alignbench.fits import fitted_for, save_fitted, state_path
     from alignbench.identity import make_method
     from alignbench.split_guard import check_disjoint
-    from alignbench.registry import TASKS
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
 
     timings: dict[str, Any] = {}
     source = FeatureSource.for_run(run, store=FeatureStore(store_root, device=device), data_root=data_root,
                                    progress=progress)
-    tasks = {ev.task: TASKS.get(ev.task)() for ev in run.evals}
+    tasks = {ev: ev.task_object() for ev in run.evals}  # one per evaluation: its options (protocol) are its own
 
     # 0. training and validation images are never evaluated (image identity, before any work).
     state["phase"] = "check splits"
@@ -196,8 +174,8 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
         all_train = source.pairs(run.train.dataset, run.train.split)
         val = source.pairs(run.val.dataset, run.val.split) if run.val is not None else None
     for ev in run.evals:
-        for need in tasks[ev.task].needs(ev.dataset, ev.split):
-            feature_kinds.fetch(source, need.what, need.dataset, need.split)
+        for need in tasks[ev].needs(ev.dataset, ev.split):
+            feature_kinds.fetch(source, need.what, need.dataset, need.split, need.view)
     timings["encode"] = time.perf_counter() - t
 
     # 2. subsample the budget (nested by seed) and fit; keep the fitted state.
@@ -228,7 +206,7 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
         log.info("%s: evaluating %s", run.run_id, ev)
         state["phase"] = f"eval {ev}"
         t = time.perf_counter()
-        metrics[ev.key], found = tasks[ev.task].evaluate_with_outcomes(method, source, source.dataset(ev.dataset), ev.split)
+        metrics[ev.key], found = tasks[ev].evaluate_with_outcomes(method, source, source.dataset(ev.dataset), ev.split)
         if found is not None:  # per-query / per-image outcomes: intervals and paired tests need no refit
             outcomes[ev.key] = found.to_json()
         timings["eval"][ev.key] = time.perf_counter() - t
@@ -242,7 +220,7 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
             "train": {**run.train.to_dict(), "pairs": run.budget, "available": run.available},
             "val": None if run.val is None else {**run.val.to_dict(), "pairs": None if val is None else len(val)},
         },
-        "evals": [{"key": ev.key, "task": ev.task, "dataset": ev.dataset, "split": ev.split} for ev in run.evals],
+        "evals": [ev.to_dict() for ev in run.evals],  # key, task, dataset, split (+ protocol when not the default)
         "metrics": metrics,
         "timings": timings,
         "layers": {"image": run.image.layer, "text": run.text.layer},  # resolved (alignbench.identity)
@@ -314,4 +292,4 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["EvalSpec", "available_pairs", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]
+__all__ = ["EvalSpec", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]

@@ -16,28 +16,22 @@ from alignbench.store import FeatureStore
 
 
 def split_pair(pair: str) -> tuple[str, str]:
-    """'VISION+TEXT' → (vision, text), via the encoders package when it offers a parser."""
-    try:
-        from alignbench.encoders import parse_pair
-    except ImportError:
-        from alignbench.errors import ConfigError
+    """'VISION+TEXT' as typed → (vision, text) canonical names (alignbench.encoders.parse_pair)."""
+    from alignbench.encoders import parse_pair
 
-        vision, sep, text = pair.partition("+")
-        if not sep or not vision.strip() or not text.strip():
-            raise ConfigError(f"encoder pair {pair!r} is not VISION+TEXT (e.g. effnet-lite0+minilm-l6)") from None
-        return vision.strip(), text.strip()
     return parse_pair(pair)
 
 
 class FeatureSource:
-    """Cached features of ``pair`` ("VISION+TEXT") with fixed layers and dtype."""
+    """Cached features of ``pair`` ("VISION+TEXT" as typed, or resolved (vision, text) names) with fixed layers and dtype."""
 
-    def __init__(self, pair: str, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
+    def __init__(self, pair: str | tuple[str, str], *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
                  image_layer: int | None = None, text_layer: int | None = None, dtype: str = "fp32",
                  progress: bool = True, encoder_options: dict[str, dict] | None = None, device: str = "cpu"):
-        self.pair = pair
+        names = pair if isinstance(pair, tuple) else split_pair(pair)
+        self.pair = "+".join(names)
         self.store = store if store is not None else FeatureStore(device=device)
-        self.image_encoder, self.text_encoder = (self.store._canonical(n) for n in split_pair(pair))
+        self.image_encoder, self.text_encoder = (self.store._canonical(n) for n in names)
         self.data_root = data_root
         self.image_layer, self.text_layer = image_layer, text_layer
         self.dtype = dtype
@@ -54,7 +48,7 @@ class FeatureSource:
     def for_run(cls, run: Any, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
                 progress: bool = True) -> "FeatureSource":
         """The source a ResolvedRun reads: its canonical encoders, resolved layers and dtype."""
-        return cls(run.pair, store=store, data_root=data_root, image_layer=run.image.layer,
+        return cls((run.image.encoder, run.text.encoder), store=store, data_root=data_root, image_layer=run.image.layer,
                    text_layer=run.text.layer, dtype=run.dtype, progress=progress)  # store carries the device
 
     def __repr__(self) -> str:
@@ -68,7 +62,7 @@ class FeatureSource:
                               self._text_opts["encoder_options"])
         return int(img.layer), int(txt.layer)
 
-    def feature_key(self, what: str, dataset: str, split: str | None) -> str:
+    def feature_key(self, what: str, dataset: str, split: str | None, view: Any = None) -> str:
         """The cache entry (``<encoder>/<folder>``) a feature kind (alignbench.feature_kinds) is read from.
 
         Nothing is encoded: run identities hash these names (alignbench.identity).
@@ -76,7 +70,7 @@ class FeatureSource:
         from alignbench.feature_kinds import feature_set, kind
 
         fs = feature_set(what, (self.image_encoder, self.text_encoder), dataset, split,
-                         image_layer=self.image_layer, text_layer=self.text_layer, dtype=self.dtype)
+                         image_layer=self.image_layer, text_layer=self.text_layer, dtype=self.dtype, view=view)
         base = self._image_opts["encoder_options"] if kind(what).side == "image" else self._text_opts["encoder_options"]
         return kind(what).entry(self.store, fs, data_root=self.data_root, base=base, dataset=self.dataset(dataset))
 
@@ -121,6 +115,21 @@ class FeatureSource:
                 self.image_encoder, self.dataset(dataset), split, **{**self._image_opts, "encoder_options": opts}))
 
         return self._memo(("dense_images", dataset, split), make)
+
+    def crops(self, dataset: str, split: str, grid: Any) -> tuple[ImageFeatures, Any]:
+        """The sliding windows of a segmentation split (``grid``: a CropGrid), each squashed to the encoder's
+        input like a dense image, and their :class:`~alignbench.datasets.crops.CropLayout`."""
+        from alignbench.feature_kinds import dense_options
+
+        def make():
+            view = self.store.dataset_view(self.dataset(dataset), self.data_root, grid)
+            base = self._image_opts.get("encoder_options") or {}
+            opts = dense_options(self.store, self.image_encoder, self.image_layer, self.dtype, base)
+            feats = self._read(lambda: self.store.image_features(
+                self.image_encoder, view, split, **{**self._image_opts, "encoder_options": opts or None}))
+            return feats, view.layout(split)
+
+        return self._memo(("crops", dataset, split, grid), make)
 
     def texts(self, dataset: str, split: str) -> TextFeatures:
         return self._memo(("texts", dataset, split), lambda: self._read(lambda: self.store.text_features(
