@@ -19,11 +19,16 @@ memory; otherwise CAP streams and normalises per step as before.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from alignbench.cap import _prep
-from alignbench.token_rows import ragged_token_rows
+from alignbench.features import Pairs
+from alignbench.token_rows import absolute_rows, ragged_token_rows
+
+log = logging.getLogger(__name__)
 
 #: The prepared tokens of a fit take at most this share of the memory available when the fit starts.
 PREPARED_SHARE = 0.25
@@ -155,4 +160,34 @@ class RaggedRows:
         return z, None if valid.all() else torch.from_numpy(valid)
 
 
-__all__ = ["PREPARED_SHARE", "PreparedImages", "PreparedRows", "PreparedTexts", "RaggedRows", "available_bytes"]
+def prepare_pairs(splits: dict[str, Pairs | None], dtype: torch.dtype, dtype_name: str,
+                  shift_v: torch.Tensor | None, shift_t: torch.Tensor | None) -> tuple[list, str]:
+    """Prepared images and captions of each split's pairs, in order, while they take at most
+    :data:`PREPARED_SHARE` of the available memory; and a line saying what was prepared (for fit_info)."""
+    room = PREPARED_SHARE * available_bytes()
+    out: list = []
+    done, used = [], 0
+    for split, pairs in splits.items():
+        if pairs is None:
+            continue
+        img = np.unique(absolute_rows(pairs.images, pairs.image_index))
+        txt = np.unique(absolute_rows(pairs.texts, pairs.text_index))
+        for side, size, build in (
+            ("images", PreparedImages.nbytes_for(pairs.images.tokens, len(img), dtype),
+             lambda: PreparedImages(pairs.images.tokens, img, dtype, shift_v)),
+            ("texts", PreparedTexts.nbytes_for(pairs.texts.tokens, pairs.texts.offsets, txt, dtype),
+             lambda: PreparedTexts(pairs.texts.tokens, pairs.texts.offsets, txt, dtype, shift_t)),
+        ):
+            if used + size > room:
+                log.info("%s %s tokens not prepared (%.2f GiB over the memory share): normalised per step",
+                         split, side, size / 2**30)
+                continue
+            out.append(build())
+            used += size
+            done.append(f"{split} {side}")
+    what = (f"{', '.join(done)} normalised once ({dtype_name}, {used / 2**30:.2f} GiB)" if done
+            else "none (over the memory share): normalised per step")
+    return out, what
+
+
+__all__ = ["prepare_pairs", "PREPARED_SHARE", "PreparedImages", "PreparedRows", "PreparedTexts", "RaggedRows", "available_bytes"]

@@ -312,33 +312,12 @@ class PAL(Method):
         return f"resident on {self.device} ({nbytes / 2**30:.2f} GiB fp16)"
 
     def _prepare_tokens(self, train: Pairs, val: Pairs | None) -> str:
-        """Normalise the fit's image and caption tokens once, in the matmul dtype (alignbench.prepared_tokens),
-        training first, then validation, as long as they take at most PREPARED_SHARE of the available memory."""
-        from alignbench.prepared_tokens import PREPARED_SHARE, PreparedImages, PreparedTexts, available_bytes
+        """Normalise the fit's tokens once, in the matmul dtype, where memory allows (alignbench.prepared_tokens)."""
+        from alignbench.prepared_tokens import prepare_pairs
 
         dtype, name, _ = self.matmul_dtype()
-        room = PREPARED_SHARE * available_bytes()
-        done, used = [], 0
-        for split, pairs in (("train", train), ("val", val)):
-            if pairs is None:
-                continue
-            img = np.unique(absolute_rows(pairs.images, pairs.image_index))
-            txt = np.unique(absolute_rows(pairs.texts, pairs.text_index))
-            for side, size, build in (
-                ("images", PreparedImages.nbytes_for(pairs.images.tokens, len(img), dtype),
-                 lambda: PreparedImages(pairs.images.tokens, img, dtype, self.mu_v)),
-                ("texts", PreparedTexts.nbytes_for(pairs.texts.tokens, pairs.texts.offsets, txt, dtype),
-                 lambda: PreparedTexts(pairs.texts.tokens, pairs.texts.offsets, txt, dtype, self.mu_t)),
-            ):
-                if used + size > room:
-                    log.info("PAL: %s %s tokens not prepared (%.2f GiB over the memory share); streamed per step",
-                             split, side, size / 2**30)
-                    continue
-                self._prepared.append(build())
-                used += size
-                done.append(f"{split} {side}")
-        return (f"{', '.join(done)} normalised once ({name}, {used / 2**30:.2f} GiB)" if done
-                else "none (over the memory share): normalised per step")
+        self._prepared, what = prepare_pairs({"train": train, "val": val}, dtype, name, self.mu_v, self.mu_t)
+        return what
 
     def _scan_training_tokens(self, train: Pairs) -> None:
         """Check the training tokens are finite and, for ``center``, take their means, in one pass each.
