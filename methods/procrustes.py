@@ -66,8 +66,8 @@ def block_orthogonal_map(x_std: np.ndarray, y_std: np.ndarray) -> np.ndarray | N
     """``orthogonal_map`` of the zero-padded pair from the SVD of the unpadded C = X̃ᵀỸ (d_v × d_t); None if C is rank deficient.
 
     Why: padding makes X̃ᵀỸ a d×d matrix whose only non-zero block is C, and a
-    full d×d float64 SVD costs seconds (~15 s at d = 1280 on 2 busy cores)
-    while C's costs a tenth of that.  From C = U_C Σ V_Cᵀ (full U_C and V_C),
+    full d×d float64 SVD at d = 1280 dominated the fit (benchmarks in README)
+    while C's is several times cheaper.  From C = U_C Σ V_Cᵀ (full U_C and V_C),
     ``U = blockdiag(U_C, I)``, ``V = blockdiag(V_C, I)`` is an SVD of the padded
     matrix, so R = UVᵀ is an orthogonal minimiser of ‖X̃R − Ỹ‖_F.  Only the
     block R[:d_v, :d_t] ever touches an embedding (padded rows meet zeros,
