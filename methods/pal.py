@@ -29,6 +29,7 @@ from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
 from alignbench.search_space import Choice, FloatRange
+from alignbench.token_rows import absolute_rows, mean_unit_tokens, ragged_token_rows, scan_tokens
 from alignbench.training import REFERENCE_TRAINER, TrainConfig, TrainerSettings, info_nce, train_contrastive, trainer_deviations
 
 log = logging.getLogger(__name__)
@@ -102,38 +103,6 @@ class PALConfig(MethodConfig, TrainerSettings):
     def train_config(self) -> TrainConfig:
         # bf16 is applied inside CAP; the B×B InfoNCE stays fp32
         return dataclasses.replace(super().train_config(), dtype="fp32")
-
-
-def _abs_rows(f: ImageFeatures | TextFeatures, idx: np.ndarray | None = None) -> np.ndarray:
-    """Absolute rows of the underlying arrays for the view ``f`` (optionally rows ``idx`` of it)."""
-    rows = np.arange(len(f.pooled)) if f.rows is None else np.asarray(f.rows)
-    return rows if idx is None else rows[idx]
-
-
-def _ragged_token_rows(offsets: np.ndarray, texts: np.ndarray) -> np.ndarray:
-    """Rows of the ragged (Σ L, d) token array that belong to texts ``texts`` (absolute indices)."""
-    starts, lens = offsets[texts], offsets[texts + 1] - offsets[texts]
-    return np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
-
-
-def _scan_tokens(arr: np.ndarray, rows: np.ndarray, what: str, *, want_mean: bool,
-                 chunk_bytes: int = 1 << 26) -> torch.Tensor | None:
-    """One streaming pass over ``arr[rows]``: FeatureError on NaN/inf; the mean token if ``want_mean``.
-
-    ``rows`` index the first axis: images (N, T, d) or the ragged text tokens (Σ L, d).
-    """
-    chunk = max(1, chunk_bytes // max(1, arr[:1].nbytes))
-    total = torch.zeros(arr.shape[-1], dtype=torch.float64) if want_mean else None
-    for s in range(0, len(rows), chunk):
-        block = torch.from_numpy(arr[rows[s : s + chunk]])  # fancy indexing copies: writable, contiguous
-        if not torch.isfinite(block).all():
-            raise FeatureError(f"{what} contain non-finite values (NaN or inf); re-encode or clean them")
-        if total is not None:
-            total += block.double().reshape(-1, block.shape[-1]).sum(0)
-    if total is None:
-        return None
-    n_tokens = len(rows) * (arr.shape[1] if arr.ndim == 3 else 1)
-    return (total / max(n_tokens, 1)).float()
 
 
 @register_method("pal")
@@ -219,20 +188,14 @@ class PAL(Method):
 
     def _mean_tokens_images(self, f: ImageFeatures, rows: np.ndarray) -> torch.Tensor:
         """Mean of the L2-normalised tokens per image (pool=mean), streamed in chunks."""
-        out = torch.empty(len(rows), f.token_dim)
-        step = chunk_rows(f.n_tokens, f.token_dim, self.config.chunk_elems)
-        for s in range(0, len(rows), step):
-            z = torch.from_numpy(np.ascontiguousarray(f.tokens[rows[s : s + step]])).float()
-            if self.mu_v is not None:
-                z = z - self.mu_v
-            out[s : s + step] = torch.nn.functional.normalize(z, dim=-1).mean(1)
-        return out
+        mu_v = None if self.mu_v is None else self.mu_v.cpu()
+        return mean_unit_tokens(f.tokens, rows, mu_v, chunk_rows(f.n_tokens, f.token_dim, self.config.chunk_elems))
 
     def _text_profiles(self, f: TextFeatures, idx: np.ndarray, A: torch.Tensor) -> torch.Tensor:
         """Profiles of texts ``idx`` of the view ``f``, padded to their own longest."""
         pool = self.config.pool
         if pool == "cls":
-            x = torch.from_numpy(np.asarray(f.pooled[_abs_rows(f, idx)], dtype=np.float32)).to(self.device)
+            x = torch.from_numpy(np.asarray(f.pooled[absolute_rows(f, idx)], dtype=np.float32)).to(self.device)
             return torch.nn.functional.normalize(x, dim=-1) @ A.T
         tok_dtype = torch.float16 if f.tokens.dtype == np.float16 else torch.float32
         tokens, mask = f.token_batch(idx, dtype=tok_dtype)
@@ -246,7 +209,7 @@ class PAL(Method):
 
     def _pair_profiles(self, pairs: Pairs, idx: np.ndarray, Av: torch.Tensor, At: torch.Tensor):
         """(image, text) profiles of pairs ``idx``; each distinct image is pooled once."""
-        img_rows = _abs_rows(pairs.images, pairs.image_index[idx])
+        img_rows = absolute_rows(pairs.images, pairs.image_index[idx])
         uniq, inverse = np.unique(img_rows, return_inverse=True)
         pv = self._image_profiles(pairs.images, uniq, Av)[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
         pt = self._text_profiles(pairs.texts, pairs.text_index[idx], At)
@@ -325,7 +288,7 @@ class PAL(Method):
         """Copy the training image tokens to the GPU once when they fit there; else they stream per step."""
         from alignbench.token_stream import ResidentTokens, fits_on_device
 
-        rows = np.unique(_abs_rows(train.images, train.image_index))
+        rows = np.unique(absolute_rows(train.images, train.image_index))
         nbytes = len(rows) * train.images.n_tokens * train.images.token_dim * 2
         if not fits_on_device(nbytes, self.device):
             return "streamed (memmap, next block prefetched" + (", pinned)" if self.device.type == "cuda" else ")")
@@ -342,10 +305,10 @@ class PAL(Method):
         if self.config.pool == "cls":
             return
         c = self.config.center
-        img_rows = np.unique(_abs_rows(train.images, train.image_index))
-        mu_v = _scan_tokens(train.images.tokens, img_rows, "image tokens", want_mean=c in ("image", "both"))
-        txt_rows = _ragged_token_rows(train.texts.offsets, np.unique(_abs_rows(train.texts, train.text_index)))
-        mu_t = _scan_tokens(train.texts.tokens, txt_rows, "text tokens", want_mean=c in ("text", "both"))
+        img_rows = np.unique(absolute_rows(train.images, train.image_index))
+        mu_v = scan_tokens(train.images.tokens, img_rows, "image tokens", want_mean=c in ("image", "both"))
+        txt_rows = ragged_token_rows(train.texts.offsets, np.unique(absolute_rows(train.texts, train.text_index)))
+        mu_t = scan_tokens(train.texts.tokens, txt_rows, "text tokens", want_mean=c in ("text", "both"))
         self.mu_v = None if mu_v is None else mu_v.to(self.device)
         self.mu_t = None if mu_t is None else mu_t.to(self.device)
 
@@ -369,7 +332,7 @@ class PAL(Method):
     def embed_image(self, f: ImageFeatures) -> torch.Tensor:
         Av, _ = self.anchors()
         check_dim(f, Av.shape[1], "image", what="dim" if self.config.pool == "cls" else "token_dim")
-        rows = _abs_rows(f)
+        rows = absolute_rows(f)
         order = np.argsort(rows, kind="stable")
         prof = torch.empty(len(rows), self.config.K)
         if len(rows):
