@@ -66,7 +66,7 @@ def test_procrustes_fit_takes_the_svd_of_the_unpadded_block_only(d_v, d_t, monke
     m = Procrustes()
     p = arrays_pairs(x, y)
     m.fit(p)
-    assert shapes == [(d_v, d_t)] and m.fit_info["svd"] == "block"
+    assert shapes == [(d_v, d_t)] and m.fit_info["rank"] == min(d_v, d_t)
     monkeypatch.setattr(np.linalg, "svd", svd)
     xs, ys = standardised_padded(x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64))
     want, _ = scipy.linalg.orthogonal_procrustes(xs, ys)  # the full padded SVD
@@ -76,14 +76,32 @@ def test_procrustes_fit_takes_the_svd_of_the_unpadded_block_only(d_v, d_t, monke
     np.testing.assert_allclose(m.embed_image(p.image()).numpy(), img, rtol=1e-5, atol=1e-5)
 
 
-def test_procrustes_rank_deficient_block_falls_back_to_the_full_svd():
-    x, y = related(10, 30, 20, seed=1)  # 10 pairs: C = X̃ᵀỸ has rank ≤ 9 < min(d_v, d_t)
+@pytest.mark.parametrize("n,dead", [(400, 2), (10, 0)])
+def test_procrustes_rank_deficient_cross_covariance_keeps_what_the_data_determine(n, dead, monkeypatch):
+    """Constant text dimensions (MiniLM-L6 has two) or few pairs make C = X̃ᵀỸ rank deficient: R is still an
+    orthogonal minimiser from C's SVD alone, maps C's right singular vectors to its left ones as every SVD's
+    R does, and the result says which part is the SVD's choice."""
+    x, y = related(n, 30, 20, seed=1)
+    y[:, :dead] = 0.25  # constant dimensions: std 0 → 1, all-zero columns after standardising
+    shapes = []
+    svd = np.linalg.svd
+    monkeypatch.setattr(np.linalg, "svd", lambda a, *args, **kw: shapes.append(a.shape) or svd(a, *args, **kw))
     m = Procrustes()
     m.fit(arrays_pairs(x, y))
-    xs, ys = standardised_padded(x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64))
-    u, _, vt = np.linalg.svd(xs.T @ ys)
-    assert m.fit_info["svd"] == "full"
-    np.testing.assert_allclose(m.R, u @ vt, atol=1e-9)
+    monkeypatch.setattr(np.linalg, "svd", svd)
+    with np.errstate(invalid="ignore"):  # the constant columns are 0/0 here; standardising makes them 0
+        xs, ys = standardised_padded(x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64))
+    ys[:, :dead] = 0.0
+    c = xs[:, :30].T @ ys[:, :20]
+    u, s, vt = np.linalg.svd(c)
+    r = int((s > s[0] * 30 * np.finfo(float).eps).sum())
+    assert shapes == [(30, 20)] and m.fit_info["rank"] == r == min(20 - dead, n - 1)
+    assert any("rank" in note and "SVD's choice" in note for note in m.fit_info["notes"])
+    np.testing.assert_allclose(m.R.T @ m.R, np.eye(30), atol=1e-12)
+    full = scipy.linalg.orthogonal_procrustes(xs, ys)[0]  # a d×d SVD's R
+    assert np.linalg.norm(xs @ m.R - ys) == pytest.approx(np.linalg.norm(xs @ full - ys), rel=1e-9)
+    np.testing.assert_allclose(m.R[:30, :20] @ vt[:r].T, u[:, :r], atol=1e-9)
+    np.testing.assert_allclose(full[:30, :20] @ vt[:r].T, u[:, :r], atol=1e-9)
 
 
 def test_procrustes_r_minimises_the_residual_against_brute_force():
