@@ -63,7 +63,7 @@ def compare_report(
             if ca is None or cb is None:
                 continue
             test = compare(a.runs, b.runs, col.eval, col.metric, resampler)
-            row = {**dict(zip(table.group_names, group)), "metric": f"{col.dataset} {col.label}",
+            row = {**dict(zip(table.group_names, group)), "metric": f"{col.where} {col.label}",
                    a_label: f"{ca.mean:.{DECIMALS}f}", b_label: f"{cb.mean:.{DECIMALS}f}"}  # fmt: skip
             if test is None:
                 row.update({"A − B": f"{ca.mean - cb.mean:+.{DECIMALS}f}", "95% CI": "–", "p": "–",

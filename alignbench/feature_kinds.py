@@ -8,6 +8,11 @@ task of a segmentation sweep encoded the set itself.  A new kind is one row here
 
 ``pairs`` is not a kind of its own: it is the images and the texts of a
 caption split (:data:`COMPOSITES`).
+
+A kind with ``view=True`` reads a *view* of the dataset rather than its images:
+``crops`` are the sliding windows of segmentation's ``protocol=slide``, one
+row per window, its :class:`~alignbench.seg_protocol.CropGrid` part of the
+set's key, so every method evaluated with the same windows reads one cache entry.
 """
 from __future__ import annotations
 
@@ -35,17 +40,25 @@ class FeatureSet:
     split: str | None
     layer: int | None
     dtype: str
+    view: Any = None  # the view's parameters for kinds that read one (a CropGrid for ``crops``)
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.encoder}:{self.dataset}:{self.split}:L{self.layer}:{self.dtype}"
+        tail = f":{self.view.tag}" if self.view is not None else ""
+        return f"{self.kind}:{self.encoder}:{self.dataset}:{self.split}:L{self.layer}:{self.dtype}{tail}"
 
     @property
     def spec(self) -> "FeatureKind":
         return kind(self.kind)
 
     def label(self) -> str:
-        return f"{self.kind} {self.encoder} {self.dataset}" + (f":{self.split}" if self.split else "")
+        return (f"{self.kind} {self.encoder} {self.dataset}" + (f":{self.split}" if self.split else "")
+                + (f" {self.view.tag}" if self.view is not None else ""))
+
+    def dataset_in(self, store: Any, data_root: Any = None, dataset: Any = None) -> Any:
+        """What the store encodes: the dataset (name or object), or its view for a kind that reads one."""
+        ds = dataset if dataset is not None else self.dataset
+        return ds if self.view is None else store.dataset_view(ds, data_root, self.view)
 
 
 @dataclass(frozen=True)
@@ -62,22 +75,24 @@ class FeatureKind:
     per_split: bool  # False: one set per dataset (class prompts)
     store_get: str  # FeatureStore method that loads or encodes it
     store_has: str  # FeatureStore method that checks the cache without encoding
-    fetch: Callable[[Any, str, str | None], Any]
+    fetch: Callable[..., Any]  # (source, dataset, split[, view]) -> features
     options: Callable[[Any, str, int | None, str], dict] = lambda store, encoder, layer, dtype: {}
+    view: bool = False  # reads a view of the dataset whose parameters are part of the set (FeatureSet.view)
 
-    def call_args(self, fs: FeatureSet) -> tuple:
-        return (fs.encoder, fs.dataset, fs.split) if self.per_split else (fs.encoder, fs.dataset)
+    def call_args(self, fs: FeatureSet, store: Any = None, data_root: Any = None) -> tuple:
+        ds = fs.dataset_in(store, data_root) if self.view else fs.dataset
+        return (fs.encoder, ds, fs.split) if self.per_split else (fs.encoder, ds)
 
     def get(self, store: Any, fs: FeatureSet, *, data_root: Any = None, **kw: Any) -> Any:
         """Load (or encode) ``fs`` from ``store``."""
         opts = self.options(store, fs.encoder, fs.layer, fs.dtype)
-        return getattr(store, self.store_get)(*self.call_args(fs), layer=fs.layer, dtype=fs.dtype,
+        return getattr(store, self.store_get)(*self.call_args(fs, store, data_root), layer=fs.layer, dtype=fs.dtype,
                                               data_root=data_root, encoder_options=opts or None, **kw)
 
     def has(self, store: Any, fs: FeatureSet, *, data_root: Any = None) -> bool:
         """True when ``fs`` is cached and passes the cheap checks (nothing is encoded)."""
         opts = self.options(store, fs.encoder, fs.layer, fs.dtype)
-        return getattr(store, self.store_has)(*self.call_args(fs), layer=fs.layer, dtype=fs.dtype,
+        return getattr(store, self.store_has)(*self.call_args(fs, store, data_root), layer=fs.layer, dtype=fs.dtype,
                                               data_root=data_root, encoder_options=opts or None)
 
 
@@ -85,7 +100,8 @@ class FeatureKind:
               dataset: Any = None) -> str:
         """The cache entry (``<encoder>/<folder>``) ``fs`` is read from; nothing is encoded (run identities)."""
         opts = {**(base or {}), **self.options(store, fs.encoder, fs.layer, fs.dtype)}
-        args = (fs.encoder, dataset if dataset is not None else fs.dataset, fs.split)[: 3 if self.per_split else 2]
+        ds = fs.dataset_in(store, data_root, dataset) if self.view else (dataset if dataset is not None else fs.dataset)
+        args = (fs.encoder, ds, fs.split)[: 3 if self.per_split else 2]
         return store.entry_name(self.store_get, *args, layer=fs.layer, dtype=fs.dtype, data_root=data_root,
                                 encoder_options=opts or None)
 
@@ -106,18 +122,25 @@ def dense_options(store: Any, encoder: str, layer: int | None, dtype: str, base:
     return opts
 
 
-def _fetch_dense(source: Any, dataset: str, split: str | None) -> Any:
+def _fetch_dense(source: Any, dataset: str, split: str | None, view: Any = None) -> Any:
     return source.dense_images(dataset, split)
+
+
+def _fetch_crops(source: Any, dataset: str, split: str | None, view: Any = None) -> Any:
+    return source.crops(dataset, split, view)
 
 
 KINDS: dict[str, FeatureKind] = {k.name: k for k in (
     FeatureKind("images", "image", True, "image_features", "has_images",
-                lambda source, dataset, split: source.images(dataset, split)),
+                lambda source, dataset, split, view=None: source.images(dataset, split)),
     FeatureKind("dense_images", "image", True, "image_features", "has_images", _fetch_dense, dense_options),
+    # each sliding window squashed to the encoder's input like a dense image (a window is square but near a
+    # border capped by max_long), so no pixel of the window loses its patch
+    FeatureKind("crops", "image", True, "image_features", "has_images", _fetch_crops, dense_options, view=True),
     FeatureKind("texts", "text", True, "text_features", "has_texts",
-                lambda source, dataset, split: source.texts(dataset, split)),
+                lambda source, dataset, split, view=None: source.texts(dataset, split)),
     FeatureKind("prompts", "text", False, "prompt_features", "has_prompts",
-                lambda source, dataset, split: source.prompts(dataset)),
+                lambda source, dataset, split, view=None: source.prompts(dataset)),
 )}
 
 #: Needs that stand for several kinds: a caption split's pairs are its images and its texts.
@@ -141,20 +164,22 @@ def expand(what: str) -> tuple[str, ...]:
 
 
 def feature_set(what: str, pair: tuple[str, str], dataset: str, split: str | None, *,
-                image_layer: int | None, text_layer: int | None, dtype: str) -> FeatureSet:
+                image_layer: int | None, text_layer: int | None, dtype: str, view: Any = None) -> FeatureSet:
     """The feature set of kind ``what`` for an encoder pair (vision, text)."""
     row = kind(what)
+    if row.view != (view is not None):
+        raise ConfigError(f"feature kind {what!r} " + ("needs a view (its parameters)" if row.view else "takes no view"))
     image = row.side == "image"
     return FeatureSet(what, pair[0] if image else pair[1], dataset, split if row.per_split else None,
-                      image_layer if image else text_layer, dtype)
+                      image_layer if image else text_layer, dtype, view)
 
 
-def fetch(source: Any, what: str, dataset: str, split: str | None) -> None:
+def fetch(source: Any, what: str, dataset: str, split: str | None, view: Any = None) -> None:
     """Have ``source`` load (or encode) every kind ``what`` stands for."""
     if what in COMPOSITES:
         source.pairs(dataset, split)
         return
-    kind(what).fetch(source, dataset, split)
+    kind(what).fetch(source, dataset, split, view)
 
 
 __all__ = ["COMPOSITES", "DENSE_OPTIONS", "FeatureKind", "FeatureSet", "KINDS", "dense_options", "expand",

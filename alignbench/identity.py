@@ -353,13 +353,12 @@ class Resolver:
     @staticmethod
     def _eval_keys(src: Any, ev: EvalSpec) -> dict[str, str]:
         from alignbench.feature_kinds import expand
-        from alignbench.registry import TASKS
 
         out: dict[str, str] = {}
-        for need in TASKS.get(ev.task)().needs(ev.dataset, ev.split):
+        for need in ev.task_object().needs(ev.dataset, ev.split):
             for w in expand(need.what):
                 name = w if need.dataset == ev.dataset and need.split in (ev.split, None) else f"{w}:{need.dataset}:{need.split}"
-                out[name] = src.feature_key(w, need.dataset, need.split)
+                out[name] = src.feature_key(w, need.dataset, need.split, need.view)
         return out
 
 

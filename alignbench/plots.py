@@ -68,7 +68,7 @@ def plot_budget_curves(
         ax.set_xticks(budgets)
         ax.set_xticklabels([format_budget(b) for b in budgets])
         ax.minorticks_off()
-        ax.set_title(f"{col.dataset} {col.label}")
+        ax.set_title(f"{col.where} {col.label}")
         ax.set_xlabel("paired budget (log)")
         ax.set_ylabel("%  (band: 95% CI)")
     for ax in list(axes.flat)[n:]:

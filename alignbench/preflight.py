@@ -210,14 +210,29 @@ def _splits(args: argparse.Namespace, dest: str) -> None:
                               f"{getattr(args, 'datasets', '')}: {', '.join(known)})")
 
 
+def _evals(args: argparse.Namespace, dest: str) -> None:
+    """Each ``--evals`` entry: names, split and task options (``segmentation:voc:protocol=slide``), no torch."""
+    value = getattr(args, dest)
+    if not value:
+        return
+    from alignbench.config import split_list
+    from alignbench.refs import EvalSpec
+
+    for text in split_list(value):
+        try:
+            EvalSpec.parse(text).resolved()
+        except ConfigError as exc:
+            raise ConfigError(f"{_flag(dest)} {text}: {exc}") from None
+
+
 Check = Callable[[argparse.Namespace, str], None]
 
 #: command -> argument dest -> check.  Paths first (instant), method options last (they import torch).
 COMMAND_CHECKS: dict[str, dict[str, Check]] = {
     "run": {"results": _results_writable, "cache": _cache, "data_root": _data_root, "seeds": _seeds,
-            "device": _device, "methods": _methods},
+            "device": _device, "evals": _evals, "methods": _methods},
     "sweep": {"results": _results_writable, "cache": _cache, "data_root": _data_root, "seeds": _seeds,
-              "device": _device_text, "methods": _methods},
+              "device": _device_text, "evals": _evals, "methods": _methods},
     "tune": {"tune_dir": _tune_dir, "cache": _cache, "data_root": _data_root, "seeds": _seeds, "device": _device,
              "methods": _methods},
     "encode": {"cache": _cache_writable, "data_root": _data_root, "device": _device, "splits": _splits},

@@ -88,6 +88,11 @@ class Column:
     def name(self) -> str:
         return f"{self.eval}/{self.metric}"
 
+    @property
+    def where(self) -> str:
+        """What was evaluated: ``camvid``, ``voc:val@slide,threshold=0.5`` (a protocol is a column of its own)."""
+        return self.eval.split("/", 1)[1] if "/" in self.eval else self.dataset
+
 
 def available_columns(records: list[dict[str, Any]]) -> list[Column]:
     """Every (evaluation, numeric metric) in ``records``, in table order (no pandas: report must start fast)."""
@@ -304,7 +309,7 @@ def _headers(table: Table) -> list[tuple[str, str]]:
         tasks_per_ds.setdefault(c.dataset, set()).add(c.task)
     out = []
     for c in table.columns:
-        head = c.eval.split("/", 1)[1] if "/" in c.eval else c.dataset
+        head = c.where
         if len(tasks_per_ds[c.dataset]) > 1:
             head = f"{c.task} {head}"
         out.append((head, c.label))

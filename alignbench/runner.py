@@ -51,10 +51,9 @@ def validate_spec(spec: RunSpec) -> None:
             if getattr(ds, "kind", "captions") != "captions":
                 raise AlignbenchError(f"{ref}: training and validation need an image–caption dataset, not a {ds.kind} one")
     for text in spec.evals:
-        ev = EvalSpec.parse(text)
-        task = TASKS.get(ev.task)()
+        ev = EvalSpec.parse(text).resolved()  # task options checked against the dataset (a threshold needs a background)
         ds_cls = DATASETS.get(ev.dataset)
-        task.check_dataset(DATASETS.canonical(ev.dataset), getattr(ds_cls, "kind", ""))
+        TASKS.get(ev.task)().check_dataset(ev.dataset, getattr(ds_cls, "kind", ""))
 
 
 def _check_pair(pair: str) -> None:
@@ -174,14 +173,13 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
     from alignbench.fits import fitted_for, save_fitted, state_path
     from alignbench.identity import make_method
     from alignbench.split_guard import check_disjoint
-    from alignbench.registry import TASKS
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
 
     timings: dict[str, Any] = {}
     source = FeatureSource.for_run(run, store=FeatureStore(store_root, device=device), data_root=data_root,
                                    progress=progress)
-    tasks = {ev.task: TASKS.get(ev.task)() for ev in run.evals}
+    tasks = {ev: ev.task_object() for ev in run.evals}  # one per evaluation: its options (protocol) are its own
 
     # 0. training and validation images are never evaluated (image identity, before any work).
     state["phase"] = "check splits"
@@ -196,8 +194,8 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
         all_train = source.pairs(run.train.dataset, run.train.split)
         val = source.pairs(run.val.dataset, run.val.split) if run.val is not None else None
     for ev in run.evals:
-        for need in tasks[ev.task].needs(ev.dataset, ev.split):
-            feature_kinds.fetch(source, need.what, need.dataset, need.split)
+        for need in tasks[ev].needs(ev.dataset, ev.split):
+            feature_kinds.fetch(source, need.what, need.dataset, need.split, need.view)
     timings["encode"] = time.perf_counter() - t
 
     # 2. subsample the budget (nested by seed) and fit; keep the fitted state.
@@ -228,7 +226,7 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
         log.info("%s: evaluating %s", run.run_id, ev)
         state["phase"] = f"eval {ev}"
         t = time.perf_counter()
-        metrics[ev.key], found = tasks[ev.task].evaluate_with_outcomes(method, source, source.dataset(ev.dataset), ev.split)
+        metrics[ev.key], found = tasks[ev].evaluate_with_outcomes(method, source, source.dataset(ev.dataset), ev.split)
         if found is not None:  # per-query / per-image outcomes: intervals and paired tests need no refit
             outcomes[ev.key] = found.to_json()
         timings["eval"][ev.key] = time.perf_counter() - t
@@ -242,7 +240,7 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
             "train": {**run.train.to_dict(), "pairs": run.budget, "available": run.available},
             "val": None if run.val is None else {**run.val.to_dict(), "pairs": None if val is None else len(val)},
         },
-        "evals": [{"key": ev.key, "task": ev.task, "dataset": ev.dataset, "split": ev.split} for ev in run.evals],
+        "evals": [ev.to_dict() for ev in run.evals],  # key, task, dataset, split (+ protocol when not the default)
         "metrics": metrics,
         "timings": timings,
         "layers": {"image": run.image.layer, "text": run.text.layer},  # resolved (alignbench.identity)

@@ -68,7 +68,7 @@ class FeatureSource:
                               self._text_opts["encoder_options"])
         return int(img.layer), int(txt.layer)
 
-    def feature_key(self, what: str, dataset: str, split: str | None) -> str:
+    def feature_key(self, what: str, dataset: str, split: str | None, view: Any = None) -> str:
         """The cache entry (``<encoder>/<folder>``) a feature kind (alignbench.feature_kinds) is read from.
 
         Nothing is encoded: run identities hash these names (alignbench.identity).
@@ -76,7 +76,7 @@ class FeatureSource:
         from alignbench.feature_kinds import feature_set, kind
 
         fs = feature_set(what, (self.image_encoder, self.text_encoder), dataset, split,
-                         image_layer=self.image_layer, text_layer=self.text_layer, dtype=self.dtype)
+                         image_layer=self.image_layer, text_layer=self.text_layer, dtype=self.dtype, view=view)
         base = self._image_opts["encoder_options"] if kind(what).side == "image" else self._text_opts["encoder_options"]
         return kind(what).entry(self.store, fs, data_root=self.data_root, base=base, dataset=self.dataset(dataset))
 
@@ -121,6 +121,21 @@ class FeatureSource:
                 self.image_encoder, self.dataset(dataset), split, **{**self._image_opts, "encoder_options": opts}))
 
         return self._memo(("dense_images", dataset, split), make)
+
+    def crops(self, dataset: str, split: str, grid: Any) -> tuple[ImageFeatures, Any]:
+        """The sliding windows of a segmentation split (``grid``: a CropGrid), each squashed to the encoder's
+        input like a dense image, and their :class:`~alignbench.datasets.crops.CropLayout`."""
+        from alignbench.feature_kinds import dense_options
+
+        def make():
+            view = self.store.dataset_view(self.dataset(dataset), self.data_root, grid)
+            base = self._image_opts.get("encoder_options") or {}
+            opts = dense_options(self.store, self.image_encoder, self.image_layer, self.dtype, base)
+            feats = self._read(lambda: self.store.image_features(
+                self.image_encoder, view, split, **{**self._image_opts, "encoder_options": opts or None}))
+            return feats, view.layout(split)
+
+        return self._memo(("crops", dataset, split, grid), make)
 
     def texts(self, dataset: str, split: str) -> TextFeatures:
         return self._memo(("texts", dataset, split), lambda: self._read(lambda: self.store.text_features(

@@ -257,12 +257,10 @@ def resolve_evals(cfg: SweepConfig) -> list[str] | None:
     from alignbench.registry import DATASETS, TASKS
 
     if cfg.evals:
+        from alignbench.refs import EvalSpec
+
         for text in cfg.evals:
-            parts = text.split(":")
-            if len(parts) not in (2, 3):
-                raise ConfigError(f"cannot read evaluation {text!r}: use TASK:DATASET[:SPLIT]")
-            TASKS.resolve(parts[0])
-            DATASETS.resolve(parts[1])
+            EvalSpec.parse(text).resolved()  # names ("did you mean"), split and task options, one line each
         return list(cfg.evals)
     if not cfg.tasks and not cfg.datasets:
         return None

@@ -43,15 +43,18 @@ TASK_FOR_KIND = {"captions": "retrieval", "classification": "classification", "s
 
 @dataclass(frozen=True)
 class FeatureNeed:
-    """One feature set a task reads: ``what`` ∈ {images, dense_images, texts, prompts, pairs}.
+    """One feature set a task reads: ``what`` is a kind of :mod:`alignbench.feature_kinds` (or ``pairs``).
 
     ``dense_images``: image features whose patch grid covers the WHOLE image
-    (squashed, not centre-cropped), as dense tasks need.
+    (squashed, not centre-cropped), as dense tasks need.  ``view``: the
+    parameters of a kind that reads a view of the dataset (``crops``: the
+    :class:`~alignbench.seg_protocol.CropGrid` of the sliding windows).
     """
 
     what: str
     dataset: str
     split: str | None = None
+    view: Any = None
 
 
 class Task(ABC):
@@ -67,6 +70,14 @@ class Task(ABC):
     headline: ClassVar[tuple[str, ...]] = ()  # metrics shown by default in reports
     metric_labels: ClassVar[dict[str, str]] = {}  # metric key → human label (may contain → etc.)
     batch_size: int = 1024  # rows embedded per method call (bounds memory for token methods)
+    #: ``classmethod(raw: dict[str, str]) -> options`` for tasks that take ``option=value`` parts in an
+    #: evaluation (alignbench.refs.EvalSpec); None: the task takes none
+    parse_options: ClassVar[Any] = None
+
+    def __init__(self, options: Any = None) -> None:
+        if options is not None and self.parse_options is None:
+            raise AlignbenchError(f"task {self.registry_name!r} takes no options")
+        self.options = options
 
     def check_dataset(self, dataset: "Dataset | str", kind: str | None = None) -> None:
         """Raise AlignbenchError if ``dataset`` is not of the kind this task evaluates."""

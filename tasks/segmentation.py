@@ -5,15 +5,22 @@ method's ``patch_scores`` (B, P, C) reshaped to the patch grid, upsampled
 bilinearly (``align_corners=False``) to each mask's own size, argmax, and ONE
 confusion matrix accumulated over the whole dataset (ignore label excluded).
 mIoU is dominated by large classes on CamVid, so frequency-weighted IoU and
-pixel accuracy are reported too.
+pixel accuracy are reported too.  ``protocol=slide`` (an evaluation option,
+``segmentation:voc:protocol=slide``) is ClearCLIP/SAIL's sliding window with
+softmax and background threshold instead (:mod:`alignbench.seg_protocol`);
+its numbers go under their own key (``segmentation/voc:val@slide,threshold=0.5``).
 
-Where the dataset has a background class, two "without background" numbers
-are given beside the all-class mIoU:
+Beside the all-class mIoU:
 
-* ``mIoU_fg``: the mean over foreground classes of the same confusion matrix;
-* ``mIoU_nobg``: the VOC-20 style protocol of the zero-shot literature —
-  background pixels are ignored and the argmax runs over foreground classes
-  only.
+* ``mIoU_fg``: the mean over foreground classes of the same confusion matrix,
+  PAL's reference number for VOC and Pascal Context.  A dataset without a
+  background class (CamVid, ADE20K, Pascal Context-59, whose background is
+  unlabelled) has only foreground classes, so there ``mIoU_fg`` = ``mIoU``; no
+  class is made background for it.  A dataset card sets its background with
+  ``background:``.
+* ``mIoU_nobg`` (datasets with a background class): the VOC-20 style protocol
+  of the zero-shot literature — background pixels are ignored and the argmax
+  runs over foreground classes only.
 
 Memory: score maps are upsampled one image at a time and reduced to a
 confusion matrix at once; nothing of mask size is kept.  The per-image
@@ -30,6 +37,7 @@ import numpy as np
 
 from alignbench.errors import DataError, FeatureError
 from alignbench.outcomes import Outcomes, SparseRows, dense_rows
+from alignbench.seg_protocol import SegProtocol, predict, stitch
 from alignbench.tasks.base import FeatureNeed, Task, check_finite, dense_images, register_task
 
 log = logging.getLogger(__name__)
@@ -66,8 +74,9 @@ def segmentation_metrics(
     """mIoU, frequency-weighted IoU, pixel and mean class accuracy (%) from a confusion matrix.
 
     Classes absent from both ground truth and prediction are left out of the
-    means (their IoU is undefined).  With ``background_index``, ``mIoU_fg`` is
-    the mean over the other classes.  Per-class IoUs come as ``IoU/<name>``.
+    means (their IoU is undefined).  ``mIoU_fg`` is the mean over the classes
+    other than ``background_index`` (over all of them when it is None: every
+    class is foreground).  Per-class IoUs come as ``IoU/<name>``.
     """
     conf = np.asarray(conf, dtype=np.int64)
     total = conf.sum()
@@ -84,9 +93,8 @@ def segmentation_metrics(
         "pixel_acc": 100.0 * float(np.trace(conf) / total),
         "mean_acc": 100.0 * float(np.nanmean(class_acc)),
     }
-    if background_index is not None:
-        fg = np.delete(iou, background_index)
-        out["mIoU_fg"] = 100.0 * float(np.nanmean(fg)) if np.isfinite(fg).any() else float("nan")
+    fg = np.delete(iou, background_index) if background_index is not None else iou
+    out["mIoU_fg"] = 100.0 * float(np.nanmean(fg)) if np.isfinite(fg).any() else float("nan")
     names = classnames or [str(c) for c in range(len(iou))]
     for name, v in zip(names, iou):
         if np.isfinite(v):
@@ -115,7 +123,7 @@ def upsample_argmax(scores: Any, size: tuple[int, int]) -> np.ndarray:
 
 @register_task("segmentation", aliases=("seg", "semantic-segmentation"))
 class SegmentationTask(Task):
-    """Zero-shot semantic segmentation: mIoU (with/without background), fwIoU, pixel accuracy."""
+    """Zero-shot semantic segmentation: mIoU (all, foreground, no-bg), fwIoU; protocol=whole (default) or slide (ClearCLIP: short 448, crops 448/224, threshold)."""
 
     kind = "segmentation"
     headline = ("mIoU",)
@@ -129,8 +137,22 @@ class SegmentationTask(Task):
     }
     batch_size: int = 16  # images per patch_scores call
 
+    @classmethod
+    def parse_options(cls, raw: dict[str, str]) -> SegProtocol:
+        """``protocol=whole|slide`` and the slide protocol's ``short``, ``crop``, ``stride``, ``logit_scale``,
+        ``threshold`` (alignbench.seg_protocol)."""
+        return SegProtocol.parse(raw)
+
+    @property
+    def protocol(self) -> SegProtocol:
+        return self.options if self.options is not None else SegProtocol()
+
     def needs(self, dataset: str, split: str) -> list[FeatureNeed]:
-        return [FeatureNeed("dense_images", dataset, split), FeatureNeed("prompts", dataset)]
+        if self.protocol.name == "slide":
+            images = FeatureNeed("crops", dataset, split, self.protocol.grid)
+        else:
+            images = FeatureNeed("dense_images", dataset, split)
+        return [images, FeatureNeed("prompts", dataset)]
 
     def evaluate_with_outcomes(self, method: Any, source: Any, dataset: Any, split: str) -> tuple[dict[str, float], Outcomes]:
         """The metrics plus one confusion matrix per image (their sum is the dataset's confusion matrix)."""
@@ -142,40 +164,28 @@ class SegmentationTask(Task):
         n_cls = len(classnames)
         ignore = getattr(dataset, "ignore_index", None)
         bg = getattr(dataset, "background_index", None)
+        protocol = self.protocol.for_dataset(dataset)
         prompts, n_classes, n_templates = source.prompts(name)
         if n_classes != n_cls:
             raise DataError(f"{name}: {n_classes} prompt classes but {n_cls} class names")
-        images = dense_images(source, name, split)
-        if images.grid is None or images.tokens is None:
-            raise FeatureError(f"{name}:{split} image features have no patch tokens; segmentation needs them")
-        gh, gw = images.grid
 
         per_image = SparseRows()  # one (C, C) confusion matrix per image
         per_image_nobg = SparseRows()  # (C-1, C-1) each, where the dataset has a background class
         fg = [c for c in range(n_cls) if c != bg]
-        stray = 0
+        stray, n_images = 0, 0
         with torch.no_grad():
             classes = method.class_embeddings(prompts, n_classes, n_templates)
-            for start in range(0, len(images), self.batch_size):
-                idx = np.arange(start, min(start + self.batch_size, len(images)))
-                scores = method.patch_scores(images.subset(idx), classes).float()
-                if scores.shape != (len(idx), gh * gw, n_cls):
-                    raise FeatureError(
-                        f"patch_scores returned shape {tuple(scores.shape)}, expected "
-                        f"({len(idx)}, {gh * gw}, {n_cls}) for a {gh}×{gw} grid"
-                    )
-                check_finite(scores, "patch scores")
-                maps = scores.reshape(len(idx), gh, gw, n_cls).permute(0, 3, 1, 2)
-                for b, i in enumerate(idx):
-                    gt = np.asarray(dataset.mask(split, int(i)))
-                    up = upsample(maps[b], gt.shape[-2:])  # (H, W, C), one image at a time
-                    conf = np.zeros((n_cls, n_cls), dtype=np.int64)
-                    stray += confusion_update(conf, gt, up.argmax(-1).numpy(), ignore)
-                    per_image.add(conf)
-                    if bg is not None:  # background pixels ignored, argmax over foreground classes
-                        conf_nobg = np.zeros((n_cls - 1, n_cls - 1), dtype=np.int64)
-                        confusion_update(conf_nobg, _remap_foreground(gt, fg, bg), up[..., fg].argmax(-1).numpy(), -1)
-                        per_image_nobg.add(conf_nobg)
+            for i, up in self._score_maps(method, source, dataset, split, classes, n_cls):
+                gt = np.asarray(dataset.mask(split, i))
+                up = up(gt.shape[-2:])  # (H, W, C) at the mask's size, one image at a time
+                conf = np.zeros((n_cls, n_cls), dtype=np.int64)
+                stray += confusion_update(conf, gt, predict(up, protocol, bg), ignore)
+                per_image.add(conf)
+                n_images += 1
+                if bg is not None:  # background pixels ignored, argmax over foreground classes
+                    conf_nobg = np.zeros((n_cls - 1, n_cls - 1), dtype=np.int64)
+                    confusion_update(conf_nobg, _remap_foreground(gt, fg, bg), up[..., fg].argmax(-1).numpy(), -1)
+                    per_image_nobg.add(conf_nobg)
         if stray:
             log.warning("%s:%s: %d pixels had labels outside 0..%d and were ignored", name, split, stray, n_cls - 1)
         if not per_image.n:
@@ -184,8 +194,33 @@ class SegmentationTask(Task):
         if bg is not None:
             arrays.update(per_image_nobg.arrays("nobg_"))
         meta = {"classes": classnames, "background_index": bg}
-        outcomes = Outcomes(task="segmentation", unit="image", arrays=arrays, units={"image": len(images)}, meta=meta)
+        if not protocol.is_default:
+            meta["protocol"] = protocol.to_dict()
+        outcomes = Outcomes(task="segmentation", unit="image", arrays=arrays, units={"image": n_images}, meta=meta)
         return self.metrics_from_outcomes(outcomes), outcomes
+
+    def _score_maps(self, method: Any, source: Any, dataset: Any, split: str, classes: Any, n_cls: int):
+        """(image index, ``size -> (H, W, C)`` scores upsampled to ``size``) for every image of the split."""
+        name = dataset.registry_name
+        if self.protocol.name == "slide":
+            images, layout = source.crops(name, split, self.protocol.grid)
+        else:
+            images, layout = dense_images(source, name, split), None
+        if images.grid is None or images.tokens is None:
+            raise FeatureError(f"{name}:{split} image features have no patch tokens; segmentation needs them")
+        n = len(images) if layout is None else len(layout)
+        for start in range(0, n, self.batch_size):
+            idx = np.arange(start, min(start + self.batch_size, n))
+            rows = idx if layout is None else np.concatenate([layout.rows(int(i)) for i in idx])
+            maps = _patch_maps(method, images.subset(rows), classes, images.grid, n_cls)
+            for b, i in enumerate(idx):
+                if layout is None:
+                    yield int(i), lambda size, m=maps[b]: upsample(m, size)
+                else:
+                    first = int(np.searchsorted(rows, layout.starts[i]))
+                    windows = maps[first:first + len(layout.boxes[i])]
+                    canvas = stitch(windows, layout.boxes[i], layout.sizes[i])  # (H', W', C)
+                    yield int(i), lambda size, c=canvas: upsample(c.permute(2, 0, 1), size)
 
     def metrics_from_outcomes(self, outcomes: Outcomes) -> dict[str, float]:
         a, classes, bg = outcomes.arrays, list(outcomes.meta["classes"]), outcomes.meta.get("background_index")
@@ -207,6 +242,17 @@ class SegmentationTask(Task):
             with np.errstate(invalid="ignore"):
                 out["mIoU_nobg"] = 100.0 * np.nanmean(_batched_iou(nobg), axis=1)
         return out
+
+
+def _patch_maps(method: Any, images: Any, classes: Any, grid: tuple[int, int], n_cls: int) -> Any:
+    """(B, C, gh, gw) class scores of each image's patches, checked for shape and finiteness."""
+    gh, gw = grid
+    scores = method.patch_scores(images, classes).float()
+    if scores.shape != (len(images), gh * gw, n_cls):
+        raise FeatureError(f"patch_scores returned shape {tuple(scores.shape)}, expected "
+                           f"({len(images)}, {gh * gw}, {n_cls}) for a {gh}×{gw} grid")
+    check_finite(scores, "patch scores")
+    return scores.reshape(len(images), gh, gw, n_cls).permute(0, 3, 1, 2)
 
 
 def _summed(cell: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
@@ -243,8 +289,7 @@ def _batched_metrics(conf: np.ndarray, classes: list[str], bg: int | None) -> di
             "pixel_acc": 100.0 * np.trace(conf, axis1=1, axis2=2) / total,
             "mean_acc": 100.0 * np.nanmean(acc, axis=1),
         }
-        if bg is not None:
-            out["mIoU_fg"] = 100.0 * np.nanmean(np.delete(iou, bg, axis=1), axis=1)
+        out["mIoU_fg"] = 100.0 * np.nanmean(np.delete(iou, bg, axis=1) if bg is not None else iou, axis=1)
     for j, name in enumerate(classes):
         out[f"IoU/{name}"] = 100.0 * iou[:, j]
     return out

@@ -271,6 +271,18 @@ def test_pascal_context(tmp_path):
     np.testing.assert_array_equal(m, np.where(raw == 0, 255, raw.astype(np.int64) - 1))
 
 
+def test_pascal_context_60_keeps_background_as_class_0(tmp_path):
+    expect = fx.write_pascal_context(tmp_path)
+    ds = get_dataset("pascal-context-60", tmp_path)
+    assert ds.classnames[0] == "background" and len(ds.classnames) == 60 and ds.background_index == 0
+    from alignbench.registry import DATASETS
+
+    assert ds.slide_threshold == 0.15 and DATASETS.get("voc").slide_threshold == 0.5
+    raw = expect["masks"]["2008_000007"]
+    np.testing.assert_array_equal(ds.mask("val", 1), raw.astype(np.int64))  # ids 0-59 as stored
+    assert ds.images("val").ids == get_dataset("pascal-context", tmp_path).images("val").ids
+
+
 def test_camvid_fixture(tmp_path):
     expect = fx.write_camvid(tmp_path)
     ds = get_dataset("camvid", tmp_path)

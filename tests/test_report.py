@@ -157,6 +157,36 @@ def test_a_typed_default_is_one_row_with_the_untyped_runs(tmp_path):
     assert [(r.method, r.seeds) for r in table.rows] == [("pal", 3)]
 
 
+def test_two_segmentation_protocols_are_two_columns_never_averaged(tmp_path):
+    slide = "segmentation/camvid@slide"
+    store = ResultStore(tmp_path)
+    for r in _records():
+        if r["spec"]["method"] == "pal" and r["budget"]["pairs"] == 1000:
+            if r["spec"]["seed"] == 2:  # this seed was evaluated with ClearCLIP's sliding windows only
+                r["metrics"][slide] = {k: v + 40.0 for k, v in r["metrics"].pop("segmentation/camvid").items()}
+                ev = {"key": slide, "task": "segmentation", "dataset": "camvid", "split": "test",
+                      "protocol": {"name": "slide"}}
+                for evals in (r["evals"], r["resolved"]["evals"]):
+                    evals[:] = [e for e in evals if e["key"] != "segmentation/camvid"] + [ev]
+                (r.get("outcomes") or {}).pop("segmentation/camvid", None)
+                r["run_id"] = run_id_of(r["resolved"])
+            store.write(r)
+    records = store.load_all()
+    whole = [r["metrics"]["segmentation/camvid"]["mIoU"] for r in records if "segmentation/camvid" in r["metrics"]]
+    table = build_table(records, by="budget")
+    cols = {c.eval: j for j, c in enumerate(table.columns) if c.task == "segmentation"}
+    assert set(cols) == {"segmentation/camvid", slide}
+    (row,) = table.rows
+    assert row.cells[cols["segmentation/camvid"]].mean == pytest.approx(sum(whole) / 2)  # seeds 0 and 1 only
+    assert row.cells[cols[slide]].mean == pytest.approx(next(
+        r["metrics"][slide]["mIoU"] for r in records if slide in r["metrics"]))
+    from alignbench.report import _headers
+
+    assert [h for h, _ in _headers(table)][-2:] == ["camvid", "camvid@slide"]
+    # plots and --compare name a column by what was evaluated, protocol included (not by the dataset alone)
+    assert [table.columns[cols[k]].where for k in ("segmentation/camvid", slide)] == ["camvid", "camvid@slide"]
+
+
 def _resolved(rec, *, layer=12, K=512, val=("flickr8k", "dev"), typed=None):
     """A record in the resolved shape (schema 2): full config, resolved layers, split dicts, feature keys."""
     rec = copy.deepcopy(rec)

@@ -169,6 +169,10 @@ def test_subsample_is_nested_by_seed():
         (["--datasets", "flickr8"], "did you mean 'flickr8k'"),
         (["--tasks", "segmentation", "--datasets", "flickr8k"], "flickr8k has no segmentation masks"),
         (["--evals", "segmentation:flickr8k"], "flickr8k has no segmentation masks"),
+        (["--evals", "segmentation:camvid:protocol=slyde"], "unknown segmentation protocol 'slyde'; did you mean 'slide'"),
+        (["--evals", "segmentation:camvid:protocol=slide:threshold=2"], "threshold 2 is not a probability in [0, 1]"),
+        (["--evals", "segmentation:camvid:protocol=slide:crop=500"], "crop 500 is larger than the short side 448"),
+        (["--evals", "segmentation:camvid:protocol=slide:threshold=0.5"], "camvid has no background class"),
         (["--pair", "tiny-vit+tiny-txt"], "did you mean"),
     ],
 )

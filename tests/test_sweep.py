@@ -368,3 +368,37 @@ def test_pal_paper_file_sets_the_paper_encoders_and_layers():
     assert {(s.encoder.image_layer, s.encoder.text_layer) for s in specs} == {(23, 24)}
     assert all(s.train == "coco:train" and s.val == "coco:val" for s in specs)
     assert len(specs[0].evals) == 10
+
+
+def test_sliding_windows_are_a_feature_set_of_their_own(tmp_path, monkeypatch):
+    """protocol=slide reads the windows as their own cache entry: stage 1 encodes them, the run reuses them,
+    and the result records the protocol under a key apart from the default protocol's."""
+    from alignbench.runner import run_one
+    from alignbench.sweep_jobs import EncodeJob
+
+    cfg = _segmentation_world(tmp_path, monkeypatch)
+    cfg = build_config({}, methods="cca", pairs=PAIR, budgets="20", seeds="0", val="none",
+                       evals="segmentation:camvid:test,segmentation:camvid:test:protocol=slide:short=24:crop=12:stride=8",
+                       results=str(cfg.runs_dir), cache=str(cfg.store_root), data_root=str(cfg.data_path))
+    specs = expand(cfg)
+    needs = launch.feature_needs(specs)
+    crops = [n for n in needs if n.kind == "crops"]
+    assert [(n.encoder, n.dataset, n.split, n.view.tag) for n in crops] == [("tiny-vit", "camvid", "test", "crops24-12-8")]
+    missing = launch.missing_features(needs, cfg.store_root, cfg.data_path)
+    assert "crops" in {n.kind for n in missing}
+    for n in missing:
+        assert EncodeJob()(n, store_root=str(cfg.store_root), data_root=str(cfg.data_path), device="cpu") == "encoded"
+    assert not launch.missing_features(needs, cfg.store_root, cfg.data_path)
+    run_one(specs[0], results_dir=cfg.runs_dir, store_root=cfg.store_root, data_root=cfg.data_path, progress=False)
+    record = json.loads(next(cfg.runs_dir.glob("*.json")).read_text())
+    assert all(r["action"] == "reused" for r in record["features"])
+    assert {r["dataset"] for r in record["features"] if r["kind"] == "images"} >= {"camvid", "camvid.crops24-12-8"}
+    slide_key = "segmentation/camvid@slide,short=24,crop=12,stride=8"
+    assert set(record["metrics"]) == {"segmentation/camvid", slide_key}
+    ev = {e["key"]: e for e in record["evals"]}
+    assert "protocol" not in ev["segmentation/camvid"]
+    assert ev[slide_key]["protocol"] == {"name": "slide", "short_side": 24, "crop": 12, "stride": 8, "max_long": 2048,
+                                         "logit_scale": 50.0, "threshold": None,
+                                         "window_encoded_at": "the encoder's input resolution"}
+    assert record["outcomes"][slide_key]["meta"]["protocol"]["name"] == "slide"
+    assert record["resolved"]["feature_keys"]["evals"][slide_key]["crops"].startswith("tiny-vit/camvid.crops24-12-8-test")

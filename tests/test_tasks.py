@@ -246,7 +246,9 @@ def test_segmentation_metrics_with_and_without_background():
     assert m["pixel_acc"] == pytest.approx(200 / 3)
     assert m["fwIoU"] == pytest.approx(100 * (1 / 3 * 1 + 1 / 3 * 0 + 1 / 3 * 0.5))
     assert m["IoU/dog"] == pytest.approx(50.0)
-    assert "mIoU_fg" not in segmentation_metrics(conf, ["a", "b", "c"], background_index=None)
+    # no background class: every class is foreground, so the foreground mean is the all-class mean
+    no_bg = segmentation_metrics(conf, ["a", "b", "c"], background_index=None)
+    assert no_bg["mIoU_fg"] == no_bg["mIoU"] == pytest.approx(100 * (1 + 0 + 0.5) / 3)
 
 
 def test_upsample_argmax_keeps_quadrants():
@@ -286,9 +288,13 @@ def test_segmentation_task_hand_computed(tmp_path):
 
 def test_segmentation_without_background_class(tmp_path):
     ds, src = _seg_source(tmp_path, background_index=None)
-    m = SegmentationTask().evaluate(Identity(), src, ds, "test")
-    assert "mIoU_fg" not in m and "mIoU_nobg" not in m
-    assert m["mIoU"] == pytest.approx(100 * (1 / 3 + 2 / 3 + 1 / 4) / 3)
+    m, outcomes = SegmentationTask().evaluate_with_outcomes(Identity(), src, ds, "test")
+    assert "mIoU_nobg" not in m
+    assert m["mIoU"] == m["mIoU_fg"] == pytest.approx(100 * (1 / 3 + 2 / 3 + 1 / 4) / 3)
+    # the bootstrap path agrees: each resample's foreground mean is its all-class mean
+    w = np.random.default_rng(0).multinomial(2, [0.5, 0.5], size=5).T
+    r = SegmentationTask().resampled_metrics(outcomes, {"image": w})
+    np.testing.assert_allclose(r["mIoU_fg"], r["mIoU"])
 
 
 # -- wrong kinds and the registry ---------------------------------------------------

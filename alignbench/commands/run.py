@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="keep only these tasks: retrieval,classification,segmentation")
     p.add_argument("--datasets", default=None,
                    help="evaluate these datasets (each with its kind's task), e.g. flickr8k,cifar10,voc")
-    p.add_argument("--evals", default=None, help="explicit evaluations TASK:DATASET[:SPLIT], comma-separated")
+    p.add_argument("--evals", default=None, help="explicit evaluations TASK:DATASET[:SPLIT][:OPTION=VALUE...], comma-separated "
+                   "(e.g. segmentation:voc:val:protocol=slide, ClearCLIP/SAIL sliding windows)")
     p.add_argument("--train", default=None, help="training pairs DATASET:SPLIT (default: flickr8k:train)")
     p.add_argument("--val", default=None, help="validation pairs DATASET:SPLIT or 'none' (default: flickr8k:dev)")
     p.add_argument("--results", default="results/runs", help="folder for result JSONs (default: results/runs)")

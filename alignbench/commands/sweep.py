@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0,1,2 or 0-4")
     p.add_argument("--tasks", default=None, help="keep only these tasks' evaluations (retrieval,classification,…)")
     p.add_argument("--datasets", default=None, help="keep only these datasets' evaluations")
-    p.add_argument("--evals", default=None, help="explicit evaluations TASK:DATASET[:SPLIT], comma-separated")
+    p.add_argument("--evals", default=None, help="explicit evaluations TASK:DATASET[:SPLIT][:OPTION=VALUE...], comma-separated "
+                   "(e.g. segmentation:voc:val:protocol=slide, ClearCLIP/SAIL sliding windows)")
     p.add_argument("--executor", default=None, choices=("slurm", "local", "debug"),
                    help="where runs execute (default local): slurm = job arrays via submitit; "
                         "local = processes on this machine; debug = in this process")

@@ -185,6 +185,8 @@ class SegmentationDataset(NamedClassesDataset):
     kind = "segmentation"
     ignore_index: ClassVar[int] = 255
     background_index: ClassVar[int | None] = None  # class id of "background", if the dataset has one
+    #: ClearCLIP's background threshold under ``protocol=slide`` (alignbench.seg_protocol); None: no threshold
+    slide_threshold: ClassVar[float | None] = None
 
     @abstractmethod
     def mask(self, split: str, i: int) -> np.ndarray:

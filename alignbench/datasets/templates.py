@@ -197,6 +197,7 @@ TEMPLATES: dict[str, list[str]] = {
     "voc": IMAGENET,
     "voc-mini": IMAGENET,
     "pascal-context": IMAGENET,
+    "pascal-context-60": IMAGENET,
     "ade20k": IMAGENET,
 }
 

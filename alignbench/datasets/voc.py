@@ -58,6 +58,7 @@ class VOC(DevkitSegmentation):
     split_aliases = {"test": "val"}  # VOC test masks are not public
     ignore_index = 255
     background_index = 0
+    slide_threshold = 0.5  # ClearCLIP configs/cfg_voc21.py prob_thd
     dir_names = ("voc", "VOCdevkit/VOC2012", "voc2012", "VOC2012", "VOCdevkit")
     devkit_subdirs = ("", "VOCdevkit/VOC2012", "VOC2012")
 
@@ -112,4 +113,21 @@ class PascalContext(DevkitSegmentation):
     def decode_mask(self, raw: np.ndarray) -> np.ndarray:
         m = raw.astype(np.int64) - 1  # 0 (background) → -1 → ignore
         m[(m < 0) | (m >= 59)] = self.ignore_index
+        return m
+
+
+@register_dataset("pascal-context-60", aliases=("context60", "pcontext60"))
+class PascalContext60(PascalContext):
+    """Pascal Context, 59 classes + background (0), the ClearCLIP/SAIL "Context60" protocol; same files as pascal-context."""
+
+    background_index = 0
+    slide_threshold = 0.15  # ClearCLIP configs/cfg_context60.py prob_thd
+
+    @property
+    def classnames(self) -> list[str]:
+        return ["background", *names.PASCAL_CONTEXT59]
+
+    def decode_mask(self, raw: np.ndarray) -> np.ndarray:
+        m = raw.astype(np.int64)  # 0 = background is a class here (mmseg PascalContext60Dataset, reduce_zero_label off)
+        m[(m < 0) | (m >= 60)] = self.ignore_index
         return m

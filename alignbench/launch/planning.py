@@ -49,18 +49,17 @@ def check_executor_available(executor: str) -> None:
 def feature_needs(specs: list[RunSpec]) -> list["FeatureSet"]:
     """Every feature set the runs read (training/validation pairs and task needs), once each."""
     from alignbench import feature_kinds
-    from alignbench.registry import TASKS
     from alignbench.runner import EvalSpec, parse_split_ref
     from alignbench.source import split_pair
 
     needs: dict[str, feature_kinds.FeatureSet] = {}
     tasks: dict[str, Any] = {}
 
-    def add(what: str, spec: RunSpec, dataset: str, split: str | None) -> None:
+    def add(what: str, spec: RunSpec, dataset: str, split: str | None, view: Any = None) -> None:
         for kind in feature_kinds.expand(what):
             fs = feature_kinds.feature_set(kind, split_pair(spec.pair), dataset, split,
                                            image_layer=spec.encoder.image_layer, text_layer=spec.encoder.text_layer,
-                                           dtype=spec.encoder.dtype)
+                                           dtype=spec.encoder.dtype, view=view)
             needs.setdefault(fs.key, fs)
 
     for spec in specs:
@@ -69,9 +68,9 @@ def feature_needs(specs: list[RunSpec]) -> list["FeatureSet"]:
                 add("pairs", spec, *parse_split_ref(ref, default))
         for text in spec.evals:
             ev = EvalSpec.parse(text).resolved()
-            task = tasks.setdefault(ev.task, TASKS.get(ev.task)())
+            task = tasks.setdefault(ev, ev.task_object())
             for need in task.needs(ev.dataset, ev.split):
-                add(need.what, spec, need.dataset, need.split)
+                add(need.what, spec, need.dataset, need.split, need.view)
     return list(needs.values())
 
 

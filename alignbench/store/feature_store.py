@@ -262,6 +262,15 @@ class FeatureStore:
             self._datasets[key] = _get_dataset(dataset, data_root)
         return self._datasets[key]
 
+    def dataset_view(self, dataset: Any, data_root: Any, view: Any):
+        """``view.of(dataset)`` (e.g. a dataset's sliding windows), built once per store: a view may read
+        image headers to lay itself out."""
+        ds = self.dataset(dataset, data_root)
+        key = ("view", id(ds), view)
+        if key not in self._datasets:
+            self._datasets[key] = (ds, view.of(ds))  # ds kept alive so its id is not reused
+        return self._datasets[key][1]
+
     @staticmethod
     @functools.lru_cache(maxsize=None)
     def _canonical(name: str) -> str:
