@@ -70,9 +70,15 @@ def orthogonal_map(x_std: np.ndarray, y_std: np.ndarray) -> tuple[np.ndarray, in
     constant dimension: MiniLM-L6's features have two) only its action on C's
     row space is, and the rest is the SVD's choice, here U_C's and V_C's.
     """
+    from threadpoolctl import threadpool_limits
+
     c = x_std.T @ y_std
     d_v, d_t = c.shape
-    u, s, vt = np.linalg.svd(c, full_matrices=True)
+    # One BLAS thread: LAPACK's SVD is a chain of small BLAS-2 calls, each a thread barrier, and on a
+    # shared CPU every barrier waits for a descheduled helper thread (the same SVD took 14× longer with
+    # 2 threads than with 1 at load 20 on the 2 cores; README benchmarks).
+    with threadpool_limits(limits=1, user_api="blas"):
+        u, s, vt = np.linalg.svd(c, full_matrices=True)
     rank = int((s > s[0] * max(c.shape) * np.finfo(np.float64).eps).sum()) if s[0] > 0 else 0
     d = max(d_v, d_t)
     r = np.zeros((d, d))

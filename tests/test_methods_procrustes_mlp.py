@@ -59,14 +59,24 @@ def test_procrustes_r_is_scipys_orthogonal_procrustes_and_orthogonal(d_v, d_t):
 @pytest.mark.parametrize("d_v,d_t", [(40, 12), (12, 40), (16, 16)])
 def test_procrustes_fit_takes_the_svd_of_the_unpadded_block_only(d_v, d_t, monkeypatch):
     """Speed: a d×d SVD of the zero-padded X̃ᵀỸ costs ~15 s at d = 1280; the d_v×d_t block's is what R needs."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
     x, y = related(400, d_v, d_t, seed=d_v + d_t)
-    shapes = []
+    shapes, threads = [], []
     svd = np.linalg.svd
-    monkeypatch.setattr(np.linalg, "svd", lambda a, *args, **kw: shapes.append(a.shape) or svd(a, *args, **kw))
+
+    def spy(a, *args, **kw):
+        shapes.append(a.shape)
+        threads.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return svd(a, *args, **kw)
+
+    monkeypatch.setattr(np.linalg, "svd", spy)
     m = Procrustes()
     p = arrays_pairs(x, y)
-    m.fit(p)
+    with threadpool_limits(limits=2, user_api="blas"):  # as on the 2-core machine
+        m.fit(p)
     assert shapes == [(d_v, d_t)] and m.fit_info["rank"] == min(d_v, d_t)
+    assert threads == [{1}]  # LAPACK's barrier-bound SVD on one BLAS thread (oversubscription on shared CPUs)
     monkeypatch.setattr(np.linalg, "svd", svd)
     xs, ys = standardised_padded(x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64))
     want, _ = scipy.linalg.orthogonal_procrustes(xs, ys)  # the full padded SVD
