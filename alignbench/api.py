@@ -214,14 +214,15 @@ def fit(method: str, *, pair: str | None = None, budget: Any = "10k", seed: int 
     Names, options and the budget are checked as ``alignbench run`` checks
     them; features come from (and go to) the same cache.
     """
+    import dataclasses
+
     import torch
 
     from alignbench.commands import run as run_cmd
-    from alignbench.config import resolve_budget
     from alignbench.datasets.cards import use
     from alignbench.devices import parse_device
-    from alignbench.registry import METHODS
-    from alignbench.runner import available_pairs, parse_split_ref, subsample_indices
+    from alignbench.identity import Resolver, make_method
+    from alignbench.runner import subsample_indices
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
 
@@ -234,17 +235,16 @@ def fit(method: str, *, pair: str | None = None, budget: Any = "10k", seed: int 
     specs = run_cmd.build_specs(args)
     if len(specs) != 1:
         raise ConfigError(f"ab.fit fits one method on one pair; this asks for {len(specs)} runs (use ab.run)")
-    spec = specs[0]
-    source = FeatureSource(spec.pair, store=FeatureStore(cache) if cache is not None else None, data_root=data_root,
-                           image_layer=image_layer, text_layer=text_layer, dtype=dtype, progress=progress)
-    train_ds, train_split = parse_split_ref(spec.train, "train")
-    resolve_budget(spec.budget, available_pairs(spec.train, dataset=source.dataset(train_ds)))
-    all_train = source.pairs(train_ds, train_split)
-    val_pairs = source.pairs(*parse_split_ref(spec.val, "dev")) if spec.val else None
-    idx = subsample_indices(len(all_train), spec.budget, spec.seed)
-    m = METHODS.get(spec.method)(**dict(spec.method_options)).to(str(parse_device(device)))
-    torch.manual_seed(spec.seed)
-    m.fit(all_train.subset(idx), val_pairs, seed=spec.seed)
-    return Fitted(m, spec.pair, {"pairs": len(idx), "available": len(all_train), "train": spec.train,
-                                 "val": spec.val, "seed": spec.seed,
-                                 "image_dim": all_train.images.dim, "text_dim": all_train.texts.dim})
+    store = FeatureStore(cache) if cache is not None else None
+    # resolved once (no evaluations: a fit evaluates nothing); everything below reads the resolved run
+    run = Resolver(store=store, data_root=data_root).resolve(dataclasses.replace(specs[0], evals=()))
+    source = FeatureSource.for_run(run, store=store, data_root=data_root, progress=progress)
+    all_train = source.pairs(run.train.dataset, run.train.split)
+    val_pairs = source.pairs(run.val.dataset, run.val.split) if run.val is not None else None
+    idx = subsample_indices(len(all_train), run.budget, run.seed)
+    m = make_method(run.method).to(str(parse_device(device)))
+    torch.manual_seed(run.seed)
+    m.fit(all_train.subset(idx), val_pairs, seed=run.seed)
+    return Fitted(m, run.pair, {"pairs": len(idx), "available": len(all_train), "train": str(run.train),
+                                "val": None if run.val is None else str(run.val), "seed": run.seed,
+                                "image_dim": all_train.images.dim, "text_dim": all_train.texts.dim})

@@ -53,7 +53,13 @@ class TokenSource(Protocol):
     d: int
 
     def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Tokens (stop−start, T, d) of any float dtype, and the (stop−start, T) bool mask (True = real) or None."""
+        """Tokens (stop−start, T, d) of any float dtype, and the (stop−start, T) bool mask (True = real) or None.
+
+        Optional, for sources that know better (alignbench.prepared_tokens): ``normalized = True`` says
+        blocks are already L2-normalised in the matmul dtype (CAP skips its normalising step), and
+        ``blocks(K, chunk_elems)`` lists (start, stop, tokens per row) when rows differ in length
+        (captions sorted by length, each block padded to its own longest).
+        """
 
 
 @dataclass
@@ -97,6 +103,24 @@ def chunk_rows(T: int, K: int, chunk_elems: int) -> int:
     return max(1, chunk_elems // max(1, T * K))
 
 
+def _blocks(src: TokenSource, K: int, chunk_elems: int) -> list[tuple[int, int, int]]:
+    """(start, stop, tokens per row) of each chunk: the source's own plan, else ``src.T`` for every row."""
+    plan = getattr(src, "blocks", None)
+    if plan is not None:
+        return plan(K, chunk_elems)
+    rows = chunk_rows(src.T, K, chunk_elems)
+    return [(s, min(s + rows, src.n), src.T) for s in range(0, src.n, rows)]
+
+
+def _normalised_block(src: TokenSource, start: int, stop: int, dtype: torch.dtype, dev: torch.device,
+                      compile: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Block ``start:stop`` as L2-normalised tokens in ``dtype`` on ``dev`` (prepared sources: as they are)."""
+    z, valid = src.block(start, stop)
+    z = z.to(dev, non_blocking=True)
+    zn = z.to(dtype) if getattr(src, "normalized", False) else _call("prep", compile, z, dtype)
+    return zn, None if valid is None else valid.to(dev)
+
+
 # exp((s − 1)/τ) ≥ exp(−2/τ) stays a normal float32 (> 1e-38) while 2/τ < 87.
 _FIXED_SHIFT_MAX_INV_TAU = 40.0
 
@@ -129,6 +153,25 @@ def _fwd_stats(s: torch.Tensor, valid: torch.Tensor | None, inv_tau: float) -> t
     return prof, norm.log() + shift.squeeze(1) * inv_tau
 
 
+def _fwd_stats_fused(s: torch.Tensor, valid: torch.Tensor | None, inv_tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_fwd_stats` written for torch.compile: the exponential appears once per sum.
+
+    Why: with one shared ``e``, inductor stores ``e`` as a full float32 tensor and reads it back
+    (three passes over the chunk); written twice, both sums fuse into one pass over ``s`` that
+    computes each exponential once.  Eager, this form would compute them twice: it is only compiled.
+    """
+    s = s.float()
+    s_in = s if valid is None else s.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+    s_out = s if valid is None else s.masked_fill(~valid.unsqueeze(-1), 0.0)
+    if inv_tau <= _FIXED_SHIFT_MAX_INV_TAU:
+        shift = torch.ones_like(s[:, :1])
+    else:
+        shift = s_in.amax(dim=1, keepdim=True)
+    norm = torch.exp((s_in - shift) * inv_tau).sum(dim=1)
+    prof = (torch.exp((s_in - shift) * inv_tau) * s_out).sum(dim=1) / norm
+    return prof, norm.log() + shift.squeeze(1) * inv_tau
+
+
 def _bwd_coef(
     s: torch.Tensor, valid: torch.Tensor | None, lse: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     inv_tau: float, dtype: torch.dtype,
@@ -153,7 +196,8 @@ def _kernels(compile: bool) -> dict[str, Callable]:
     if not compile or _COMPILE_FAILED:
         return _EAGER
     if _COMPILED is None:
-        _COMPILED = {k: torch.compile(f, dynamic=True) for k, f in _EAGER.items()}
+        fused = {**_EAGER, "fwd": _fwd_stats_fused}
+        _COMPILED = {k: torch.compile(f, dynamic=True) for k, f in fused.items()}
     return _COMPILED
 
 
@@ -189,29 +233,33 @@ def _forward_chunks(
     saved: torch.Tensor | None,
     lse_out: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Profiles (n, K) float32; fills ``saved`` (n, T, K) and ``lse_out`` (n, K) when given."""
-    n, T, d = src.n, src.T, src.d
+    """Profiles (n, K) float32; fills ``saved`` (flat, block after block) and ``lse_out`` (n, K) when given."""
+    n, d = src.n, src.d
     K = anchors.shape[0]
     dev = anchors.device
-    rows = chunk_rows(T, K, chunk_elems)
+    blocks = _blocks(src, K, chunk_elems)
     A_t = anchors.detach().to(dtype).t()
     prof = torch.empty(n, K, device=dev)
-    scratch = None if saved is not None else torch.empty(min(rows, n) * T, K, dtype=dtype, device=dev)
+    biggest = max(((s1 - s0) * Tb for s0, s1, Tb in blocks), default=0)
+    scratch = None if saved is not None else torch.empty(biggest, K, dtype=dtype, device=dev)
     inv_tau = 1.0 / tau
-    for s0 in range(0, n, rows):
-        s1 = min(s0 + rows, n)
+    off = 0
+    for s0, s1, Tb in blocks:
         m = s1 - s0
-        z, valid = src.block(s0, s1)
-        zn = _call("prep", compile, z.to(dev, non_blocking=True), dtype)
-        sc = saved[s0:s1].view(m * T, K) if saved is not None else scratch[: m * T]  # type: ignore[index]
-        torch.mm(zn.view(m * T, d), A_t, out=sc)
-        if valid is not None:
-            valid = valid.to(dev)
-        p, lse = _call("fwd", compile, sc.view(m, T, K), valid, inv_tau)
+        zn, valid = _normalised_block(src, s0, s1, dtype, dev, compile)
+        sc = saved[off : off + m * Tb * K].view(m * Tb, K) if saved is not None else scratch[: m * Tb]  # type: ignore[index]
+        off += m * Tb * K
+        torch.mm(zn.reshape(m * Tb, d), A_t, out=sc)
+        p, lse = _call("fwd", compile, sc.view(m, Tb, K), valid, inv_tau)
         prof[s0:s1] = p
         if lse_out is not None:
             lse_out[s0:s1] = lse
     return prof
+
+
+def saved_numel(src: TokenSource, K: int, chunk_elems: int) -> int:
+    """Similarities CAP saves for the backward of ``src`` (Σ rows × tokens per row × K over its blocks)."""
+    return sum((s1 - s0) * Tb for s0, s1, Tb in _blocks(src, K, chunk_elems)) * K
 
 
 class Workspace:
@@ -238,7 +286,7 @@ class _CAPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchors, src, tau, chunk_elems, dtype, compile, workspace, name):  # type: ignore[override]
         K = anchors.shape[0]
-        shape = (src.n, src.T, K)
+        shape = (saved_numel(src, K, chunk_elems),)
         if workspace is not None:
             saved = workspace.get(name, shape, dtype, anchors.device)
         else:
@@ -255,28 +303,26 @@ class _CAPFunction(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         anchors, lse, prof = ctx.saved_tensors
         src, tau, dtype, S, compile = ctx.src, ctx.tau, ctx.dtype, ctx.saved_sims, ctx.compile
-        n, T, d, K = src.n, src.T, src.d, anchors.shape[0]
+        d, K = src.d, anchors.shape[0]
         dev = anchors.device
         inv_tau = 1.0 / tau
         grad = grad.float()
         # ∂p/∂s_t = w_t (1 + (s_t − p)/τ)  ⇒  g_s = w ⊙ (a + b·s) with a = g(1 − p/τ), b = g/τ.
         a = grad * (1.0 - prof * inv_tau)
         b = grad * inv_tau
-        rows = chunk_rows(T, K, ctx.chunk_elems)
         gA = torch.zeros(K, d, device=dev)
         with torch.autocast(dev.type, enabled=False):
-            for s0 in range(0, n, rows):
-                s1 = min(s0 + rows, n)
+            off = 0
+            for s0, s1, Tb in _blocks(src, K, ctx.chunk_elems):
                 m = s1 - s0
-                z, valid = src.block(s0, s1)
-                zn = _call("prep", compile, z.to(dev, non_blocking=True), dtype)
-                if valid is not None:
-                    valid = valid.to(dev)
-                g = _call("bwd", compile, S[s0:s1], valid, lse[s0:s1], a[s0:s1], b[s0:s1], inv_tau, dtype)
+                zn, valid = _normalised_block(src, s0, s1, dtype, dev, compile)
+                Sb = S[off : off + m * Tb * K].view(m, Tb, K)
+                off += m * Tb * K
+                g = _call("bwd", compile, Sb, valid, lse[s0:s1], a[s0:s1], b[s0:s1], inv_tau, dtype)
                 if dtype == torch.float32:
-                    gA.addmm_(g.view(m * T, K).t(), zn.view(m * T, d))
+                    gA.addmm_(g.view(m * Tb, K).t(), zn.reshape(m * Tb, d))
                 else:
-                    gA.add_(torch.mm(g.view(m * T, K).t(), zn.view(m * T, d)).float())
+                    gA.add_(torch.mm(g.view(m * Tb, K).t(), zn.reshape(m * Tb, d)).float())
         ctx.saved_sims = None
         return gA.to(anchors.dtype), None, None, None, None, None, None, None
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignbench.analyses import StoredFit
 from alignbench.errors import AlignbenchError, DataError
+
+if TYPE_CHECKING:
+    from alignbench.identity import ResolvedRun
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,8 @@ class FitLoader:
         self.results = Path(results)
         self.cache, self.data_root = cache, data_root
         self._sources: dict[tuple, Any] = {}
+        self._runs: dict[str, Any] = {}  # record → its ResolvedRun
+        self._resolver: Any = None
         self.refits: list[tuple[str, float]] = []  # (run_id, seconds) of runs refit for lack of a state
 
     @property
@@ -38,18 +43,36 @@ class FitLoader:
                 f"records ({total:.1f} s): {', '.join(r for r, _ in self.refits[:3])}"
                 + (", …" if len(self.refits) > 3 else "")]
 
+    def run_of(self, record: dict[str, Any]) -> "ResolvedRun":
+        """The resolved fit behind a record (no evaluations): its ``resolved`` block, or (schema 1) its spec resolved here."""
+        import dataclasses
+
+        from alignbench.config import RunSpec
+        from alignbench.identity import ResolvedRun, Resolver
+
+        key = str(record.get("_file") or record.get("run_id"))
+        if key not in self._runs:
+            resolved, spec = record.get("resolved"), record.get("spec") or {}
+            if isinstance(resolved, dict):
+                self._runs[key] = ResolvedRun.fit_from_dict(resolved)
+            elif spec.get("method") and spec.get("train"):  # a refit evaluates nothing: no evaluation is resolved
+                self._resolver = self._resolver or Resolver(self.cache, self.data_root)
+                self._runs[key] = self._resolver.resolve(dataclasses.replace(RunSpec.from_dict(spec), evals=()))
+            else:
+                raise DataError(f"result {record.get('_file', record.get('run_id'))!r} has no spec to refit from")
+        return self._runs[key]
+
     def source_for(self, fit: StoredFit | dict[str, Any]) -> Any:
-        """The feature source of a fit's encoder pair, layers and dtype (one per distinct setting)."""
+        """The feature source of a fit's encoders, resolved layers and dtype (one per distinct setting)."""
         from alignbench.source import FeatureSource
         from alignbench.store import FeatureStore
 
-        spec = (fit.record if isinstance(fit, StoredFit) else fit).get("spec") or {}
-        enc = spec.get("encoder") or {}
-        key = (spec.get("pair"), enc.get("image_layer"), enc.get("text_layer"), enc.get("dtype", "fp32"))
+        run = self.run_of(fit.record if isinstance(fit, StoredFit) else fit)
+        key = (run.image.encoder, run.text.encoder, run.image.layer, run.text.layer, run.dtype)
         if key not in self._sources:
-            self._sources[key] = FeatureSource(
-                key[0], store=FeatureStore(self.cache) if self.cache is not None else None, data_root=self.data_root,
-                image_layer=key[1], text_layer=key[2], dtype=key[3], progress=False)
+            self._sources[key] = FeatureSource.for_run(
+                run, store=FeatureStore(self.cache) if self.cache is not None else None, data_root=self.data_root,
+                progress=False)
         return self._sources[key]
 
     def fit(self, record: dict[str, Any]) -> StoredFit:
@@ -80,20 +103,16 @@ class FitLoader:
     def _refit(self, record: dict[str, Any]) -> Any:
         import torch
 
-        from alignbench.registry import METHODS
-        from alignbench.runner import parse_split_ref, subsample_indices
+        from alignbench.identity import make_method
+        from alignbench.runner import subsample_indices
 
-        spec = record.get("spec") or {}
-        if not spec.get("method") or not spec.get("train"):
-            raise DataError(f"result {record.get('_file', record.get('run_id'))!r} has no spec to refit from")
+        run = self.run_of(record)
         source = self.source_for(record)
-        train_ds, train_split = parse_split_ref(spec["train"], "train")
-        all_train = source.pairs(train_ds, train_split)
-        val = source.pairs(*parse_split_ref(spec["val"], "dev")) if spec.get("val") else None
-        seed = int(spec.get("seed", 0))
-        train = all_train.subset(subsample_indices(len(all_train), spec.get("budget", "max"), seed))
-        method = METHODS.get(spec["method"])(**dict(spec.get("method_options") or {}))
+        all_train = source.pairs(run.train.dataset, run.train.split)
+        val = source.pairs(run.val.dataset, run.val.split) if run.val is not None else None
+        train = all_train.subset(subsample_indices(len(all_train), run.budget, run.seed))
+        method = make_method(run.method)
         log.info("refitting %s on %d pairs (no stored state)", record.get("run_id"), len(train))
-        torch.manual_seed(seed)
-        method.fit(train, val, seed=seed)
+        torch.manual_seed(run.seed)
+        method.fit(train, val, seed=run.seed)
         return method

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from alignbench.config import RunSpec, resolve_budget
-from alignbench.errors import AlignbenchError, ConfigError
-from alignbench.refs import EncoderRef, EvalSpec, SplitRef, parse_split_ref  # noqa: F401  (EvalSpec, parse_split_ref re-exported)
+from alignbench.errors import ConfigError
+from alignbench.refs import (EncoderRef, EvalSpec, SplitRef, check_split, parse_split_ref,  # noqa: F401  (re-exported)
+                             resolve_split_ref)
 
 ID_HASH_CHARS = 12
 _PREFIX_MAX = 90
@@ -151,6 +152,20 @@ class ResolvedRun:
             "feature_keys": _jsonable(self.feature_keys),
         }
 
+    @classmethod
+    def fit_from_dict(cls, d: dict[str, Any], spec: RunSpec | None = None) -> "ResolvedRun":
+        """The fit a stored ``resolved`` block describes: everything but the evaluations, as recorded.
+
+        Its ``fit_id`` is the recorded one (a fit does not depend on evaluations); only the
+        label's defaults are today's.
+        """
+        m, part = d["method"], fit_part(d)
+        method = MethodRef(m["name"], int(m["version"]), dict(m["config"]), resolve_method(m["name"])[1].defaults)
+        return cls(pair=d["pair"], image=EncoderRef(**d["image"]), text=EncoderRef(**d["text"]), dtype=d["dtype"],
+                   method=method, train=SplitRef(**d["train"]),
+                   val=None if d.get("val") is None else SplitRef(**d["val"]), budget=int(d["budget"]),
+                   seed=int(d["seed"]), evals=(), feature_keys=part["feature_keys"], spec=spec)
+
     @property
     def fit_id(self) -> str:
         return fit_id_of(self.to_dict(), self.method.label)
@@ -261,7 +276,7 @@ class Resolver:
         self._sources: dict[Any, Any] = {}
         self._memo: dict[Any, Any] = {}
 
-    def source(self, pair: str, image_layer: int | None, text_layer: int | None, dtype: str) -> Any:
+    def source(self, pair: str | tuple[str, str], image_layer: int | None, text_layer: int | None, dtype: str) -> Any:
         """The FeatureSource of a pair + encoder options (shared by every spec that uses them)."""
         from alignbench.source import FeatureSource
 
@@ -276,20 +291,26 @@ class Resolver:
             self._memo[key] = make()
         return self._memo[key]
 
-    def resolve(self, spec: RunSpec, *, data: bool = True, budget: int | None = None) -> ResolvedRun:
+    def resolve(self, spec: RunSpec, *, data: bool = True, budget: int | None = None,
+                layers: bool = True) -> ResolvedRun:
         """The ResolvedRun of ``spec`` (BudgetError, DataError, UnknownNameError… before any work).
 
         ``data=False`` resolves what the *code* decides without opening any dataset
         (method, encoders and layers, canonical splits): no feature keys, and the
         budget is ``budget`` (as recorded) when the spec says ``max``.  ``report``
         uses it, because the data root at hand need not be the one a run used.
+        ``layers=False`` (planning a sweep where the weights are not) keeps the layers
+        as requested (None: the encoder's default) instead of asking the encoders.
         """
+        from alignbench.registry import DATASETS
+
         _, method = resolve_method(spec.method, spec.method_options)
         enc = spec.encoder
         src = self.source(spec.pair, enc.image_layer, enc.text_layer, enc.dtype)
-        image_layer, text_layer = self._once(("layers", id(src)), src.resolved_layers)
-        train = self._once(("split", spec.train, "train", data), lambda: self._split_ref(src, spec.train, "train", data))
-        val = self._once(("split", spec.val, "dev", data), lambda: self._split_ref(src, spec.val, "dev", data)) if spec.val else None
+        image_layer, text_layer = (self._once(("layers", id(src)), src.resolved_layers) if layers
+                                   else (enc.image_layer, enc.text_layer))
+        train = self._once(("split", spec.train, "train", data), lambda: resolve_split_ref(spec.train, "train", src.dataset if data else DATASETS.get))
+        val = self._once(("split", spec.val, "dev", data), lambda: resolve_split_ref(spec.val, "dev", src.dataset if data else DATASETS.get)) if spec.val else None
         available = None
         if data:  # the budget first: "more pairs than exist" is the likeliest mistake
             available = self._once(("available", train),
@@ -318,23 +339,12 @@ class Resolver:
 
         key = ("guard", run.train, run.val, run.evals)
         if key not in self._memo:
-            check_disjoint(run, self.source(run.pair, None, None, run.dtype))
+            check_disjoint(run, self.source((run.image.encoder, run.text.encoder), None, None, run.dtype))
             self._memo[key] = True
 
     def _keys(self, src: Any, whats: tuple[str, ...], ref: SplitRef) -> dict[str, str]:
         return {w: self._once(("key", id(src), w, ref.dataset, ref.split),
                               lambda w=w: src.feature_key(w, ref.dataset, ref.split)) for w in whats}
-
-    @staticmethod
-    def _split_ref(src: Any, text: str, default: str, data: bool) -> SplitRef:
-        from alignbench.registry import DATASETS
-
-        name, split = parse_split_ref(text, default)
-        canon = DATASETS.canonical(name)
-        ds = src.dataset(canon) if data else DATASETS.get(canon)
-        if getattr(ds, "kind", "captions") != "captions":
-            raise AlignbenchError(f"{text}: training and validation need an image–caption dataset, not a {ds.kind} one")
-        return SplitRef(canon, _check_split(ds, split))
 
     @staticmethod
     def _resolve_eval(src: Any, text: str, data: bool) -> EvalSpec:
@@ -348,7 +358,7 @@ class Resolver:
         else:
             ds = DATASETS.get(ev.dataset)
             task.check_dataset(ev.dataset, getattr(ds, "kind", ""))
-        return dataclasses.replace(ev, split=_check_split(ds, ev.split))
+        return dataclasses.replace(ev, split=check_split(ds, ev.split))
 
     @staticmethod
     def _eval_keys(src: Any, ev: EvalSpec) -> dict[str, str]:
@@ -360,18 +370,6 @@ class Resolver:
                 name = w if need.dataset == ev.dataset and need.split in (ev.split, None) else f"{w}:{need.dataset}:{need.split}"
                 out[name] = src.feature_key(w, need.dataset, need.split, need.view)
         return out
-
-
-def _check_split(ds: Any, split: str) -> str:
-    """The canonical split name (aliases resolved) of a dataset class or object; DataError if it has none such."""
-    from alignbench.errors import DataError
-
-    split = getattr(ds, "split_aliases", {}).get(split, split)
-    splits = tuple(getattr(ds, "splits", ()))
-    if splits and split not in splits:
-        name = getattr(ds, "registry_name", "") or type(ds).__name__
-        raise DataError(f"dataset {name!r} has no split {split!r} (it has {', '.join(splits)})")
-    return split
 
 
 def resolve_run(spec: RunSpec, *, store_root: str | Path | None = None, data_root: str | Path | None = None) -> ResolvedRun:

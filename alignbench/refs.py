@@ -7,9 +7,9 @@ evaluations and splits; parsing them lives here once, and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from alignbench.errors import ConfigError
+from alignbench.errors import AlignbenchError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,34 @@ def parse_split_ref(text: str, default_split: str) -> tuple[str, str]:
     return name.strip(), (split.strip() or default_split)
 
 
+def check_split(ds: Any, split: str) -> str:
+    """The canonical split name (aliases resolved) of a dataset class or object; DataError if it has none such."""
+    from alignbench.errors import DataError
+
+    split = getattr(ds, "split_aliases", {}).get(split, split)
+    splits = tuple(getattr(ds, "splits", ()))
+    if splits and split not in splits:
+        name = getattr(ds, "registry_name", "") or type(ds).__name__
+        raise DataError(f"dataset {name!r} has no split {split!r} (it has {', '.join(splits)})")
+    return split
+
+
+def resolve_split_ref(text: str, default: str, dataset_of: Callable[[str], Any]) -> "SplitRef":
+    """The typed ``DATASET[:SPLIT]`` of image–caption data, at the edge: canonical names, split aliases resolved.
+
+    ``dataset_of(canonical name)`` gives the dataset object (data read) or its class
+    (``DATASETS.get``: names checked without the data).
+    """
+    from alignbench.registry import DATASETS
+
+    name, split = parse_split_ref(text, default)
+    canon = DATASETS.canonical(name)
+    ds = dataset_of(canon)
+    if getattr(ds, "kind", "captions") != "captions":
+        raise AlignbenchError(f"{text}: training and validation need an image–caption dataset, not a {ds.kind} one")
+    return SplitRef(canon, check_split(ds, split))
+
+
 @dataclass(frozen=True)
 class SplitRef:
     """A canonical dataset name and canonical split name."""
@@ -119,10 +147,13 @@ class SplitRef:
 
 @dataclass(frozen=True)
 class EncoderRef:
-    """A canonical encoder name and its resolved (non-negative) layer."""
+    """A canonical encoder name and its resolved (non-negative) layer.
+
+    The layer is None (the encoder's default) only in a sweep plan resolved without the encoders.
+    """
 
     encoder: str
-    layer: int
+    layer: int | None
 
     def to_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "layer": self.layer}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from alignbench.aggregate import MIN_SEEDS_FOR_T, Cell, Resampler, RowRuns, cell, group_rows, mark_best
 from alignbench.errors import ConfigError
-from alignbench.results import TUNED_MARK
+from alignbench.results import TUNED_MARK, eval_of_key
 from alignbench.stats import ALPHA, BOOT_SEED, N_BOOT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,7 +102,7 @@ def available_columns(records: list[dict[str, Any]]) -> list[Column]:
         for key, metrics in rec["metrics"].items():
             if not isinstance(metrics, dict):
                 continue
-            ev = evals.get(key) or _eval_from_key(key)
+            ev = evals.get(key) or eval_of_key(key)
             for metric, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     cols.add((ev.get("task"), ev.get("dataset"), key, metric))
@@ -122,12 +122,6 @@ def available_columns(records: list[dict[str, Any]]) -> list[Column]:
         return (t, c.task, c.eval, m, c.metric)
 
     return sorted(cols, key=order)
-
-
-def _eval_from_key(key: str) -> dict[str, Any]:
-    """'task/dataset[:split]' → its parts (results without an ``evals`` list)."""
-    task, _, rest = key.partition("/")
-    return {"task": task, "dataset": rest.partition(":")[0]}
 
 
 def select_columns(records: list[dict[str, Any]], metrics: Iterable[str] | None = None) -> list[Column]:

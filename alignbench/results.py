@@ -270,7 +270,7 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> "pd.DataFrame":
         for key, metrics in rec["metrics"].items():
             if not isinstance(metrics, dict):
                 continue
-            ev = evals.get(key) or _parse_eval_key(key)
+            ev = evals.get(key) or eval_of_key(key)
             for metric, value in metrics.items():
                 if value is None or not isinstance(value, (int, float)):
                     continue
@@ -295,7 +295,8 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
 
 
-def _parse_eval_key(key: str) -> dict[str, Any]:
+def eval_of_key(key: str) -> dict[str, Any]:
+    """A metrics key 'task/dataset[:split]' → its parts (for results stored without an ``evals`` list)."""
     task, _, rest = key.partition("/")
     dataset, _, split = rest.partition(":")
     return {"task": task, "dataset": dataset, "split": split or None}

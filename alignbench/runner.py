@@ -16,7 +16,6 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,8 +23,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from alignbench.config import RunSpec, resolve_budget
-from alignbench.errors import AlignbenchError, ConfigError
-from alignbench.identity import EvalSpec, ResolvedRun, Resolver, parse_split_ref
+from alignbench.errors import AlignbenchError
+from alignbench.identity import EvalSpec, ResolvedRun, Resolver, parse_split_ref  # noqa: F401  (parse_split_ref re-exported)
 from alignbench.results import SCHEMA_VERSION, ResultStore
 
 log = logging.getLogger(__name__)
@@ -37,19 +36,18 @@ _SUBSAMPLE_SALT = 0x5EED  # keeps the pair subsample stream apart from the metho
 def validate_spec(spec: RunSpec) -> None:
     """Check every name and hyperparameter in ``spec`` without reading data or encoding.
 
-    Raises UnknownNameError (with "did you mean"), ConfigError or
-    AlignbenchError (a task asked for a dataset of the wrong kind).
+    Raises UnknownNameError (with "did you mean"), ConfigError, DataError (no such
+    split) or AlignbenchError (a task asked for a dataset of the wrong kind).
     """
     from alignbench.registry import DATASETS, METHODS, TASKS
+    from alignbench.refs import resolve_split_ref
 
     cls = METHODS.get(spec.method)
     cls.Config().update(dict(spec.method_options))  # ConfigError on unknown / bad hyperparameters
     _check_pair(spec.pair)
-    for ref in (spec.train, spec.val):
+    for ref, default in ((spec.train, "train"), (spec.val, "dev")):
         if ref:
-            ds = DATASETS.get(parse_split_ref(ref, "train")[0])
-            if getattr(ds, "kind", "captions") != "captions":
-                raise AlignbenchError(f"{ref}: training and validation need an image–caption dataset, not a {ds.kind} one")
+            resolve_split_ref(ref, default, DATASETS.get)
     for text in spec.evals:
         ev = EvalSpec.parse(text).resolved()  # task options checked against the dataset (a threshold needs a background)
         ds_cls = DATASETS.get(ev.dataset)
@@ -58,17 +56,8 @@ def validate_spec(spec: RunSpec) -> None:
 
 def _check_pair(pair: str) -> None:
     """VISION+TEXT with both names known (UnknownNameError with "did you mean" otherwise)."""
-    try:
-        from alignbench.encoders import parse_pair
-    except ImportError:  # encoders package without the helper: check the names ourselves
-        from alignbench.registry import ENCODERS
+    from alignbench.encoders import parse_pair
 
-        vision, sep, text = str(pair).partition("+")
-        if not sep or not vision.strip() or not text.strip():
-            raise ConfigError(f"encoder pair {pair!r} is not VISION+TEXT (e.g. effnet-lite0+minilm-l6)") from None
-        ENCODERS.resolve(vision.strip())
-        ENCODERS.resolve(text.strip())
-        return
     parse_pair(pair)
 
 
@@ -83,15 +72,6 @@ def subsample_indices(n_available: int, budget: int | str, seed: int) -> np.ndar
     n = resolve_budget(budget, n_available)
     perm = np.random.default_rng(np.random.SeedSequence([int(seed), _SUBSAMPLE_SALT])).permutation(n_available)
     return np.sort(perm[:n])
-
-
-def available_pairs(train: str, data_root: str | Path | None = None, *, dataset: Any = None) -> int:
-    """Image–caption pairs in a training split (``dataset:split``); runs get it resolved (ResolvedRun.available)."""
-    from alignbench.registry import DATASETS
-
-    name, split = parse_split_ref(train, "train")
-    ds = dataset if dataset is not None else DATASETS.get(name)(root=data_root)
-    return len(ds.caption_image_index(ds.check_split(split)))
 
 
 # -- planning -------------------------------------------------------------------------
@@ -312,4 +292,4 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["EvalSpec", "available_pairs", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]
+__all__ = ["EvalSpec", "parse_split_ref", "plan", "run_one", "subsample_indices", "validate_spec"]

@@ -98,7 +98,7 @@ class CropGrid:
         return {"short_side": self.short_side, "crop": self.crop, "stride": self.stride, "max_long": self.max_long}
 
 
-#: option name → (type, CropGrid/SegProtocol field); the text names users type
+#: the option names users type → the CropGrid / SegProtocol field each sets
 OPTIONS: dict[str, str] = {"protocol": "name", "short": "short_side", "crop": "crop", "stride": "stride",
                            "logit_scale": "logit_scale", "threshold": "threshold"}
 SLIDE_ONLY = ("short", "crop", "stride", "logit_scale", "threshold")
@@ -181,7 +181,8 @@ class SegProtocol:
         if self.name == "whole":
             return ""
         base, parts = CropGrid(), []
-        for opt, attr in (("short", "short_side"), ("crop", "crop"), ("stride", "stride")):
+        for opt in ("short", "crop", "stride"):
+            attr = OPTIONS[opt]
             if getattr(self.grid, attr) != getattr(base, attr):
                 parts.append(f"{opt}={getattr(self.grid, attr)}")
         if self.logit_scale != self.DEFAULT_LOGIT_SCALE:
@@ -242,23 +243,35 @@ def stitch(window_scores: Any, boxes: list[tuple[int, int, int, int]], size: tup
     for scores, (y1, y2, x1, x2) in zip(window_scores, boxes):
         canvas[y1:y2, x1:x2] += upsample(scores, (y2 - y1, x2 - x1))
         count[y1:y2, x1:x2] += 1
-    if bool((count == 0).any()):  # CropGrid refuses stride > crop, so this is a bug, not bad input
+    if float(count.min()) == 0:  # CropGrid refuses stride > crop, so this is a bug, not bad input
         raise DataError(f"{int((count == 0).sum())} pixels of a {size[0]}×{size[1]} image lie in no window")
-    return canvas / count
+    return canvas.div_(count)
+
+
+def upsample_canvas(canvas: Any, size: tuple[int, int]) -> Any:
+    """(H', W', C) → (H, W, C) bilinear (``align_corners=False``), read in place as a channels-last batch of one
+    (no copy of the canvas)."""
+    import torch.nn.functional as F
+
+    x = canvas.permute(2, 0, 1)[None]  # (1, C, H', W') with channels-last strides
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
 
 
 def predict(scores: Any, protocol: SegProtocol, background_index: int | None) -> np.ndarray:
-    """(H, W, C) scores → (H, W) class ids under ``protocol`` (argmax; slide: softmax(scale·s), threshold)."""
-    if protocol.name != "slide":
-        return scores.argmax(-1).numpy()
-    prob = (scores * protocol.logit_scale).softmax(-1)
-    top, pred = prob.max(-1)
+    """(H, W, C) scores → (H, W) class ids under ``protocol`` (argmax; slide: softmax(scale·s), threshold).
+
+    The softmax keeps the argmax, so it is computed only for a threshold, and
+    then as its largest value alone: 1 / Σ_c exp(scale·(s_c − max_c s)).
+    """
+    top, pred = scores.max(-1)
     pred = pred.numpy()
-    if protocol.threshold is not None:
+    if protocol.name == "slide" and protocol.threshold is not None:
         if background_index is None:
             raise DataError("a background threshold needs a dataset with a background class")
-        pred[(top < protocol.threshold).numpy()] = background_index
+        scaled = scores.sub(top[..., None]).mul_(protocol.logit_scale).exp_()
+        prob = scaled.sum(-1).reciprocal_()
+        pred[(prob < protocol.threshold).numpy()] = background_index
     return pred
 
 
-__all__ = ["CropGrid", "OPTIONS", "PROTOCOLS", "SegProtocol", "predict", "stitch"]
+__all__ = ["CropGrid", "OPTIONS", "PROTOCOLS", "SegProtocol", "predict", "stitch", "upsample_canvas"]

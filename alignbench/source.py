@@ -16,28 +16,22 @@ from alignbench.store import FeatureStore
 
 
 def split_pair(pair: str) -> tuple[str, str]:
-    """'VISION+TEXT' → (vision, text), via the encoders package when it offers a parser."""
-    try:
-        from alignbench.encoders import parse_pair
-    except ImportError:
-        from alignbench.errors import ConfigError
+    """'VISION+TEXT' as typed → (vision, text) canonical names (alignbench.encoders.parse_pair)."""
+    from alignbench.encoders import parse_pair
 
-        vision, sep, text = pair.partition("+")
-        if not sep or not vision.strip() or not text.strip():
-            raise ConfigError(f"encoder pair {pair!r} is not VISION+TEXT (e.g. effnet-lite0+minilm-l6)") from None
-        return vision.strip(), text.strip()
     return parse_pair(pair)
 
 
 class FeatureSource:
-    """Cached features of ``pair`` ("VISION+TEXT") with fixed layers and dtype."""
+    """Cached features of ``pair`` ("VISION+TEXT" as typed, or resolved (vision, text) names) with fixed layers and dtype."""
 
-    def __init__(self, pair: str, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
+    def __init__(self, pair: str | tuple[str, str], *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
                  image_layer: int | None = None, text_layer: int | None = None, dtype: str = "fp32",
                  progress: bool = True, encoder_options: dict[str, dict] | None = None, device: str = "cpu"):
-        self.pair = pair
+        names = pair if isinstance(pair, tuple) else split_pair(pair)
+        self.pair = "+".join(names)
         self.store = store if store is not None else FeatureStore(device=device)
-        self.image_encoder, self.text_encoder = (self.store._canonical(n) for n in split_pair(pair))
+        self.image_encoder, self.text_encoder = (self.store._canonical(n) for n in names)
         self.data_root = data_root
         self.image_layer, self.text_layer = image_layer, text_layer
         self.dtype = dtype
@@ -54,7 +48,7 @@ class FeatureSource:
     def for_run(cls, run: Any, *, store: FeatureStore | None = None, data_root: str | os.PathLike | None = None,
                 progress: bool = True) -> "FeatureSource":
         """The source a ResolvedRun reads: its canonical encoders, resolved layers and dtype."""
-        return cls(run.pair, store=store, data_root=data_root, image_layer=run.image.layer,
+        return cls((run.image.encoder, run.text.encoder), store=store, data_root=data_root, image_layer=run.image.layer,
                    text_layer=run.text.layer, dtype=run.dtype, progress=progress)  # store carries the device
 
     def __repr__(self) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 
 from alignbench.errors import ConfigError
 from alignbench.features import Pairs
+from alignbench.refs import SplitRef
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +64,23 @@ def check_disjoint_from_test(dataset: Any, val_split: str, test_split: str) -> N
                           f"(e.g. {sorted(shared)[0]}); tuning must not see test images")
 
 
-def load_tune_data(source: Any, train_ref: str, val_ref: str, budget: int | str, seeds: list[int]) -> TuneData:
-    """Training subsamples per seed and the two validation halves, through ``source`` (never the test split)."""
+def load_tune_data(source: Any, train: SplitRef, val: SplitRef, budget: int | str, seeds: list[int]) -> TuneData:
+    """Training subsamples per seed and the two validation halves, through ``source`` (never the test split).
+
+    ``train``/``val`` are resolved references (alignbench.refs.resolve_split_ref), ``budget`` a
+    pair count or ``max`` (alignbench.config.parse_budget).
+    """
     from alignbench.config import resolve_budget
-    from alignbench.runner import parse_split_ref, subsample_indices
+    from alignbench.runner import subsample_indices
     from alignbench.tasks.base import default_split
 
-    train_ds, train_split = parse_split_ref(train_ref, "train")
-    val_ds, val_split = parse_split_ref(val_ref, "dev")
-    train_split = source.dataset(train_ds).check_split(train_split)
-    val_split = source.dataset(val_ds).check_split(val_split)
-    for ds_name, split in ((train_ds, train_split), (val_ds, val_split)):
-        ds = source.dataset(ds_name)
-        check_disjoint_from_test(ds, split, default_split(ds))
-    all_train = source.pairs(train_ds, train_split)
-    resolve_budget(budget, len(all_train))
-    fits = {s: all_train.subset(subsample_indices(len(all_train), budget, s)) for s in seeds}
-    stop, score = split_by_image(source.pairs(val_ds, val_split))
+    for ref in (train, val):
+        ds = source.dataset(ref.dataset)
+        check_disjoint_from_test(ds, ref.split, default_split(ds))
+    all_train = source.pairs(train.dataset, train.split)
+    n = resolve_budget(budget, len(all_train))
+    fits = {s: all_train.subset(subsample_indices(len(all_train), n, s)) for s in seeds}
+    stop, score = split_by_image(source.pairs(val.dataset, val.split))
     return TuneData(fits, stop, score)
 
 

@@ -96,7 +96,8 @@ def pal_epoch(pairs, K: int, batch_size: int, dtype: str, epochs: int, compile: 
     faults in the reused buffers, is left out when there are more), from the method's own times."""
     from alignbench.registry import METHODS
 
-    m = METHODS.get("pal")(K=K, batch_size=batch_size, max_epochs=epochs, dtype=dtype,
+    # no LR range test: its 100 steps would take longer than the epochs timed here
+    m = METHODS.get("pal")(K=K, batch_size=batch_size, max_epochs=epochs, dtype=dtype, lr_range_test=False,
                             compile="on" if compile else "off")
     t0 = time.perf_counter()
     m.fit(pairs, None, seed=0)
@@ -109,7 +110,8 @@ def warm_up(pairs, K: int, dtype: str, compile: bool) -> None:
     """Compile / allocate once on a small subset so the timed fit measures steady state."""
     from alignbench.registry import METHODS
 
-    METHODS.get("pal")(K=K, batch_size=64, max_epochs=1, dtype=dtype, compile="on" if compile else "off").fit(
+    METHODS.get("pal")(K=K, batch_size=64, max_epochs=1, dtype=dtype, lr_range_test=False,
+                       compile="on" if compile else "off").fit(
         pairs.subset(np.arange(128)), None, seed=0)
 
 
@@ -171,7 +173,8 @@ def main() -> int:
         results[dtype] = (ep, floor, ep_cpu, floor_cpu)
         print(f"{dtype}: PAL epoch {ep:.2f} s wall / {ep_cpu:.2f} s CPU (epochs wall {info['epoch_times_s']}, "
               f"CPU {info['epoch_cpu_s']}); "
-              f"floor {floor:.2f} s wall / {floor_cpu:.2f} s CPU (runs {f1[0]:.2f}, {f2[0]:.2f})", flush=True)
+              f"floor {floor:.2f} s wall / {floor_cpu:.2f} s CPU (runs {f1[0]:.2f}, {f2[0]:.2f}); "
+              f"tokens: {info.get('prepared_tokens') or info.get('token_source')}", flush=True)
         print(f"{dtype}: ratio PAL/floor = {ep / floor:.2f} (wall), {ep_cpu / floor_cpu:.2f} (CPU time)  "
               f"[target <= 1.5]", flush=True)
     if "fp32" in results and "bf16" in results:

@@ -128,6 +128,7 @@ class PAL(Method):
         self.mu_t: torch.Tensor | None = None
         self._workspace: Workspace | None = None  # reused similarity buffers, only while fitting
         self._resident: tuple[Any, Any] | None = None  # (token array, ResidentTokens) on the GPU while fitting
+        self._prepared: list[Any] = []  # PreparedImages / PreparedTexts (normalised once per fit) while fitting
         self._compile_fit: bool | None = None  # compile decision for the whole fit (None: per call)
 
     # -- anchors ------------------------------------------------------------------
@@ -181,6 +182,10 @@ class PAL(Method):
         there, else streamed from the memmap with the next block read ahead (alignbench.token_stream)."""
         from alignbench.token_stream import PrefetchTokens
 
+        for prep in self._prepared:
+            src = prep.source(f.tokens, rows) if hasattr(prep, "tokens") else None
+            if src is not None:
+                return src
         res = self._resident
         if res is not None and res[0] is f.tokens and res[1].holds(f.tokens, rows):
             return res[1].source(rows, self.mu_v)
@@ -197,6 +202,12 @@ class PAL(Method):
         if pool == "cls":
             x = torch.from_numpy(np.asarray(f.pooled[absolute_rows(f, idx)], dtype=np.float32)).to(self.device)
             return torch.nn.functional.normalize(x, dim=-1) @ A.T
+        if pool == "cap":
+            for prep in self._prepared:
+                hit = prep.source(f.tokens, absolute_rows(f, idx)) if hasattr(prep, "flat") else None
+                if hit is not None:  # prepared captions, sorted by length: back to the order of idx
+                    src, order = hit
+                    return self._cap(src, A, "text")[torch.from_numpy(np.argsort(order)).to(self.device)]
         tok_dtype = torch.float16 if f.tokens.dtype == np.float16 else torch.float32
         tokens, mask = f.token_batch(idx, dtype=tok_dtype)
         if self.mu_t is not None:  # shift real tokens only: padding stays zero (and masked)
@@ -257,6 +268,10 @@ class PAL(Method):
         self._workspace = Workspace()
         if cfg.pool == "cap":
             info["token_source"] = self._place_training_tokens(train)
+            if self.device.type == "cpu":
+                info["prepared_tokens"] = self._prepare_tokens(train, val.subset(vidx) if val_loss else None)
+                if info["prepared_tokens"].startswith("train images"):
+                    info["token_source"] = "prepared in memory (normalised once per fit)"
         n_tok = train.images.n_tokens if cfg.pool == "cap" else 0
         self._compile_fit = cfg.pool == "cap" and self._use_compile(len(train) * max(cfg.max_epochs, 1), n_tok,
                                                                        COMPILE_MIN_SIMS_FIT)
@@ -267,6 +282,7 @@ class PAL(Method):
             )
         finally:
             self._workspace = self._resident = None
+            self._prepared = []
             compiled, self._compile_fit = self._compile_fit, None
         info.update(result)
         # the trainer reports its own (fp32) InfoNCE dtype; PAL's record is CAP's matmul dtype
@@ -294,6 +310,14 @@ class PAL(Method):
             return "streamed (memmap, next block prefetched" + (", pinned)" if self.device.type == "cuda" else ")")
         self._resident = (train.images.tokens, ResidentTokens(train.images.tokens, rows, self.device))
         return f"resident on {self.device} ({nbytes / 2**30:.2f} GiB fp16)"
+
+    def _prepare_tokens(self, train: Pairs, val: Pairs | None) -> str:
+        """Normalise the fit's tokens once, in the matmul dtype, where memory allows (alignbench.prepared_tokens)."""
+        from alignbench.prepared_tokens import prepare_pairs
+
+        dtype, name, _ = self.matmul_dtype()
+        self._prepared, what = prepare_pairs({"train": train, "val": val}, dtype, name, self.mu_v, self.mu_t)
+        return what
 
     def _scan_training_tokens(self, train: Pairs) -> None:
         """Check the training tokens are finite and, for ``center``, take their means, in one pass each.

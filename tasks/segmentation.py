@@ -37,7 +37,7 @@ import numpy as np
 
 from alignbench.errors import DataError, FeatureError
 from alignbench.outcomes import Outcomes, SparseRows, dense_rows
-from alignbench.seg_protocol import SegProtocol, predict, stitch
+from alignbench.seg_protocol import SegProtocol, predict, stitch, upsample_canvas
 from alignbench.tasks.base import FeatureNeed, Task, check_finite, dense_images, register_task
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class SegmentationTask(Task):
                     first = int(np.searchsorted(rows, layout.starts[i]))
                     windows = maps[first:first + len(layout.boxes[i])]
                     canvas = stitch(windows, layout.boxes[i], layout.sizes[i])  # (H', W', C)
-                    yield int(i), lambda size, c=canvas: upsample(c.permute(2, 0, 1), size)
+                    yield int(i), lambda size, c=canvas: upsample_canvas(c, size)
 
     def metrics_from_outcomes(self, outcomes: Outcomes) -> dict[str, float]:
         a, classes, bg = outcomes.arrays, list(outcomes.meta["classes"]), outcomes.meta.get("background_index")

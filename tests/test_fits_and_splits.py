@@ -100,6 +100,24 @@ def test_unusable_state_is_refit_with_a_warning_and_kept_aside(dirs, caplog, dam
     assert load_fitted(again).A_v.shape[0] == 8
 
 
+def test_refit_without_a_state_reads_the_resolved_record_not_the_typed_spec(dirs):
+    """A record's fit is refit from its ``resolved`` block (typed objects), so it needs no spec strings."""
+    from alignbench.fit_loader import FitLoader
+    from alignbench.registry import TASKS
+
+    assert _run(dirs, RETRIEVAL, methods="cca") == 0
+    (rec,) = _records(dirs)
+    (dirs["results"] / f"{rec['fit_id']}.state.pt").unlink()
+    rec.pop("spec")  # nothing typed left: the refit works from what was resolved
+    loader = FitLoader(dirs["results"], cache=dirs["cache"], data_root=dirs["data"])
+    fit = loader.fit(rec)
+    assert [r for r, _ in loader.refits] == [rec["run_id"]]
+    source = loader.source_for(fit)
+    assert (source.image_layer, source.text_layer) == (rec["resolved"]["image"]["layer"], rec["resolved"]["text"]["layer"])
+    metrics = TASKS.get("retrieval")().evaluate(fit.method, source, source.dataset("flickr8k"), "test")
+    assert metrics == pytest.approx(rec["metrics"]["retrieval/flickr8k"])
+
+
 # -- splits guarded ------------------------------------------------------------------------------
 def _nothing_encoded(dirs) -> bool:
     return not any(Path(dirs["cache"]).rglob("meta.json")) if Path(dirs["cache"]).exists() else True

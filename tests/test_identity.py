@@ -74,6 +74,15 @@ def test_image_layer_changes_fit_and_run_ids_and_negative_layers_resolve(dirs):
     assert minus_one.run_id == last.run_id  # -1 *is* the last layer
 
 
+def test_a_stored_resolved_block_rebuilds_the_same_fit(dirs):
+    from alignbench.identity import ResolvedRun
+
+    run = Resolver(dirs["cache"], dirs["data"]).resolve(_spec("pal", method_options={"K": "8"}))
+    fit = ResolvedRun.fit_from_dict(json.loads(json.dumps(run.to_dict())))
+    assert fit.fit_id == run.fit_id and fit.evals == () and fit.method.label == run.method.label
+    assert dataclasses.replace(fit, evals=run.evals, feature_keys=run.feature_keys) == run
+
+
 def test_fit_id_ignores_evaluations_run_id_does_not(dirs):
     r = Resolver(dirs["cache"], dirs["data"])
     both = r.resolve(_spec())

@@ -418,6 +418,20 @@ def test_compiled_kernels_match_eager(small):
     np.testing.assert_allclose(out[True][1].numpy(), out[False][1].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("tau", [TAU_P, 0.01])  # 0.01: the per-anchor max shift instead of the fixed one
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_compiled_forward_form_equals_the_eager_statistics(small, tau, use_mask):
+    """The form handed to torch.compile (exponential once per sum) computes the eager forward's numbers."""
+    from alignbench.cap import _fwd_stats, _fwd_stats_fused
+
+    tokens, mask, anchors = small
+    zn = torch.nn.functional.normalize(torch.from_numpy(tokens), dim=-1)
+    s = zn @ anchors.T
+    valid = torch.from_numpy(mask) if use_mask else None
+    for got, want in zip(_fwd_stats_fused(s, valid, 1 / tau), _fwd_stats(s, valid, 1 / tau)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_compile_failure_falls_back_to_eager(small, monkeypatch, caplog):
     import alignbench.cap as cap
 

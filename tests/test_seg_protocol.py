@@ -185,7 +185,7 @@ def test_threshold_on_a_card_dataset_without_background_fails_at_evaluation(tmp_
 
 # -- real data: voc-mini with the offline effnet-lite0 + minilm-l6 ------------------------------
 @pytest.mark.slow
-def test_voc_mini_sliding_protocol_with_the_real_encoder(data_root, tmp_path):
+def test_voc_mini_sliding_protocol_with_the_real_encoder(data_root, session_cache):
     """3 VOC images (500 wide): 2 windows each at short side 448, encoded once by effnet-lite0 and reused by a
     second method; threshold 1 sends every pixel to background, so pixel accuracy is the background share."""
     from alignbench.features import Pairs, TextFeatures
@@ -193,7 +193,7 @@ def test_voc_mini_sliding_protocol_with_the_real_encoder(data_root, tmp_path):
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
 
-    store = FeatureStore(tmp_path / "cache")
+    store = FeatureStore(session_cache)  # the session's cache: voc-mini's 1,680 prompts are encoded once
     src = FeatureSource("effnet-lite0+minilm-l6", store=store, data_root=data_root, progress=False)
     ds = src.dataset("voc-mini")
     rng = np.random.default_rng(0)
@@ -211,7 +211,7 @@ def test_voc_mini_sliding_protocol_with_the_real_encoder(data_root, tmp_path):
     for k in ("mIoU", "mIoU_fg", "mIoU_nobg", "fwIoU"):
         assert 0.0 <= m[k] <= 100.0
     # a second method evaluated with the same windows reads them from the cache
-    other = FeatureSource("effnet-lite0+minilm-l6", store=FeatureStore(tmp_path / "cache"), data_root=data_root,
+    other = FeatureSource("effnet-lite0+minilm-l6", store=FeatureStore(session_cache), data_root=data_root,
                           progress=False)
     EvalSpec.parse("segmentation:voc-mini:protocol=slide").resolved().task_object().evaluate(
         method, other, other.dataset("voc-mini"), "val")

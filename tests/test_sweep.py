@@ -157,8 +157,12 @@ def test_sweep_id_is_stable_and_follows_the_runs(tmp_path):
     assert launch.sweep_id(cfg2, expand(cfg2)) != a
 
 
+def _needs(cfg) -> list:
+    return launch.feature_needs(launch.resolve_for_planning(cfg, expand(cfg)))
+
+
 def test_feature_needs_cover_training_validation_and_tasks(tmp_path):
-    needs = launch.feature_needs(expand(_cfg(tmp_path)))
+    needs = _needs(_cfg(tmp_path))
     got = {(n.kind, n.encoder, n.dataset, n.split) for n in needs}
     assert ("images", "tiny-vit", "flickr8k", "train") in got
     assert ("texts", "tiny-text", "flickr8k", "dev") in got
@@ -166,6 +170,20 @@ def test_feature_needs_cover_training_validation_and_tasks(tmp_path):
     assert ("images", "tiny-vit", "cifar10", "test") in got
     assert ("prompts", "tiny-text", "cifar10", None) in got
     assert len(needs) == len(got)  # one need per feature set, however many runs share it
+
+
+def test_feature_needs_read_the_resolved_run_not_spec_strings():
+    """A ResolvedRun built without any typed spec (and a dataset name no 'DATASET:SPLIT' string could carry)
+    gives its feature sets at the resolved layers: the planner never goes back to strings."""
+    from alignbench.identity import EncoderRef, EvalSpec, ResolvedRun, SplitRef, resolve_method
+
+    _, method = resolve_method("cca")
+    run = ResolvedRun(pair="tiny-vit+tiny-text", image=EncoderRef("tiny-vit", 1), text=EncoderRef("tiny-text", 0),
+                      dtype="fp32", method=method, train=SplitRef("lab:shots+2", "train"), val=None, budget=20,
+                      seed=0, evals=(EvalSpec("classification", "cifar10", "test"),), feature_keys={})
+    got = {(n.kind, n.encoder, n.dataset, n.split, n.layer) for n in launch.feature_needs([run])}
+    assert got == {("images", "tiny-vit", "lab:shots+2", "train", 1), ("texts", "tiny-text", "lab:shots+2", "train", 0),
+                   ("images", "tiny-vit", "cifar10", "test", 1), ("prompts", "tiny-text", "cifar10", None, 0)}
 
 
 # -- guards before submitting --------------------------------------------------------------------
@@ -292,8 +310,7 @@ def test_cli_help_and_empty_status_are_fast(tmp_path):
 
 # -- stage 1 covers every feature kind ------------------------------------------------------------
 def test_segmentation_sets_are_filed_under_the_image_encoder(tmp_path):
-    specs = expand(_cfg(tmp_path, evals="segmentation:camvid:test"))
-    got = {(n.kind, n.encoder, n.dataset, n.split) for n in launch.feature_needs(specs)}
+    got = {(n.kind, n.encoder, n.dataset, n.split) for n in _needs(_cfg(tmp_path, evals="segmentation:camvid:test"))}
     assert ("dense_images", "tiny-vit", "camvid", "test") in got
     assert ("prompts", "tiny-text", "camvid", None) in got
     assert not any(k == "dense_images" and enc == "tiny-text" for k, enc, _, _ in got)
@@ -325,7 +342,7 @@ def test_encode_jobs_cover_every_kind_a_run_reads(tmp_path, monkeypatch):
 
     cfg = _segmentation_world(tmp_path, monkeypatch)
     specs = expand(cfg)
-    missing = launch.missing_features(launch.feature_needs(specs), cfg.store_root, cfg.data_path)
+    missing = launch.missing_features(_needs(cfg), cfg.store_root, cfg.data_path)
     assert {n.kind for n in missing} == {"images", "texts", "dense_images", "prompts"}
     for n in missing:
         assert EncodeJob()(n, store_root=str(cfg.store_root), data_root=str(cfg.data_path), device="cpu") == "encoded"
@@ -340,7 +357,7 @@ def test_stage_two_encodes_nothing_with_a_segmentation_evaluation(tmp_path, monk
     cfg = _segmentation_world(tmp_path, monkeypatch, executor="local")
     rep = launch.run_sweep(cfg, launch.Profile(parallel_jobs=2))
     assert rep.ok, rep.format()
-    assert rep.encodes_submitted == len(launch.feature_needs(expand(cfg))) == 4
+    assert rep.encodes_submitted == len(_needs(cfg)) == 4
     assert [r for r in _reads_of_the_run(cfg) if r["action"] != "reused"] == []
 
 
@@ -381,7 +398,7 @@ def test_sliding_windows_are_a_feature_set_of_their_own(tmp_path, monkeypatch):
                        evals="segmentation:camvid:test,segmentation:camvid:test:protocol=slide:short=24:crop=12:stride=8",
                        results=str(cfg.runs_dir), cache=str(cfg.store_root), data_root=str(cfg.data_path))
     specs = expand(cfg)
-    needs = launch.feature_needs(specs)
+    needs = _needs(cfg)
     crops = [n for n in needs if n.kind == "crops"]
     assert [(n.encoder, n.dataset, n.split, n.view.tag) for n in crops] == [("tiny-vit", "camvid", "test", "crops24-12-8")]
     missing = launch.missing_features(needs, cfg.store_root, cfg.data_path)

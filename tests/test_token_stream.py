@@ -50,7 +50,8 @@ def test_resident_tokens_gather_the_same_rows(memmap):
     assert not fits_on_device(1, "cpu")  # the CPU path always streams
 
 
-def test_pal_on_the_cpu_streams_and_says_so():
+def test_pal_on_the_cpu_streams_and_says_so(monkeypatch):
+    import alignbench.prepared_tokens as prepared
     from alignbench.features import ImageFeatures, Pairs, TextFeatures
     from alignbench.registry import METHODS
 
@@ -62,5 +63,6 @@ def test_pal_on_the_cpu_streams_and_says_so():
     texts = TextFeatures(rng.standard_normal((n, 8), dtype=np.float32),
                          tokens=rng.standard_normal((3 * n, 8)).astype(np.float16), offsets=offsets)
     m = METHODS.get("pal")(K=4, max_epochs=2, batch_size=8, lr=1e-2, lr_range_test=False, compile="off")
+    monkeypatch.setattr(prepared, "PREPARED_SHARE", 0.0)  # no room to keep normalised tokens: they stream
     m.fit(Pairs(images, texts, np.arange(n), np.arange(n)), None, seed=0)
     assert m.fit_info["token_source"].startswith("streamed (memmap, next block prefetched")

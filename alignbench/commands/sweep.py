@@ -78,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
         specs = expand(cfg)
         packs = launch.group_packs(specs, launch.load_profile(cfg.profile))
         print(f"sweep {launch.sweep_id(cfg, specs)}: {len(specs)} runs ({cfg.executor}, device {cfg.device})")
-        print(format_plan(specs, launch.feature_needs(specs), len(packs)))
+        runs = launch.resolve_for_planning(cfg, specs)
+        print(format_plan(runs, launch.feature_needs(runs), len(packs)))
         return 0
 
     if args.status:

@@ -113,6 +113,7 @@ def build_plan(args: argparse.Namespace) -> list:
 
 
 def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, device: str) -> None:
+    from alignbench.refs import resolve_split_ref
     from alignbench.search_space import describe_space
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
@@ -121,7 +122,9 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
 
     source = FeatureSource(pair, store=FeatureStore(args.cache) if args.cache else None, data_root=args.data_root,
                            progress=not args.no_progress)
-    data = load_tune_data(source, args.train, args.val, budget, list(entries[0][0].seeds))
+    train, val = (resolve_split_ref(text, default, source.dataset) for text, default in ((args.train, "train"),
+                                                                                      (args.val, "dev")))
+    data = load_tune_data(source, train, val, budget, list(entries[0][0].seeds))
     path = study_file(tune_dir, pair, budget)
     for key, space in entries:
         study = open_study(path, key, describe_space(space), seed=key.seeds[0])

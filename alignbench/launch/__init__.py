@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from alignbench.launch.ledger import LEDGER_VERSION, Ledger, sweep_id
 from alignbench.launch.planning import (check_executor_available, check_results_writable, feature_needs,
-                                        group_packs, missing_features)
+                                        group_packs, missing_features, resolve_for_planning)
 from alignbench.launch.profiles import (CHEAP_METHODS, DEFAULTS, OUR_PROFILE_KEYS, REPO_SLURM_DIR, Profile,
                                         load_profile, profile_from_dict, resolve_profile_path, valid_executor_keys)
 from alignbench.launch.scheduler import local_alive, slurm_final_states, slurm_jobs_named, slurm_live_jobs
@@ -35,6 +35,6 @@ from alignbench.sweep_config import SweepConfig
 __all__ = ["CHEAP_METHODS", "DEFAULTS", "LEDGER_VERSION", "OUR_PROFILE_KEYS", "REPO_SLURM_DIR", "Ledger", "Profile",
            "RunStatus", "SweepConfig", "SweepReport", "all_ledgers_status", "check_executor_available",
            "check_results_writable", "collect_status", "feature_needs", "group_packs", "load_profile", "local_alive",
-           "missing_features", "prepare", "profile_from_dict", "resolve_profile_path", "run_sweep",
+           "missing_features", "prepare", "resolve_for_planning", "profile_from_dict", "resolve_profile_path", "run_sweep",
            "slurm_final_states", "slurm_jobs_named", "slurm_live_jobs", "sweep_id", "sweep_status",
            "valid_executor_keys", "wait_for"]

@@ -9,9 +9,12 @@ and token shapes from :data:`ENCODER_SHAPES`; the throughputs in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alignbench.config import RunSpec
+from alignbench.config import MAX
+
+if TYPE_CHECKING:
+    from alignbench.identity import ResolvedRun
 
 #: (images, texts) per split as the loaders give them (COCO: Karpathy train = train 82,783 + restval 30,504).
 SPLIT_SIZES: dict[tuple[str, str], tuple[int, int]] = {
@@ -71,28 +74,23 @@ def feature_set_plan(fs: Any) -> PlannedSet:
     return PlannedSet(fs.label(), rows, size, rows / rate)
 
 
-def run_gpu_s(spec: RunSpec) -> float:
+def run_gpu_s(run: "ResolvedRun") -> float:
     """Upper bound on one run's GPU seconds: trained methods run max_epochs epochs at the matmul rate."""
-    from alignbench.registry import METHODS
-    from alignbench.source import split_pair
-
-    if spec.method not in TRAINED:
+    if run.method.name not in TRAINED:
         return GPU_ASSUMPTIONS["closed_form_s"]
-    cfg = METHODS.get(spec.method).Config()
-    cfg.update(dict(spec.method_options))
-    ds, _, split = spec.train.partition(":")
-    available = SPLIT_SIZES.get((ds, split or "train"), (0, 0))[1]
-    pairs = available if spec.budget == "max" else min(int(spec.budget), available or int(spec.budget))
-    vision, text = split_pair(spec.pair)
-    (ti, di), (tt, dt) = _shape(vision) or (1, 1024), _shape(text) or (1, 1024)
-    K = int(getattr(cfg, "K", 1024))
-    per_pair = (ti * di + tt * dt) * K if spec.method == "pal" else (di + dt) * K
-    flops = 4.0 * pairs * per_pair * int(getattr(cfg, "max_epochs", 200))  # fwd + bwd matmuls, 2 flops each
+    cfg = run.method.config  # the full config after defaults
+    available = SPLIT_SIZES.get((run.train.dataset, run.train.split), (0, 0))[1]
+    requested = run.spec.budget if run.spec is not None else run.budget  # "max" is resolved without the data
+    pairs = available if requested == MAX else min(run.budget, available or run.budget)
+    (ti, di), (tt, dt) = _shape(run.image.encoder) or (1, 1024), _shape(run.text.encoder) or (1, 1024)
+    K = int(cfg.get("K", 1024))
+    per_pair = (ti * di + tt * dt) * K if run.method.name == "pal" else (di + dt) * K
+    flops = 4.0 * pairs * per_pair * int(cfg.get("max_epochs", 200))  # fwd + bwd matmuls, 2 flops each
     return flops / (GPU_ASSUMPTIONS["matmul_tflops"] * 1e12) * GPU_ASSUMPTIONS["fit_overhead"] + \
         GPU_ASSUMPTIONS["eval_s"]
 
 
-def format_plan(specs: list[RunSpec], sets: list[Any], packs: int) -> str:
+def format_plan(runs: list["ResolvedRun"], sets: list[Any], packs: int) -> str:
     """The plan as text: stage-1 jobs, stage-2 runs by method and budget, totals."""
     from tabulate import tabulate
 
@@ -101,15 +99,15 @@ def format_plan(specs: list[RunSpec], sets: list[Any], packs: int) -> str:
              f"{p.gpu_s / 3600:.2f}"] for p in planned]
     out = [f"stage 1: {len(sets)} encode jobs (one per feature set; cached sets are skipped at submit time)",
            tabulate(rows, headers=["feature set", "rows", "disk", "GPU-h"])]
-    groups: dict[tuple[str, str], list[RunSpec]] = {}
-    for s in specs:
-        groups.setdefault((s.method, str(s.budget)), []).append(s)
+    groups: dict[tuple[str, str], list[ResolvedRun]] = {}
+    for r in runs:
+        groups.setdefault((r.method.name, str(r.spec.budget if r.spec is not None else r.budget)), []).append(r)
     run_rows, run_s = [], 0.0
     for (method, budget), group in groups.items():
         secs = sum(run_gpu_s(s) for s in group)
         run_s += secs
         run_rows.append([method, budget, len(group), f"{secs / 3600:.1f}"])
-    out += ["", f"stage 2: {len(specs)} runs in {packs} array tasks",
+    out += ["", f"stage 2: {len(runs)} runs in {packs} array tasks",
             tabulate(run_rows, headers=["method", "budget", "runs", "GPU-h (upper bound)"])]
     enc_s = sum(p.gpu_s for p in planned)
     disk = sum(p.bytes or 0 for p in planned)

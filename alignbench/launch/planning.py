@@ -13,6 +13,7 @@ from alignbench.sweep_config import SweepConfig
 
 if TYPE_CHECKING:
     from alignbench.feature_kinds import FeatureSet
+    from alignbench.identity import ResolvedRun
 
 
 # Planning helpers
@@ -46,31 +47,39 @@ def check_executor_available(executor: str) -> None:
                           "bash slurm/cluster.sh install && bash slurm/cluster.sh start)")
 
 
-def feature_needs(specs: list[RunSpec]) -> list["FeatureSet"]:
-    """Every feature set the runs read (training/validation pairs and task needs), once each."""
+def resolve_for_planning(cfg: SweepConfig, specs: list[RunSpec]) -> list["ResolvedRun"]:
+    """The ResolvedRuns of a sweep's specs as far as the code decides them without data or weights.
+
+    Planning needs canonical encoders, methods, dtype and splits; a plan is made
+    on a login node, often before the data or the weights are there, so layers
+    stay as requested (None: the encoder's default, which the encode job resolves).
+    """
+    from alignbench.identity import Resolver
+
+    resolver = Resolver(cfg.store_root, cfg.data_path)
+    return [resolver.resolve(s, data=False, layers=False) for s in specs]
+
+
+def feature_needs(runs: list["ResolvedRun"]) -> list["FeatureSet"]:
+    """Every feature set the runs read (training/validation pairs and task needs), once each.
+
+    Canonical encoders, the runs' layers and dtype, canonical splits: nothing is re-read from spec strings.
+    """
     from alignbench import feature_kinds
-    from alignbench.runner import EvalSpec, parse_split_ref
-    from alignbench.source import split_pair
 
     needs: dict[str, feature_kinds.FeatureSet] = {}
-    tasks: dict[str, Any] = {}
-
-    def add(what: str, spec: RunSpec, dataset: str, split: str | None, view: Any = None) -> None:
-        for kind in feature_kinds.expand(what):
-            fs = feature_kinds.feature_set(kind, split_pair(spec.pair), dataset, split,
-                                           image_layer=spec.encoder.image_layer, text_layer=spec.encoder.text_layer,
-                                           dtype=spec.encoder.dtype, view=view)
-            needs.setdefault(fs.key, fs)
-
-    for spec in specs:
-        for ref, default in ((spec.train, "train"), (spec.val, "dev")):
-            if ref:
-                add("pairs", spec, *parse_split_ref(ref, default))
-        for text in spec.evals:
-            ev = EvalSpec.parse(text).resolved()
+    tasks: dict[Any, Any] = {}
+    for run in runs:
+        pair = (run.image.encoder, run.text.encoder)
+        wanted = [("pairs", ref.dataset, ref.split, None) for ref in (run.train, run.val) if ref is not None]
+        for ev in run.evals:
             task = tasks.setdefault(ev, ev.task_object())
-            for need in task.needs(ev.dataset, ev.split):
-                add(need.what, spec, need.dataset, need.split, need.view)
+            wanted += [(need.what, need.dataset, need.split, need.view) for need in task.needs(ev.dataset, ev.split)]
+        for what, dataset, split, view in wanted:
+            for kind in feature_kinds.expand(what):
+                fs = feature_kinds.feature_set(kind, pair, dataset, split, image_layer=run.image.layer,
+                                               text_layer=run.text.layer, dtype=run.dtype, view=view)
+                needs.setdefault(fs.key, fs)
     return list(needs.values())
 
 

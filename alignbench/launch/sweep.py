@@ -13,7 +13,7 @@ from alignbench.launch import backends
 from alignbench.launch.backends import _Backend, _LocalBackend, _SlurmBackend
 from alignbench.launch.ledger import Ledger, exclusive, now, sweep_id
 from alignbench.launch.planning import (check_executor_available, check_results_writable, feature_needs,
-                                        group_packs, missing_features)
+                                        group_packs, missing_features, resolve_for_planning)
 from alignbench.launch.profiles import Profile, load_profile
 from alignbench.launch.status import RunStatus, SweepReport, collect_status
 from alignbench.sweep_config import SweepConfig, expand
@@ -140,7 +140,7 @@ def _stage_encodes(cfg: SweepConfig, led: Ledger, backend: _Backend, specs: list
     """Encode missing feature sets in jobs and wait for them; refuse to go on if one failed."""
     from alignbench.sweep_jobs import EncodeJob
 
-    needs = feature_needs(specs)
+    needs = feature_needs(resolve_for_planning(cfg, specs))
     missing = missing_features(needs, cfg.store_root, cfg.data_path)
     if not missing:
         return 0
