@@ -24,6 +24,7 @@ from alignbench.training import (
     _param_list,
     _restore,
     _snapshot,
+    adamw,
 )
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def lr_range_test(
     subset = rng.permutation(n_train)[:n]
     batch = min(REFERENCE_BATCH, n)
     lrs = range_test_lrs()
-    opt = torch.optim.AdamW(groups, lr=float(lrs[0]), betas=config.betas, weight_decay=config.weight_decay)
+    opt = adamw(groups, float(lrs[0]), config)
     # Keep per-group lr ratios (a group may carry its own lr) while sweeping the base lr.
     ratios = [g.get("lr", config.lr) / config.lr if isinstance(g, dict) else 1.0 for g in groups] or [1.0]
     losses: list[float] = []

@@ -7,21 +7,20 @@ encoder pair; columns are ``task/dataset/metric`` — by default each task's
 headline metrics (retrieval I→T and T→I R@1, classification top-1,
 segmentation mIoU).  Cells carry a 95% interval (t over seeds, or a bootstrap
 over test queries / images with one seed) and bold is decided by a paired
-test; the caption says both.  Markdown goes through pandas/tabulate; the LaTeX table is assembled
-here because a booktabs table with a spanning header, ``\\cmidrule``\\ s and a
-``\\midrule`` between groups is not something pandas' Styler emits.
+test; the caption says both.  Writing a table as Markdown or LaTeX is
+:mod:`alignbench.report_render`.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import logging
-import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 from alignbench.aggregate import MIN_SEEDS_FOR_T, Cell, Resampler, RowRuns, cell, group_rows, mark_best
 from alignbench.errors import ConfigError
+from alignbench.report_render import DECIMALS, latex_escape, to_latex, to_markdown  # noqa: F401  (re-exported)
 from alignbench.results import TUNED_MARK, eval_of_key
 from alignbench.stats import ALPHA, BOOT_SEED, N_BOOT
 
@@ -34,7 +33,6 @@ BY = ("budget", "pair")
 FORMATS = ("markdown", "latex", "csv")
 TASK_ORDER = ("retrieval", "classification", "segmentation")
 CONTROLS = ("random",)  # listed last in each group, so chance sits under the methods
-DECIMALS = 1
 UNIT_WORDS = {"retrieval": "test queries", "classification": "test queries", "segmentation": "test images"}
 
 
@@ -286,111 +284,9 @@ def summary_frame(records: list[dict[str, Any]], *, by: str = "budget", metrics:
     return pd.DataFrame(out).round({"mean": 4, "ci_low": 4, "ci_high": 4})
 
 
-# -- rendering ------------------------------------------------------------------------
-def _fmt(cell: Cell | None, pm: str) -> str:
-    if cell is None:
-        return ""
-    text = f"{cell.mean:.{DECIMALS}f}"
-    if cell.interval.kind != "none":
-        text += f" {pm} {cell.interval.half_width:.{DECIMALS}f}"
-    return text
-
-
-def _headers(table: Table) -> list[tuple[str, str]]:
-    """(spanning header, metric label) per column; the dataset names the span (task too if ambiguous)."""
-    tasks_per_ds: dict[str, set] = {}
-    for c in table.columns:
-        tasks_per_ds.setdefault(c.dataset, set()).add(c.task)
-    out = []
-    for c in table.columns:
-        head = c.where
-        if len(tasks_per_ds[c.dataset]) > 1:
-            head = f"{c.task} {head}"
-        out.append((head, c.label))
-    return out
-
-
-def _sparse(table: Table) -> list[list[str]]:
-    """Group values shown only where they change (readable tables)."""
-    shown, prev = [], None
-    for r in table.rows:
-        vals = []
-        for i, v in enumerate(r.group):
-            same = prev is not None and prev[: i + 1] == r.group[: i + 1]
-            vals.append("" if same else v)
-        shown.append(vals)
-        prev = r.group
-    return shown
-
-
-def to_markdown(table: Table) -> str:
-    from tabulate import tabulate
-
-    heads = _headers(table)
-    data = []
-    for shown, r in zip(_sparse(table), table.rows):
-        cells = [(f"**{_fmt(c, '±')}**" if c and c.bold else _fmt(c, "±")) or "–" for c in r.cells]
-        data.append([*shown, r.method, r.seeds, *cells])
-    names = [*table.group_names, "method", "seeds", *[f"{h} {lab}" for h, lab in heads]]
-    align = ["left"] * (len(table.group_names) + 1) + ["right"] * (1 + len(heads))
-    body = tabulate(data, headers=names, tablefmt="pipe", colalign=align, disable_numparse=True)
-    return body + "\n\n" + table.caption + "\n"
-
-
+# -- rendering (alignbench.report_render) ------------------------------------------------
 def _within(table: Table) -> str:
     return " and ".join(table.group_names)
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "→": r"$\rightarrow$", "±": r"$\pm$",
-}  # fmt: skip
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def to_latex(table: Table) -> str:
-    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
-    heads = _headers(table)
-    n_lead = len(table.group_names) + 2  # group columns, method, seeds
-    lines = [f"% {line}" for line in textwrap.wrap("alignbench report. " + table.caption, 100)] + [
-        "% Requires \\usepackage{booktabs}.",
-        "\\begin{tabular}{" + "l" * (n_lead - 1) + "r" + "r" * len(heads) + "}",
-        "\\toprule",
-    ]
-    # spanning header: consecutive columns with the same dataset share one \multicolumn
-    spans: list[tuple[str, int]] = []
-    for h, _ in heads:
-        if spans and spans[-1][0] == h:
-            spans[-1] = (h, spans[-1][1] + 1)
-        else:
-            spans.append((h, 1))
-    top, rules, start = [""] * n_lead, [], n_lead + 1
-    for h, width in spans:
-        top.append(f"\\multicolumn{{{width}}}{{c}}{{{latex_escape(h)}}}")
-        rules.append(f"\\cmidrule(lr){{{start}-{start + width - 1}}}")
-        start += width
-    lines.append(" & ".join(top) + " \\\\")
-    lines.append(" ".join(rules))
-    lead = [latex_escape(g) for g in table.group_names] + ["method", "seeds"]
-    lines.append(" & ".join(lead + [latex_escape(lab) for _, lab in heads]) + " \\\\")
-    lines.append("\\midrule")
-    prev_group = None
-    for shown, r in zip(_sparse(table), table.rows):
-        if prev_group is not None and r.group[0] != prev_group:
-            lines.append("\\midrule")
-        prev_group = r.group[0]
-        cells = []
-        for c in r.cells:
-            text = _fmt(c, "$\\pm$") or "--"
-            cells.append(f"\\textbf{{{text}}}" if c and c.bold else text)
-        row = [latex_escape(v) for v in shown] + [latex_escape(r.method), str(r.seeds)] + cells
-        lines.append(" & ".join(row) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
 
 
 def render(

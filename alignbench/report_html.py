@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from alignbench.report import CONTROLS, Table, _fmt, _headers, build_table, caption
+from alignbench.report import CONTROLS, Table, build_table, caption
+from alignbench.report_render import column_headers, format_cell
 
 esc = html.escape
 
@@ -98,7 +99,7 @@ def render_html(records: list[dict[str, Any]], *, by: str = "budget", metrics: I
 
 def table_html(table: Table, stale: dict[str, str]) -> str:
     """The Table as HTML: every group value shown (rows can be re-sorted), numbers in ``data-value``."""
-    heads = _headers(table)
+    heads = column_headers(table)
     th = [f'<th data-type="text">{esc(g)}</th>' for g in table.group_names]
     th += ['<th data-type="text">method</th>', '<th data-type="num">seeds</th>']
     th += [f'<th data-type="num"><span class="ds">{esc(h)}</span>{esc(lab)}</th>' for h, lab in heads]
@@ -113,7 +114,7 @@ def table_html(table: Table, stale: dict[str, str]) -> str:
         for c in r.cells:
             value = "" if c is None else repr(float(c.mean))
             klass = "num best" if c is not None and c.bold else "num"
-            tds.append(f'<td class="{klass}" data-value="{value}">{esc(_fmt(c, "±")) or "–"}</td>')
+            tds.append(f'<td class="{klass}" data-value="{value}">{esc(format_cell(c, "±")) or "–"}</td>')
         links = " ".join(f'<a class="run" href="#run-{esc(i)}">{k}</a>' for k, i in enumerate(ids, 1))
         tds.append(f"<td>{links}</td>")
         out.append(f'<tr class="{" ".join(cls)}" data-runs="{esc(" ".join(ids))}">' + "".join(tds) + "</tr>")

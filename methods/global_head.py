@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -131,9 +131,7 @@ class GlobalHeadMethod(Method):
 
         val_loss = None
         if val is not None and len(val) >= 2:  # InfoNCE needs at least two pairs
-            xv = self.image_inputs(val.image()).to(self.device)
-            yv = self.text_inputs(val.text()).to(self.device)
-            val_loss = lambda: self.validation_loss(xv, yv, cfg.batch_size)  # noqa: E731
+            val_loss = self.make_val_loss(val, cfg.batch_size)
 
         info = train_contrastive(
             self.param_groups(), step_loss, len(train), val_loss=val_loss, config=cfg, seed=seed,
@@ -145,6 +143,12 @@ class GlobalHeadMethod(Method):
 
     def train_config(self, n_train: int) -> TrainConfig:
         return self.config.train_config()
+
+    def make_val_loss(self, val: Pairs, batch_size: int) -> Callable[[], float]:
+        """The early-stopping criterion over ``val`` (inputs built once per fit): ``validation_loss``."""
+        xv = self.image_inputs(val.image()).to(self.device)
+        yv = self.text_inputs(val.text()).to(self.device)
+        return lambda: self.validation_loss(xv, yv, batch_size)
 
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:

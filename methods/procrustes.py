@@ -56,17 +56,46 @@ def pad_columns(a: np.ndarray, d: int) -> np.ndarray:
     return np.pad(a, ((0, 0), (0, d - a.shape[1])))
 
 
-def orthogonal_map(x_std: np.ndarray, y_std: np.ndarray) -> np.ndarray:
-    """R = UVᵀ with UΣVᵀ = X̃ᵀỸ (both already standardised and padded to the same width), float64."""
-    u, _, vt = np.linalg.svd(x_std.T @ y_std)
-    return u @ vt
+def orthogonal_map(x_std: np.ndarray, y_std: np.ndarray) -> tuple[np.ndarray, int]:
+    """(R, rank of C): R = UVᵀ for an SVD UΣVᵀ of the zero-padded X̃ᵀỸ (d × d), taken from the SVD of its unpadded block C = X̃ᵀỸ (d_v × d_t), float64.
+
+    Why not the d×d SVD: padding makes C the only non-zero block, and a full
+    d×d float64 SVD at d = 1280 dominated the fit (benchmarks in README) while
+    C's is several times cheaper.  From C = U_C Σ V_Cᵀ (full U_C and V_C),
+    ``U = blockdiag(U_C, I)``, ``V = blockdiag(V_C, I)`` is an SVD of the padded
+    matrix, so R = UVᵀ is METHODS.md's R: orthogonal, a minimiser of
+    ‖X̃R − Ỹ‖_F.  Only R[:d_v, :d_t] touches an embedding (padded rows meet
+    zeros, padded columns are dropped).  Where C has full rank that block is
+    unique (any SVD gives it); otherwise (fewer pairs than dimensions, or a
+    constant dimension: MiniLM-L6's features have two) only its action on C's
+    row space is, and the rest is the SVD's choice, here U_C's and V_C's.
+    """
+    from threadpoolctl import threadpool_limits
+
+    c = x_std.T @ y_std
+    d_v, d_t = c.shape
+    # One BLAS thread: LAPACK's SVD is a chain of small BLAS-2 calls, each a thread barrier, and on a
+    # shared CPU every barrier waits for a descheduled helper thread (the same SVD took 14× longer with
+    # 2 threads than with 1 at load 20 on the 2 cores; README benchmarks).
+    with threadpool_limits(limits=1, user_api="blas"):
+        u, s, vt = np.linalg.svd(c, full_matrices=True)
+    rank = int((s > s[0] * max(c.shape) * np.finfo(np.float64).eps).sum()) if s[0] > 0 else 0
+    d = max(d_v, d_t)
+    r = np.zeros((d, d))
+    if d_v >= d_t:  # U = U_C, V = blockdiag(V_C, I): R = [U_C[:, :d_t] V_Cᵀ, U_C[:, d_t:]]
+        r[:, :d_t] = u[:, :d_t] @ vt
+        r[:, d_t:] = u[:, d_t:]
+    else:  # U = blockdiag(U_C, I), V = V_C: R = [[U_C V_Cᵀ[:d_v]], [V_Cᵀ[d_v:]]]
+        r[:d_v] = u @ vt[:d_v]
+        r[d_v:] = vt[d_v:]
+    return r, rank
 
 
 @register_method("procrustes", aliases=("latent-translation",))
 class Procrustes(Method):
     """Procrustes: closed-form orthogonal map between standardised features (latent translation), float64."""
 
-    version = 1  # bump when this method's numbers change (alignbench.identity: old results go stale)
+    version = 2  # bump when this method's numbers change (alignbench.identity: old results go stale)
 
     level = "global"
     Config: ClassVar[type[MethodConfig]] = ProcrustesConfig
@@ -93,14 +122,17 @@ class Procrustes(Method):
         self.mean_v, self.std_v = standardiser(x)
         self.mean_t, self.std_t = standardiser(y)
         d = max(x.shape[1], y.shape[1])
-        self.R = orthogonal_map(pad_columns((x - self.mean_v) / self.std_v, d),
-                                pad_columns((y - self.mean_t) / self.std_t, d))
+        self.R, rank = orthogonal_map((x - self.mean_v) / self.std_v, (y - self.mean_t) / self.std_t)
         notes = []
         if len(train) <= d:
             notes.append(f"N = {len(train)} <= d = {d}: X̃ᵀỸ has rank < d, so R is not unique "
                          "(SVD's choice on the null space)")
+        if rank < min(x.shape[1], y.shape[1]):
+            notes.append(f"X̃ᵀỸ has rank {rank} < min(d_v, d_t) = {min(x.shape[1], y.shape[1])} (constant "
+                         "dimensions or few pairs): part of the block of R that embeddings use is the SVD's choice")
         self.space = self.config.space
-        info: dict[str, Any] = {"n_train": len(train), "n_val": len(val) if val is not None else 0, "d": d}
+        info: dict[str, Any] = {"n_train": len(train), "n_val": len(val) if val is not None else 0, "d": d,
+                                "rank": rank}
         if self.config.space == "auto":
             self.space, info["space_scores"] = self._choose_space(val)
         info.update(space=self.space, notes=notes, deviations=[])

@@ -42,3 +42,38 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# -- tiny worlds for end-to-end runs on the tiny encoders -------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """Flickr8k (30 images x 5 captions), CIFAR-10 and CamVid in the real layouts (tests/tiny_data.py)."""
+    from tiny_data import make_tiny_data
+
+    return make_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def dirs(tmp_path, tiny_root, monkeypatch) -> dict:
+    """``tiny_root`` with a throw-away feature cache and results folder (a module may override it)."""
+    cache = tmp_path / "features"
+    monkeypatch.setenv("ALIGNBENCH_CACHE", str(cache))
+    return {"data": tiny_root, "cache": cache, "results": tmp_path / "runs"}
+
+
+@pytest.fixture(scope="module")
+def sweep_world(tmp_path_factory) -> dict:
+    """The sweep tests' tiny data (tests/sweep_world.py) and a feature cache shared by one module."""
+    from sweep_world import write_tiny_data
+
+    root = tmp_path_factory.mktemp("sweep-world")
+    return {"data": write_tiny_data(root / "data"), "cache": root / "features"}
+
+
+@pytest.fixture
+def sweep_dirs(sweep_world, tmp_path, monkeypatch) -> dict:
+    """``sweep_world`` as the environment's data and cache, a fresh results folder, a private identity cache."""
+    monkeypatch.setenv("ALIGNBENCH_CACHE", str(sweep_world["cache"]))
+    monkeypatch.setenv("ALIGNBENCH_DATA", str(sweep_world["data"]))
+    monkeypatch.setenv("ALIGNBENCH_IDENTITY_CACHE", str(tmp_path / "identity-cache.json"))
+    return {**sweep_world, "results": tmp_path / "runs"}

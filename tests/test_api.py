@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import alignbench as ab
-import test_run_cli  # its data writer (module import: its tests are not collected twice)
+import tiny_data
 from alignbench.cli import main as cli
 from alignbench.errors import BudgetError, UnknownNameError
 
@@ -27,7 +27,7 @@ def readme_example() -> str:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
-    return test_run_cli.make_tiny_data(root / "data"), root
+    return tiny_data.make_tiny_data(root / "data"), root
 
 
 def test_import_is_light():

@@ -24,17 +24,9 @@ PAL = "pal:K=8:max_epochs=2"
 RETRIEVAL, CIFAR = "retrieval:flickr8k:test", "classification:cifar10:test"
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fits-world")
-    return {"data": write_tiny_data(root / "data"), "cache": root / "features"}
-
-
 @pytest.fixture
-def dirs(world, tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNBENCH_CACHE", str(world["cache"]))
-    monkeypatch.setenv("ALIGNBENCH_DATA", str(world["data"]))
-    return {**world, "results": tmp_path / "runs"}
+def dirs(sweep_dirs):
+    return sweep_dirs
 
 
 def _run(dirs, evals: str, *extra, methods=PAL) -> int:

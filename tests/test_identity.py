@@ -16,21 +16,12 @@ from alignbench.cli import main as cli
 from alignbench.config import EncoderOptions, RunSpec
 from alignbench.identity import Resolver, id_hash, resolve_method
 from alignbench.registry import METHODS
-from sweep_world import EVALS, PAIR, write_tiny_data
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("identity-world")
-    return {"data": write_tiny_data(root / "data"), "cache": root / "features"}
+from sweep_world import EVALS, PAIR
 
 
 @pytest.fixture
-def dirs(world, tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNBENCH_CACHE", str(world["cache"]))
-    monkeypatch.setenv("ALIGNBENCH_DATA", str(world["data"]))
-    monkeypatch.setenv("ALIGNBENCH_IDENTITY_CACHE", str(tmp_path / "identity-cache.json"))  # monkeypatched code
-    return {**world, "results": tmp_path / "runs"}
+def dirs(sweep_dirs):
+    return sweep_dirs
 
 
 def _spec(method="cca", **kw) -> RunSpec:

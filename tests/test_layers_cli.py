@@ -12,21 +12,7 @@ from alignbench.errors import ConfigError
 from alignbench.layer_choices import StoredChoice, choice_path, load_choice, parse_layer, resolve_best
 from alignbench.layer_selection import select_layers_for_pair
 from alignbench.store import FeatureStore
-from test_run_cli import make_tiny_data
-
-PAIR = "tiny-vit+tiny-text"
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def dirs(tmp_path, tiny_root, monkeypatch):
-    cache = tmp_path / "features"
-    monkeypatch.setenv("ALIGNBENCH_CACHE", str(cache))
-    return {"data": tiny_root, "cache": cache, "results": tmp_path / "runs"}
+from tiny_data import PAIR
 
 
 def layers(dirs, *extra) -> int:

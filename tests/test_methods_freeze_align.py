@@ -131,3 +131,47 @@ def test_features_without_tokens_are_a_clear_error(data):
 def test_bad_hyperparameters_are_config_errors(kw):
     with pytest.raises(ConfigError):
         FreezeAlign(**kw)
+
+
+def test_mean_forward_is_the_mean_of_the_per_token_projection_with_the_same_dropout():
+    """L₁ and L₃ applied to token means equal the mean of the per-token projector (train mode: one
+    dropout draw on the same shape), masked rows included; a row without tokens gives 0."""
+    from alignbench.methods.freeze_align import TokenProjector
+
+    torch.manual_seed(0)
+    proj = TokenProjector(24, 16, dropout=0.3).train()
+    x = torch.randn(5, 9, 24)
+    mask = torch.ones(5, 9, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[3, :] = False
+    for m in (None, mask):
+        torch.manual_seed(1)
+        z = proj(x)
+        w = torch.ones(5, 9, 1) if m is None else m.unsqueeze(-1).float()
+        want = (z * w).sum(1) / w.sum(1).clamp(min=1)
+        torch.manual_seed(1)
+        torch.testing.assert_close(proj.mean_forward(x, m), want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(proj.mean_forward(x, mask)[3], torch.zeros(16))
+
+
+def test_affine_layers_see_one_row_per_image_and_caption_not_per_token(data):
+    """Speed: only LN, dropout and L₂ + GELU run per token; L₁ and L₃ get the means."""
+    train, val, _ = data
+    m = FreezeAlign(**{**FAST, "max_epochs": 1})
+    m.fit(train, None, seed=0)
+    shapes = []
+    for key in ("local_vision", "local_text"):
+        for layer in ("l1", "l3"):
+            getattr(m.mods[key], layer).register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].dim()))
+    m.embed_image(val.image())
+    m.embed_text(val.text())
+    assert shapes and set(shapes) == {2}
+
+
+def test_non_finite_tokens_are_a_feature_error_at_fit(data):
+    train, _, _ = data
+    tokens = np.array(train.images.tokens, copy=True)
+    tokens[train.image_index[3], 2, 5] = np.nan
+    bad = Pairs(dataclasses.replace(train.images, tokens=tokens), train.texts, train.image_index, train.text_index)
+    with pytest.raises(FeatureError, match="image tokens contain non-finite"):
+        FreezeAlign(**{**FAST, "max_epochs": 1}).fit(bad, None, seed=0)

@@ -163,3 +163,30 @@ def test_sail_needs_image_tokens(data):
                  train.image_index, train.text_index)
     with pytest.raises(FeatureError, match="tokens"):
         SAIL(**FAST).fit(bare, None)
+
+
+def test_sail_validation_runs_the_image_head_once_per_distinct_image(data):
+    """Dev pairs repeat images (5 captions each on Flickr8k): the early-stopping value is the per-pair
+    ``validation_loss`` while the (wide) image head sees each distinct image once."""
+    train, val, _ = data
+    val = val.subset(np.repeat(np.arange(len(val)), 3))  # every image three times
+    for loss in ("sigmoid", "infonce"):
+        m = SAIL(**{**FAST, "max_epochs": 1}, loss=loss, dtype="fp32")
+        m.fit(train, None, seed=0)
+        rows = []
+        m.image_head.register_forward_hook(lambda mod, inp, out: rows.append(len(inp[0])))
+        got = m.make_val_loss(val, 64)()
+        assert sum(rows) == len(np.unique(val.image_index))
+        want = m.validation_loss(m.image_inputs(val.image()), m.text_inputs(val.text()), 64)
+        assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_sail_takes_the_fast_matmul_path_by_default_and_records_it(data):
+    train, val, _ = data
+    m = SAIL(**{**FAST, "max_epochs": 2})
+    m.fit(train, val, seed=0)
+    from alignbench.devices import matmul_dtype
+
+    assert SAIL.Config().dtype == "auto"
+    assert (m.fit_info["dtype"], m.fit_info["dtype_reason"]) == matmul_dtype("auto", "cpu")
+    assert m.fit_info["optimizer"] == ("adamw-fused" if m.fit_info["dtype"] == "bf16" else "adamw")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import test_run_cli  # its data writer (module import: its tests are not collected twice)
+import tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_listed_from_metadata_without_import(plugin_env):
 
 
 def test_plugin_runs_and_broken_ones_are_named(plugin_env, tmp_path):
-    data = test_run_cli.make_tiny_data(tmp_path / "data")
+    data = tiny_data.make_tiny_data(tmp_path / "data")
     common = ["-m", "alignbench.cli", "run", "--pair", "tiny-vit+tiny-text", "--data-root", str(data),
               "--cache", str(tmp_path / "cache"), "--results", str(tmp_path / "runs"), "--budget", "60",
               "--evals", "retrieval:flickr8k:test", "--no-progress", "--device", "cpu"]

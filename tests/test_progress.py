@@ -5,7 +5,7 @@ import pytest
 
 from alignbench.cli import main as cli
 from alignbench.progress import format_eta, progress_enabled, progress_scope
-from test_run_cli import PAIR, dirs, tiny_root  # noqa: F401  (fixtures)
+from tiny_data import PAIR
 
 
 def _run(dirs, *extra):  # noqa: F811

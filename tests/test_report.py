@@ -180,9 +180,9 @@ def test_two_segmentation_protocols_are_two_columns_never_averaged(tmp_path):
     assert row.cells[cols["segmentation/camvid"]].mean == pytest.approx(sum(whole) / 2)  # seeds 0 and 1 only
     assert row.cells[cols[slide]].mean == pytest.approx(next(
         r["metrics"][slide]["mIoU"] for r in records if slide in r["metrics"]))
-    from alignbench.report import _headers
+    from alignbench.report_render import column_headers
 
-    assert [h for h, _ in _headers(table)][-2:] == ["camvid", "camvid@slide"]
+    assert [h for h, _ in column_headers(table)][-2:] == ["camvid", "camvid@slide"]
     # plots and --compare name a column by what was evaluated, protocol included (not by the dataset alone)
     assert [table.columns[cols[k]].where for k in ("segmentation/camvid", slide)] == ["camvid", "camvid@slide"]
 

@@ -206,3 +206,44 @@ def test_method_configs_hand_their_trainer_settings_to_the_trainer():
     assert (pal.temperature, pal.max_epochs, pal.dtype) == (0.1, 200, "fp32")  # bf16 stays inside CAP
     custom = TrainConfig(lr=0.5, betas=(0.8, 0.9))
     assert custom.train_config() == custom
+
+
+def test_info_nce_stays_fp32_inside_a_bf16_autocast():
+    """As PAL's B×B InfoNCE: the heads' matmuls may run in bf16, the loss's logits do not."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = info_nce(a, b, 0.05)
+    assert low.dtype == torch.float32
+    assert torch.equal(low, info_nce(a, b, 0.05))
+
+
+def test_bf16_path_uses_the_fused_adamw_and_validates_under_the_same_autocast():
+    """The fast path (dtype bf16) steps with fused AdamW (fp32 keeps the loop) and its validation
+    sees the fit's matmul dtype; the fused and loop AdamW agree to float rounding."""
+    seen = []
+    a, b = _regression_problem()
+    w = torch.nn.Linear(6, 6)
+
+    def val():
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return float(info_nce(w(a), b, 0.1))
+
+    cfg = TrainConfig(lr=0.05, max_epochs=2, batch_size=32, lr_range_test=False, dtype="bf16")
+    info = train_contrastive(w.parameters(), lambda i, s: info_nce(w(a[torch.from_numpy(i)]), b[i], 0.1), 64,
+                             val_loss=val, config=cfg, seed=0)
+    assert info["optimizer"] == "adamw-fused" and seen == [True, True]
+    assert _fit(lr=0.05, max_epochs=2, batch_size=32)[1]["optimizer"] == "adamw"
+
+    from alignbench.training import adamw
+
+    ws = []
+    for dtype in ("bf16", "fp32"):  # one fused and one loop AdamW on the same parameters and gradients
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(300, 40))
+        opt = adamw([p], 1e-2, TrainConfig(dtype=dtype))
+        for step in range(5):
+            p.grad = torch.sin(p.detach() * (step + 1))
+            opt.step()
+        ws.append(p.detach())
+    torch.testing.assert_close(ws[0], ws[1], rtol=1e-6, atol=1e-7)

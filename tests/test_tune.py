@@ -6,14 +6,9 @@ import shutil
 import pytest
 
 from alignbench.cli import main as cli
-from test_run_cli import PAIR, make_tiny_data
+from tiny_data import PAIR, make_tiny_data
 
 import optuna  # a dependency of alignbench (pyproject): a missing optuna must fail, not skip
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

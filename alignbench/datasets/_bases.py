@@ -1,4 +1,4 @@
-"""Intermediate bases: list a split once, then serve images, labels and masks from it.
+"""Intermediate bases: list a split once, then serve images, captions, labels and masks from it.
 
 Loaders only say how to *list* a split (``_list``); caching, split-name
 checking and the mask decoding contract live here so they behave alike.
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from alignbench.datasets._layout import SplitCache, checked_fingerprint, digest, list_images, subfolders
-from alignbench.datasets.base import ClassificationDataset, FileImageLoader, ImageList, SegmentationDataset
+from alignbench.datasets.base import CaptionDataset, ClassificationDataset, FileImageLoader, ImageList, SegmentationDataset
 from alignbench.errors import DataError
 
 
@@ -32,6 +32,46 @@ class Masked:
 
     images: ImageList
     mask_paths: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Captioned:
+    """A listed caption split: images and the captions of each image, in image order."""
+
+    images: ImageList
+    captions: list[list[str]]
+
+
+class ListedCaptions(CaptionDataset):
+    """Caption loader that lists each split once; the flat captions and caption → image index follow from it."""
+
+    def __init__(self, root: str | os.PathLike | None = None, **options):
+        super().__init__(root, **options)
+        self._cache = SplitCache()
+
+    @abstractmethod
+    def _list(self, split: str) -> Captioned:
+        """List ``split`` (already canonical): its images and the captions of each."""
+
+    def _listed(self, split: str) -> tuple[ImageList, list[str], np.ndarray]:
+        split = self.check_split(split)
+
+        def make():
+            listed = self._list(split)
+            counts = [len(caps) for caps in listed.captions]
+            owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+            return listed.images, [c for caps in listed.captions for c in caps], owner
+
+        return self._cache.get(("captions", split), make)
+
+    def images(self, split: str) -> ImageList:
+        return self._listed(split)[0]
+
+    def captions(self, split: str) -> list[str]:
+        return list(self._listed(split)[1])
+
+    def caption_image_index(self, split: str) -> np.ndarray:
+        return self._listed(split)[2].copy()
 
 
 class ListedClassification(ClassificationDataset):

@@ -154,9 +154,10 @@ def discover(data_root: str | os.PathLike | None) -> list[Path]:
 
 def card_class(card: Any) -> type:
     """A dataset class for ``card``, shaped like a built-in (``kind``, ``splits``, ``registry_name``)."""
-    from alignbench.datasets.from_files import CLASSES
+    from alignbench.datasets.card_segmentation import FileSegmentation
+    from alignbench.datasets.from_files import FileCaptions, FileClassification
 
-    base = CLASSES[card.kind]
+    base = {"captions": FileCaptions, "classification": FileClassification, "segmentation": FileSegmentation}[card.kind]
     summary = card.description or f"{card.kind} from {card.file}"
     return type(f"Card_{card.name}", (base,), {
         "card": card, "registry_name": card.name, "splits": card.splits, "__doc__": summary,

@@ -65,7 +65,7 @@ class Coco(PairedCaptions):
         raise DataError(f"coco: expected the image folder {str(self.dir / folder)!r}, which does not exist. "
                         f"Expected layout:\n{LAYOUT}")
 
-    def _list(self, split):
+    def _files(self, split):
         if self.version == "karpathy":
             return self._list_karpathy(split)
         return self._list_official(split)

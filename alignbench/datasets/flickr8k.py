@@ -5,11 +5,9 @@ import csv
 import os
 from pathlib import Path
 
-import numpy as np
 
-from alignbench.datasets._layout import SplitCache, dataset_dir, read_lines, require_dir, require_file
-from alignbench.datasets._bases import file_image_list
-from alignbench.datasets.base import CaptionDataset, ImageList
+from alignbench.datasets._bases import Captioned, ListedCaptions, file_image_list
+from alignbench.datasets._layout import dataset_dir, read_lines, require_dir, require_file
 from alignbench.errors import DataError, MalformedDataError
 from alignbench.registry import register_dataset
 
@@ -21,7 +19,7 @@ LAYOUT = """\
 
 
 @register_dataset("flickr8k", aliases=("flickr8k-captions",))
-class Flickr8k(CaptionDataset):
+class Flickr8k(ListedCaptions):
     """Flickr8k: 8,091 images, 5 captions each, official 6k/1k/1k split."""
 
     splits = ("train", "dev", "test")
@@ -30,41 +28,20 @@ class Flickr8k(CaptionDataset):
     def __init__(self, root: str | os.PathLike | None = None, **options):
         super().__init__(root, **options)
         self.dir = dataset_dir(self, "flickr8k", LAYOUT)
-        self._cache = SplitCache()
 
-    # -- listing ---------------------------------------------------------------
     def _all_captions(self) -> dict[str, list[str]]:
         return self._cache.get("captions", lambda: read_captions_csv(self.dir / "captions.txt"))
 
-    def _split(self, split: str) -> tuple[ImageList, list[str], np.ndarray]:
-        split = self.check_split(split)
-        return self._cache.get(split, lambda: self._list(split))
-
-    def _list(self, split: str):
+    def _list(self, split: str) -> Captioned:
         names = read_lines(self.dir / "splits" / f"{split}.txt", f"flickr8k split {split!r}")
         by_image = self._all_captions()
         image_dir = require_dir(self.dir / "images", "flickr8k images", LAYOUT)
-        captions: list[str] = []
-        owner: list[int] = []
-        for i, name in enumerate(names):
-            caps = by_image.get(name)
-            if not caps:
+        for name in names:
+            if not by_image.get(name):
                 raise DataError(f"image {name!r} of split file {str(self.dir / 'splits' / f'{split}.txt')!r} "
                                 f"has no caption in {str(self.dir / 'captions.txt')!r}")
-            captions += caps
-            owner += [i] * len(caps)
         images = file_image_list([image_dir / n for n in names], image_dir, extra=f"flickr8k/{split}")
-        return images, captions, np.asarray(owner, dtype=np.int64)
-
-    # -- API -------------------------------------------------------------------
-    def images(self, split: str) -> ImageList:
-        return self._split(split)[0]
-
-    def captions(self, split: str) -> list[str]:
-        return list(self._split(split)[1])
-
-    def caption_image_index(self, split: str) -> np.ndarray:
-        return self._split(split)[2].copy()
+        return Captioned(images, [by_image[n] for n in names])
 
 
 def read_captions_csv(path: Path) -> dict[str, list[str]]:

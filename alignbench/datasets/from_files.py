@@ -3,8 +3,9 @@
 Why here and not in each loader: a researcher's own data must be named like a
 built-in (``--train mypairs:train``) without editing the package, and fail the
 same way the built-ins do — one :class:`DataError` naming the file and line.
-The card (``alignbench.datasets.cards``) is parsed into a :class:`Card`; one of
-the three classes below serves it.  Image fingerprints hash the files' bytes
+The card (``alignbench.datasets.cards``) is parsed into a :class:`Card`;
+:class:`FileCaptions`, :class:`FileClassification` or
+:class:`~alignbench.datasets.card_segmentation.FileSegmentation` serves it.  Image fingerprints hash the files' bytes
 and their paths *relative to the card*, so the feature-cache key follows the
 content: moving the folder keeps the cache, editing an image invalidates it.
 """
@@ -17,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
-import numpy as np
 
-from alignbench.datasets._bases import Labelled, ListedClassification, ListedSegmentation, Masked, folder_listing
+from alignbench.datasets._bases import Captioned, Labelled, ListedCaptions, ListedClassification, folder_listing
 from alignbench.datasets._layout import SplitCache, digest, list_images, read_lines, readable, subfolders
-from alignbench.datasets.base import CaptionDataset, FileImageLoader, ImageList
+from alignbench.datasets.base import FileImageLoader, ImageList
 from alignbench.errors import DataError, MalformedDataError
 
 KINDS = ("captions", "classification", "segmentation")
@@ -133,17 +133,17 @@ class _Row:
     line: int
 
 
-class FileCaptions(CardDataset, CaptionDataset):
+class FileCaptions(CardDataset, ListedCaptions):
     """Image–caption pairs from a CSV / TSV / JSONL file (several rows or a caption list per image)."""
 
     def __init__(self, root: str | os.PathLike | None = None, **options):
         self._setup(options)
 
-    def _all(self) -> dict[str, tuple[list[str], list[str], list[int]]]:
+    def _all(self) -> dict[str, tuple[list[str], list[list[str]]]]:
         return self._cache.get("all", self._read)
 
-    def _read(self) -> dict[str, tuple[list[str], list[str], list[int]]]:
-        """Every split: (image paths, captions grouped by image, caption → image index)."""
+    def _read(self) -> dict[str, tuple[list[str], list[list[str]]]]:
+        """Every split: (image paths, the captions of each image)."""
         card = self.card
         cols = {"image": "image", "caption": "caption", "split": "split", **card.columns}
         by_image: dict[str, _Row] = {}
@@ -168,12 +168,7 @@ class FileCaptions(CardDataset, CaptionDataset):
             names = members[split]
             if not names:
                 raise DataError(f"dataset {card.name!r}: split {split!r} is empty (declared in {card.file})")
-            caps: list[str] = []
-            owner: list[int] = []
-            for i, name in enumerate(names):
-                caps += by_image[name].captions
-                owner += [i] * len(by_image[name].captions)
-            out[split] = (names, caps, owner)
+            out[split] = (names, [by_image[name].captions for name in names])
         return out
 
     def _split_members(self, by_image: dict[str, _Row]) -> dict[str, list[str]]:
@@ -199,24 +194,9 @@ class FileCaptions(CardDataset, CaptionDataset):
                 members[split].append(name)
         return members
 
-    def _split(self, split: str) -> tuple[ImageList, list[str], np.ndarray]:
-        split = self.check_split(split)
-
-        def make():
-            names, caps, owner = self._all()[split]
-            images = content_image_list([self.card.images / n for n in names], self.card.images)
-            return images, caps, np.asarray(owner, dtype=np.int64)
-
-        return self._cache.get(("split", split), make)
-
-    def images(self, split: str) -> ImageList:
-        return self._split(split)[0]
-
-    def captions(self, split: str) -> list[str]:
-        return list(self._split(split)[1])
-
-    def caption_image_index(self, split: str) -> np.ndarray:
-        return self._split(split)[2].copy()
+    def _list(self, split: str) -> Captioned:
+        names, per_image = self._all()[split]
+        return Captioned(content_image_list([self.card.images / n for n in names], self.card.images), per_image)
 
 
 def _rows(path: Path, cols: dict[str, str], *, split_wanted: bool) -> Iterator[_Row]:
@@ -326,87 +306,3 @@ class FileClassification(CardDataset, ListedClassification):
         paths, labels, _ = folder_listing(split_dir, self._classes()[0], f"dataset {self.card.name!r}")
         images = content_image_list(paths, self.card.images, extra=digest(split, labels))
         return Labelled(images, labels)
-
-
-# -- segmentation ---------------------------------------------------------------------
-class FileSegmentation(CardDataset, ListedSegmentation):
-    """Images and same-stem mask PNGs (``<images>/[<split>/]x.jpg`` ↔ ``<masks>/[<split>/]x.png``)."""
-
-    def __init__(self, root: str | os.PathLike | None = None, **options):
-        self._setup(options)
-
-    @property
-    def classnames(self) -> list[str]:
-        return list(self._cache.get("classes", lambda: self._class_list(None))[1])
-
-    @property
-    def templates(self) -> list[str]:
-        return self._templates()
-
-    def _folder(self, top: Path, split: str) -> Path:
-        return top if self.card.splits == (ONE_SPLIT,) else top / split
-
-    def _list(self, split: str) -> Masked:
-        img_dir, mask_dir = self._folder(self.card.images, split), self._folder(self.card.masks, split)
-        paths = list_images(img_dir, f"dataset {self.card.name!r} split {split!r} images")
-        if not paths:
-            raise DataError(f"dataset {self.card.name!r}: split {split!r} is empty (no images in {str(img_dir)!r})")
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"} if mask_dir.is_dir() else {}
-        missing = [p.name for p in paths if p.stem not in masks]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise DataError(f"dataset {self.card.name!r}: no mask <stem>.png in {str(mask_dir)!r} for "
-                            f"{', '.join(repr(m) for m in missing[:3])}{more}")
-        mask_paths = [masks[p.stem] for p in paths]
-        images = content_image_list(paths, self.card.images, extra=digest([file_digest(m) for m in mask_paths]))
-        return Masked(images, mask_paths)
-
-    @property
-    def ignore_index(self) -> int:  # type: ignore[override]
-        return self.card.ignore_index
-
-    @property
-    def background_index(self) -> int | None:  # type: ignore[override]
-        bg = self.card.background
-        if bg is None:
-            return None
-        names = self.classnames
-        if bg in names:
-            return names.index(bg)
-        if str(bg).isdigit() and int(bg) < len(names):
-            return int(bg)
-        raise DataError(f"{self.card.file}: background {bg!r} is not one of the classes ({', '.join(names[:12])})")
-
-    def mask(self, split: str, i: int) -> np.ndarray:
-        """The decoded mask, after checking it has its image's size (a mismatch names both files)."""
-        m = super().mask(split, i)
-        self._check_size(split, i, m.shape)
-        return m
-
-    def _check_size(self, split: str, i: int, shape: tuple[int, ...]) -> None:
-        from PIL import Image
-
-        listed = self._listed(split)
-        image_path = listed.images.loader.paths[i]
-        with Image.open(image_path) as im:  # reads the header only
-            w, h = im.size
-        if tuple(shape) != (h, w):
-            raise DataError(f"mask {str(listed.mask_paths[i])!r} is {shape[1]}×{shape[0]} but its image "
-                            f"{image_path!r} is {w}×{h}")
-
-    def check_files(self, split: str) -> str | None:
-        """Every mask's size against its image's, from the PNG/JPEG headers (``alignbench data --check``)."""
-        from PIL import Image
-
-        listed = self._listed(self.check_split(split))
-        for i, mp in enumerate(listed.mask_paths):
-            with Image.open(mp) as m:
-                shape = (m.size[1], m.size[0])
-            try:
-                self._check_size(split, i, shape)
-            except DataError as exc:
-                return str(exc)
-        return None
-
-
-CLASSES = {"captions": FileCaptions, "classification": FileClassification, "segmentation": FileSegmentation}

@@ -11,16 +11,14 @@ import os
 from abc import abstractmethod
 from pathlib import Path
 
-import numpy as np
 
-from alignbench.datasets._bases import file_image_list
-from alignbench.datasets._layout import SplitCache, dataset_dir, require_file
-from alignbench.datasets.base import CaptionDataset, ImageList
+from alignbench.datasets._bases import Captioned, ListedCaptions, file_image_list
+from alignbench.datasets._layout import dataset_dir, require_file
 from alignbench.errors import DataError
 from alignbench.registry import register_dataset
 
 
-class PairedCaptions(CaptionDataset):
+class PairedCaptions(ListedCaptions):
     """Caption dataset listed as (image paths, captions grouped by image); shared by COCO and Flickr30k.
 
     Option ``captions_per_image=K`` keeps the first K captions of each image
@@ -29,41 +27,18 @@ class PairedCaptions(CaptionDataset):
 
     splits = ("train", "val", "test")
 
-    def __init__(self, root: str | os.PathLike | None = None, **options):
-        super().__init__(root, **options)
-        self._cache = SplitCache()
-
     @abstractmethod
-    def _list(self, split: str) -> tuple[list[Path], Path, list[list[str]]]:
+    def _files(self, split: str) -> tuple[list[Path], Path, list[list[str]]]:
         """(image paths, folder the ids are relative to, captions of each image)."""
 
-    def _split(self, split: str):
-        split = self.check_split(split)
-        return self._cache.get(split, lambda: self._build(split))
-
-    def _build(self, split: str):
-        paths, base, per_image = self._list(split)
+    def _list(self, split: str) -> Captioned:
+        paths, base, per_image = self._files(split)
         k = self.options.get("captions_per_image")
-        captions: list[str] = []
-        owner: list[int] = []
-        for i, caps in enumerate(per_image):
-            caps = caps[: int(k)] if k else caps
-            captions += caps
-            owner += [i] * len(caps)
         images = file_image_list(paths, base, extra=f"{self.registry_name}/{split}/{self.variant()}")
-        return images, captions, np.asarray(owner, dtype=np.int64)
+        return Captioned(images, [caps[: int(k)] if k else caps for caps in per_image])
 
     def variant(self) -> str:
         return ""
-
-    def images(self, split: str) -> ImageList:
-        return self._split(split)[0]
-
-    def captions(self, split: str) -> list[str]:
-        return list(self._split(split)[1])
-
-    def caption_image_index(self, split: str) -> np.ndarray:
-        return self._split(split)[2].copy()
 
 
 def load_json(path: Path, what: str) -> dict:
@@ -105,7 +80,7 @@ class Flickr30k(PairedCaptions):
         self.dir = dataset_dir(self, ("flickr30k", "Flickr30k"), FLICKR30K_LAYOUT)
         self.json = require_file(self.dir / "dataset_flickr30k.json", "flickr30k Karpathy split", FLICKR30K_LAYOUT)
 
-    def _list(self, split):
+    def _files(self, split):
         image_dir = self.dir / "flickr30k-images"
         if not image_dir.is_dir():
             image_dir = self.dir / "images"
