@@ -7,6 +7,7 @@ cache folder — those are fixed once per run here and forwarded to the store.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,9 +85,18 @@ class FeatureSource:
         feats = load()
         meta = getattr(feats[0] if isinstance(feats, tuple) else feats, "meta", {}) or {}
         self.reads.append({"kind": meta.get("kind"), "dataset": meta.get("dataset"), "split": meta.get("split"),
-                           "encoder": meta.get("encoder"), "path": meta.get("path"),
+                           "encoder": meta.get("encoder"), "path": self._cache_relative(meta.get("path")),
                            "action": self.store.last_action})
         return feats
+
+    def _cache_relative(self, path: str | None) -> str | None:
+        """An entry's path under the cache root: results are shared, the machine's cache folder is not."""
+        if path is None:
+            return None
+        try:
+            return Path(path).relative_to(self.store.root).as_posix()
+        except ValueError:
+            return path
 
     def dataset(self, name: str):
         """The dataset object (loaded once)."""

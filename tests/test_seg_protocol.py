@@ -156,6 +156,9 @@ def test_one_window_per_image_equals_the_whole_image_protocol(tmp_path):
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
 
+    from alignbench.source import FeatureSource
+    from alignbench.store import FeatureStore
+
     data = _square_camvid(tmp_path / "data", (32, 32))
     src = FeatureSource("tiny-vit+tiny-text", store=FeatureStore(tmp_path / "cache"), data_root=data, progress=False)
     ds = src.dataset("camvid")
@@ -221,3 +224,17 @@ def test_voc_mini_sliding_protocol_with_the_real_encoder(data_root, session_cach
     masks = [ds.mask("val", i) for i in range(3)]
     labelled = sum(int((mk != 255).sum()) for mk in masks)
     assert m1["pixel_acc"] == pytest.approx(100 * sum(int((mk == 0).sum()) for mk in masks) / labelled)
+
+
+def test_result_feature_paths_are_relative_to_the_cache(tmp_path):
+    """A stored result names its cache entries under the cache root, never the machine's absolute folder."""
+    from alignbench.source import FeatureSource
+    from alignbench.store import FeatureStore
+
+    data = _square_camvid(tmp_path / "data", (32, 32))
+    src = FeatureSource("tiny-vit+tiny-text", store=FeatureStore(tmp_path / "cache"), data_root=data, progress=False)
+    src.dataset("camvid")
+    SegmentationTask().evaluate(Identity(), src, src.dataset("camvid"), "test")
+    paths = [r["path"] for r in src.reads]
+    assert paths and all(not p.startswith("/") and str(tmp_path) not in p for p in paths)
+    assert all((tmp_path / "cache" / p).is_dir() for p in paths)
