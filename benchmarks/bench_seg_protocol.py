@@ -6,7 +6,7 @@ both protocols read the cache, so the times are evaluation only: the
 windows of 448, stitched, upsampled, argmax; ``--threshold`` adds the
 softmax's top probability).  Encodes what is missing on first use.
 
-    ALIGNBENCH_CACHE=/work/main/.cache/features python benchmarks/bench_seg_protocol.py [--threshold 0.5]
+    python benchmarks/bench_seg_protocol.py [--threshold 0.5]
 """
 from __future__ import annotations
 
