@@ -55,3 +55,18 @@ def mean_unit_tokens(tokens: np.ndarray, rows: np.ndarray, shift: torch.Tensor |
             z = z - shift
         out[s : s + step] = torch.nn.functional.normalize(z, dim=-1).mean(1)
     return out
+
+
+def training_token_means(train, pool: str, center: str, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Check a fit's training tokens are finite and, for PAL's ``center``, take their means, one pass each.
+
+    Image mean: over every token of the distinct training images; text mean: over the real tokens of
+    the training captions.  ``pool="cls"`` reads no tokens, so nothing is scanned.
+    """
+    if pool == "cls":
+        return None, None
+    img_rows = np.unique(absolute_rows(train.images, train.image_index))
+    mu_v = scan_tokens(train.images.tokens, img_rows, "image tokens", want_mean=center in ("image", "both"))
+    txt_rows = ragged_token_rows(train.texts.offsets, np.unique(absolute_rows(train.texts, train.text_index)))
+    mu_t = scan_tokens(train.texts.tokens, txt_rows, "text tokens", want_mean=center in ("text", "both"))
+    return (None if mu_v is None else mu_v.to(device)), (None if mu_t is None else mu_t.to(device))

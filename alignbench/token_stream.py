@@ -119,4 +119,17 @@ def fits_on_device(nbytes: int, device: torch.device | str) -> bool:
     return nbytes <= RESIDENT_SHARE * free
 
 
-__all__ = ["PrefetchTokens", "RESIDENT_SHARE", "ResidentTokens", "fits_on_device"]
+
+def place_training_tokens(images, rows: np.ndarray, device: torch.device) -> tuple[tuple | None, str]:
+    """Copy a fit's training image tokens to the GPU once when they fit there; else they stream per step.
+
+    Returns ((token array, ResidentTokens) or None, what was done, for ``fit_info``).
+    """
+    rows = np.unique(rows)
+    nbytes = len(rows) * images.n_tokens * images.token_dim * 2
+    if not fits_on_device(nbytes, device):
+        return None, "streamed (memmap, next block prefetched" + (", pinned)" if device.type == "cuda" else ")")
+    return (images.tokens, ResidentTokens(images.tokens, rows, device)), f"resident on {device} ({nbytes / 2**30:.2f} GiB fp16)"
+
+
+__all__ = ["PrefetchTokens", "RESIDENT_SHARE", "ResidentTokens", "fits_on_device", "place_training_tokens"]

@@ -38,12 +38,13 @@ def main() -> int:
     from alignbench.runner import subsample_indices
     from alignbench.source import FeatureSource
     from alignbench.training import info_nce
+    from alignbench.token_rows import training_token_means
 
     torch.set_num_threads(args.threads)
     all_train = FeatureSource(DEFAULT_PAIR, progress=False).pairs("flickr8k", "train")
     train = all_train.subset(subsample_indices(len(all_train), args.budget, 0))
     m = METHODS.get("pal")(dtype=args.dtype, compile=args.compile)
-    m._scan_training_tokens(train)
+    m.mu_v, m.mu_t = training_token_means(train, m.config.pool, m.config.center, m.device)
     m._init_anchors(train.images.token_dim, train.texts.token_dim, 0)
     m._workspace, m._compile_fit = Workspace(), args.compile == "on"
     if args.prepare:

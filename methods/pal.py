@@ -29,7 +29,8 @@ from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
 from alignbench.search_space import Choice, FloatRange
-from alignbench.token_rows import absolute_rows, mean_unit_tokens, ragged_token_rows, scan_tokens
+from alignbench.token_stream import place_training_tokens
+from alignbench.token_rows import absolute_rows, mean_unit_tokens, training_token_means
 from alignbench.training import REFERENCE_TRAINER, TrainConfig, TrainerSettings, info_nce, train_contrastive, trainer_deviations
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class PAL(Method):
             d_v, d_t = train.images.dim, train.texts.dim
         else:
             d_v, d_t = train.images.token_dim, train.texts.token_dim
-        self._scan_training_tokens(train)
+        self.mu_v, self.mu_t = training_token_means(train, self.config.pool, self.config.center, self.device)
         self._init_anchors(d_v, d_t, seed)
         _, matmul, why = self.matmul_dtype()
         info: dict[str, Any] = {"n_train": len(train), "K": cfg.K, "pool": cfg.pool,
@@ -267,7 +268,8 @@ class PAL(Method):
 
         self._workspace = Workspace()
         if cfg.pool == "cap":
-            info["token_source"] = self._place_training_tokens(train)
+            self._resident, info["token_source"] = place_training_tokens(
+                train.images, absolute_rows(train.images, train.image_index), self.device)
             if self.device.type == "cpu":
                 info["prepared_tokens"] = self._prepare_tokens(train, val.subset(vidx) if val_loss else None)
                 if info["prepared_tokens"].startswith("train images"):
@@ -300,17 +302,6 @@ class PAL(Method):
             info["compiled_cap"] = bool(compiled and not compile_failed())
         self.fit_info = info
 
-    def _place_training_tokens(self, train: Pairs) -> str:
-        """Copy the training image tokens to the GPU once when they fit there; else they stream per step."""
-        from alignbench.token_stream import ResidentTokens, fits_on_device
-
-        rows = np.unique(absolute_rows(train.images, train.image_index))
-        nbytes = len(rows) * train.images.n_tokens * train.images.token_dim * 2
-        if not fits_on_device(nbytes, self.device):
-            return "streamed (memmap, next block prefetched" + (", pinned)" if self.device.type == "cuda" else ")")
-        self._resident = (train.images.tokens, ResidentTokens(train.images.tokens, rows, self.device))
-        return f"resident on {self.device} ({nbytes / 2**30:.2f} GiB fp16)"
-
     def _prepare_tokens(self, train: Pairs, val: Pairs | None) -> str:
         """Normalise the fit's tokens once, in the matmul dtype, where memory allows (alignbench.prepared_tokens)."""
         from alignbench.prepared_tokens import prepare_pairs
@@ -318,23 +309,6 @@ class PAL(Method):
         dtype, name, _ = self.matmul_dtype()
         self._prepared, what = prepare_pairs({"train": train, "val": val}, dtype, name, self.mu_v, self.mu_t)
         return what
-
-    def _scan_training_tokens(self, train: Pairs) -> None:
-        """Check the training tokens are finite and, for ``center``, take their means, in one pass each.
-
-        Image mean: over every token of the distinct training images; text mean: over the real
-        tokens of the training captions.
-        """
-        self.mu_v = self.mu_t = None
-        if self.config.pool == "cls":
-            return
-        c = self.config.center
-        img_rows = np.unique(absolute_rows(train.images, train.image_index))
-        mu_v = scan_tokens(train.images.tokens, img_rows, "image tokens", want_mean=c in ("image", "both"))
-        txt_rows = ragged_token_rows(train.texts.offsets, np.unique(absolute_rows(train.texts, train.text_index)))
-        mu_t = scan_tokens(train.texts.tokens, txt_rows, "text tokens", want_mean=c in ("text", "both"))
-        self.mu_v = None if mu_v is None else mu_v.to(self.device)
-        self.mu_t = None if mu_t is None else mu_t.to(self.device)
 
     def _deviations(self) -> list[str]:
         default = PALConfig()

@@ -9,6 +9,7 @@ from alignbench.cap import DenseTokens, Workspace, cap_profiles, cap_reference, 
 from alignbench.prepared_tokens import PreparedImages, PreparedTexts
 from alignbench.registry import METHODS
 from alignbench.training import info_nce
+from alignbench.token_rows import training_token_means
 from synthetic import make_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,7 +42,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("center", ["none", "both"])
 def test_prepared_step_equals_the_per_step_path(pairs, dtype, tol, center):
     m = METHODS.get("pal")(K=16, dtype=dtype, center=center, compile="off", chunk_elems=7 * 16 * 5)
-    m._scan_training_tokens(pairs)
+    m.mu_v, m.mu_t = training_token_means(pairs, m.config.pool, m.config.center, m.device)
     m._init_anchors(pairs.images.token_dim, pairs.texts.token_dim, seed=0)
     m._workspace = Workspace()
     rng = np.random.default_rng(0)
