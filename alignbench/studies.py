@@ -86,6 +86,21 @@ def _check_file(storage: Any, path: Path, key: StudyKey) -> None:
                               f"budget {key.budget}; use the file alignbench tune makes for that pair and budget")
 
 
+# Median pruning, no decision before epoch PRUNE_WARMUP_EPOCHS nor before PRUNE_STARTUP_TRIALS trials ended.
+# Chosen by replaying the recorded --no-prune linear study at 1k (benchmarks/replay_pruner.py): with a warm-up
+# of 5 the pruner stopped the study's best trial, because early val losses rank how fast a setting learns, not
+# where it ends (at 1k one epoch is one optimiser step).
+PRUNE_WARMUP_EPOCHS = 15
+PRUNE_STARTUP_TRIALS = 3
+
+
+def make_pruner(warmup: int = PRUNE_WARMUP_EPOCHS, startup: int = PRUNE_STARTUP_TRIALS) -> Any:
+    """The pruner every study uses (its settings are part of what a tuned table was made with)."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
+
+
 def open_study(path: Path, key: StudyKey, space: dict[str, str], *, seed: int):
     """The study for ``key`` in ``path`` (made if new), its recorded key and space checked.
 
@@ -105,7 +120,7 @@ def open_study(path: Path, key: StudyKey, space: dict[str, str], *, seed: int):
     existed = key.name in names
     study = optuna.create_study(
         storage=storage, study_name=key.name, direction=OBJECTIVES[key.objective], load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5),
+        pruner=make_pruner(),
     )
     openings = int(study.user_attrs.get("openings", 0))
     study.sampler = optuna.samplers.TPESampler(seed=seed + openings)
@@ -114,6 +129,8 @@ def open_study(path: Path, key: StudyKey, space: dict[str, str], *, seed: int):
     if not existed:
         for k, v in want.items():
             study.set_user_attr(k, v)
+        study.set_user_attr("pruner", {"kind": "median", "warmup_epochs": PRUNE_WARMUP_EPOCHS,
+                                       "startup_trials": PRUNE_STARTUP_TRIALS})
     else:
         have = {k: study.user_attrs.get(k) for k in want}
         diff = [k for k in want if json.dumps(have[k], sort_keys=True) != json.dumps(want[k], sort_keys=True)]
