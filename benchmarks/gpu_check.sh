@@ -4,6 +4,8 @@
 #   PAIRS=8192 bash benchmarks/gpu_check.sh    # quick
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# PY: the interpreter holding alignbench (default .venv/bin/python; on a bare GPU node with the wheel installed
+# elsewhere: PY="python3 -P", so the source folder alignbench/ does not shadow the installed package)
 PY=${PY:-.venv/bin/python}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ALIGNBENCH_PROGRESS=0
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible')"

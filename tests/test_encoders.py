@@ -386,3 +386,14 @@ def test_file_hash_is_remembered(tmp_path, monkeypatch):
     assert str(f.resolve()) in (tmp_path / "w" / "sha256-index.json").read_text()
     f.write_bytes(b"changed")
     assert weights.file_sha256(f) != h
+
+
+def test_timm_resolution_overrides_the_pretrained_config_size():
+    """DINOv2's pretrained config says 518 px; ``resolution=224`` must feed 224 px through the transform too."""
+    from PIL import Image
+
+    enc = get_encoder("timm:vit_small_patch14_dinov2.lvd142m", pretrained=False, resolution=224)
+    pixels = enc.transform(Image.new("RGB", (500, 375)))
+    assert tuple(pixels.shape) == (3, 224, 224) and (enc.resolution, enc.grid) == (224, (16, 16))
+    out = enc.encode(pixels[None])
+    assert out.pooled.shape == (1, 384)

@@ -87,3 +87,30 @@ def test_pal_on_cuda_matches_the_cpu_within_seed_noise():
     assert b.fit_info["dtype"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert all(t.dtype == torch.float32 for t in b.anchors())  # fp32 anchors, bf16 CAP matmuls
     assert abs(_r1(b, test) - _r1(g, test)) <= max(3.0, 2 * spread)
+
+
+def test_run_cli_fits_and_encodes_on_cuda_and_records_it(data, tmp_path):
+    import json
+
+    from alignbench.cli import main
+
+    args = ["run", "--methods", "pal:K=16:max_epochs=3:lr=1e-2,linear:max_epochs=3:lr=1e-2", "--pair",
+            "tiny-vit+tiny-text", "--budget", "20", "--val", "none", "--evals", "retrieval:flickr8k:test",
+            "--data-root", str(data), "--cache", str(tmp_path / "c"), "--results", str(tmp_path / "runs"),
+            "--device", "cuda", "--no-progress"]
+    assert main(args) == 0
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert sorted(r["method"]["name"] for r in recs) == ["linear", "pal"]
+    assert {r["provenance"]["device"] for r in recs} == {"cuda:0"}
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "c").glob("*/*/meta.json")]
+    assert metas and {m["device"] for m in metas} == {"cuda:0"}  # the encoders ran on the GPU too
+
+
+def test_a_gpu_this_node_lacks_is_one_clear_error():
+    from alignbench import devices
+    from alignbench.errors import ConfigError
+
+    n = torch.cuda.device_count()
+    with pytest.raises(ConfigError, match=rf"only {n} CUDA device\(s\) visible"):
+        devices.parse_device(f"cuda:{n + 6}")
+    assert devices.parse_device("auto").resolved == "cuda:0"

@@ -69,6 +69,8 @@ class TimmEncoder(_LazyImageEncoder):
         self._model = model.eval().requires_grad_(False).to(self.device)
         self._is_vit = hasattr(model, "num_prefix_tokens") and hasattr(model, "blocks")
         cfg = timm.data.resolve_data_config({}, model=model)
+        if self._resolution_arg:  # the pretrained config names its own size (DINOv2: 518); the input follows img_size
+            cfg = {**cfg, "input_size": (3, int(self._resolution_arg), int(self._resolution_arg))}
         if self.resize == "squash":  # no crop: every pixel of the image lands in a patch
             cfg = {**cfg, "crop_pct": 1.0, "crop_mode": "squash"}
         self._data_config = cfg
