@@ -42,6 +42,8 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from alignbench.mapped_rows import take_rows
+
 log = logging.getLogger(__name__)
 
 
@@ -94,7 +96,7 @@ class ArrayTokens:
         self.T, self.d = int(self.array.shape[1]), int(self.array.shape[2])
 
     def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = torch.from_numpy(np.ascontiguousarray(self.array[self.rows[start:stop]]))
+        z = torch.from_numpy(take_rows(self.array, self.rows[start:stop]))
         return (z if self.shift is None else z.float() - self.shift), None
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from alignbench.errors import FeatureError
+from alignbench.mapped_rows import release, take_rows
 
 
 def _rows(n: int, rows: np.ndarray | None) -> np.ndarray:
@@ -96,7 +97,7 @@ class ImageFeatures(_RowView):
             rows = rows[np.asarray(idx, dtype=np.int64)]
         order = np.argsort(rows, kind="stable")  # sorted reads are much faster on a memmap
         out = np.empty((len(rows), *self.tokens.shape[1:]), dtype=self.tokens.dtype)
-        out[order] = self.tokens[rows[order]]
+        out[order] = take_rows(self.tokens, rows[order])
         return out
 
     def token_tensor(self, idx=None, dtype=None):
@@ -164,6 +165,8 @@ class TextFeatures(_RowView):
         for i, (s, e) in enumerate(zip(starts, ends)):
             out[i, : e - s] = self.tokens[s:e]
             mask[i, : e - s] = True
+        if len(rows):
+            release(self.tokens, int(starts.min()), int(ends.max()))  # a memmap's pages read: unmapped
         return torch.from_numpy(out).to(dtype or torch.float32), torch.from_numpy(mask)
 
     def validate(self, name: str = "text features") -> "TextFeatures":

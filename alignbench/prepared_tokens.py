@@ -26,6 +26,7 @@ import torch
 
 from alignbench.cap import _prep
 from alignbench.features import Pairs
+from alignbench.mapped_rows import take_rows
 from alignbench.token_rows import absolute_rows, ragged_token_rows
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class PreparedImages:
         T, d = int(array.shape[1]), int(array.shape[2])
         self.tokens = torch.empty((len(self.rows), T, d), dtype=dtype)
         for s in range(0, len(self.rows), chunk):
-            self.tokens[s : s + chunk] = _normalise(array[self.rows[s : s + chunk]], dtype, shift)
+            self.tokens[s : s + chunk] = _normalise(take_rows(array, self.rows[s : s + chunk]), dtype, shift)
 
     @staticmethod
     def nbytes_for(array: np.ndarray, n_rows: int, dtype: torch.dtype) -> int:
@@ -109,7 +110,7 @@ class PreparedTexts:
         self.flat = torch.zeros((total + 1, int(tokens.shape[1])), dtype=dtype)
         for s in range(0, total, chunk_rows):
             e = min(total, s + chunk_rows)
-            self.flat[s:e] = _normalise(tokens[src_rows[s:e]], dtype, shift)
+            self.flat[s:e] = _normalise(take_rows(tokens, src_rows[s:e]), dtype, shift)
 
     @staticmethod
     def nbytes_for(tokens: np.ndarray, offsets: np.ndarray, texts: np.ndarray, dtype: torch.dtype) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from alignbench.errors import FeatureError
 from alignbench.features import ImageFeatures, TextFeatures
+from alignbench.mapped_rows import take_rows
 
 
 def absolute_rows(f: ImageFeatures | TextFeatures, idx: np.ndarray | None = None) -> np.ndarray:
@@ -35,7 +36,7 @@ def scan_tokens(arr: np.ndarray, rows: np.ndarray, what: str, *, want_mean: bool
     chunk = max(1, chunk_bytes // max(1, arr[:1].nbytes))
     total = torch.zeros(arr.shape[-1], dtype=torch.float64) if want_mean else None
     for s in range(0, len(rows), chunk):
-        block = torch.from_numpy(arr[rows[s : s + chunk]])  # fancy indexing copies: writable, contiguous
+        block = torch.from_numpy(take_rows(arr, rows[s : s + chunk]))  # a copy; the memmap's pages are unmapped
         if not torch.isfinite(block).all():
             raise FeatureError(f"{what} contain non-finite values (NaN or inf); re-encode or clean them")
         if total is not None:
@@ -50,7 +51,7 @@ def mean_unit_tokens(tokens: np.ndarray, rows: np.ndarray, shift: torch.Tensor |
     """(len(rows), d) mean of the L2-normalised (optionally shifted) tokens of each image, ``step`` images at a time."""
     out = torch.empty(len(rows), tokens.shape[-1])
     for s in range(0, len(rows), step):
-        z = torch.from_numpy(np.ascontiguousarray(tokens[rows[s : s + step]])).float()
+        z = torch.from_numpy(take_rows(tokens, rows[s : s + step])).float()
         if shift is not None:
             z = z - shift
         out[s : s + step] = torch.nn.functional.normalize(z, dim=-1).mean(1)

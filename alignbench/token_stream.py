@@ -18,6 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from alignbench.mapped_rows import take_rows
+
 #: Resident only when the tokens take at most this share of the free GPU memory (the rest is for CAP).
 RESIDENT_SHARE = 0.5
 
@@ -44,7 +46,7 @@ class PrefetchTokens:
         self.blocks_prefetched = 0
 
     def _read(self, start: int, stop: int) -> torch.Tensor:
-        z = torch.from_numpy(np.ascontiguousarray(self.array[self.rows[start:stop]]))
+        z = torch.from_numpy(take_rows(self.array, self.rows[start:stop]))
         return z.pin_memory() if self.pin else z
 
     def block(self, start: int, stop: int) -> tuple[torch.Tensor, None]:
@@ -82,7 +84,7 @@ class ResidentTokens:
         T, d = int(array.shape[1]), int(array.shape[2])
         self.tokens = torch.empty((len(self.rows), T, d), dtype=torch.float16, device=self.device)
         for s in range(0, len(self.rows), chunk):  # host memory stays one chunk
-            block = torch.from_numpy(np.ascontiguousarray(array[self.rows[s : s + chunk]], dtype=np.float16))
+            block = torch.from_numpy(take_rows(array, self.rows[s : s + chunk]).astype(np.float16, copy=False))
             self.tokens[s : s + len(block)].copy_(block.pin_memory() if self.device.type == "cuda" else block,
                                                   non_blocking=True)
 
