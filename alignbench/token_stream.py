@@ -9,7 +9,9 @@ background thread (into pinned memory on a GPU, so the copy is asynchronous)
 while the current block computes: two blocks in flight, double buffering.
 The same streaming path runs on the CPU, where it overlaps page-cache/disk
 reads with the matmuls.  Either way the tokens are those of the memmap, so the
-numbers do not depend on which path ran.
+numbers do not depend on which path ran.  Blocks are copied out with
+:func:`alignbench.mapped_rows.take_rows`, so the file's pages do not stay in
+the process's RSS as the epoch walks the whole file.
 """
 from __future__ import annotations
 
