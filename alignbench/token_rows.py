@@ -34,12 +34,16 @@ def scan_tokens(arr: np.ndarray, rows: np.ndarray, what: str, *, want_mean: bool
     """
     chunk = max(1, chunk_bytes // max(1, arr[:1].nbytes))
     total = torch.zeros(arr.shape[-1], dtype=torch.float64) if want_mean else None
+    # A sum is finite iff every term is (NaN and inf propagate; fp16/bf16/fp32 terms cannot overflow the wider
+    # accumulator), and a reduction runs several times faster than isfinite over every element on the CPU.
+    acc = torch.float64 if arr.dtype.itemsize >= 4 else torch.float32
     for s in range(0, len(rows), chunk):
         block = torch.from_numpy(arr[rows[s : s + chunk]])  # fancy indexing copies: writable, contiguous
-        if not torch.isfinite(block).all():
+        sums = block.double().reshape(-1, block.shape[-1]).sum(0) if total is not None else block.sum(dtype=acc)
+        if not torch.isfinite(sums).all():
             raise FeatureError(f"{what} contain non-finite values (NaN or inf); re-encode or clean them")
         if total is not None:
-            total += block.double().reshape(-1, block.shape[-1]).sum(0)
+            total += sums
     if total is None:
         return None
     n_tokens = len(rows) * (arr.shape[1] if arr.ndim == 3 else 1)
