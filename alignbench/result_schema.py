@@ -12,7 +12,7 @@ results in under 2 s, and importing pydantic alone would take a good part of it.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 # -- shapes ---------------------------------------------------------------------------------
 STR, INT, NUM_OR_NULL, DICT, LIST = "str", "int", "num|null", "dict", "list"
@@ -33,6 +33,11 @@ class MapOf:
         self.shape = shape
 
 
+def _first(problems: Iterable[str | None]) -> str | None:
+    """The first problem of a lazy sequence of checks (the rest never run)."""
+    return next((p for p in problems if p), None)
+
+
 def _problem(value: Any, shape: Any, where: str) -> str | None:
     if isinstance(shape, Optional_):
         return None if value is None else _problem(value, shape.shape, where)
@@ -51,19 +56,11 @@ def _problem(value: Any, shape: Any, where: str) -> str | None:
     if isinstance(shape, ListOf):
         if not isinstance(value, list):
             return f"{where}: expected a list, found {type(value).__name__}"
-        for i, v in enumerate(value):
-            p = _problem(v, shape.shape, f"{where}[{i}]")
-            if p:
-                return p
-        return None
+        return _first(_problem(v, shape.shape, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(shape, MapOf):
         if not isinstance(value, dict):
             return f"{where}: expected an object, found {type(value).__name__}"
-        for k, v in value.items():
-            p = _problem(v, shape.shape, f"{where}.{k}")
-            if p:
-                return p
-        return None
+        return _first(_problem(v, shape.shape, f"{where}.{k}") for k, v in value.items())
     ok = {
         STR: lambda v: isinstance(v, str),
         INT: lambda v: isinstance(v, int) and not isinstance(v, bool),

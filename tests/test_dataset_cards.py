@@ -199,6 +199,19 @@ def test_classification_folders_default_and_custom_names(tmp_path):
     assert ds.labels("train").tolist() == [0, 0, 1, 1, 2, 2]
 
 
+def test_a_split_may_share_a_name_with_what_the_loader_memoises(tmp_path):
+    """A split called "classes" is listed apart from the class list the loader keeps under that name."""
+    name = uniq("pets")
+    for split in ("classes", "test"):
+        for c, cls in enumerate(("cat", "dog")):
+            img(tmp_path / split / cls / "0.jpg", c)
+    declare([card(tmp_path, f"name: {name}\nkind: classification\nsplits: [classes, test]\n")])
+    ds = get_dataset(name)
+    assert ds.classnames == ["cat", "dog"]
+    assert ds.labels("classes").tolist() == [0, 1]
+    assert ds.classnames == ["cat", "dog"]
+
+
 def test_classification_bad_input(tmp_path, capsys):
     name = uniq("emptyclass")
     d = tmp_path / "d"

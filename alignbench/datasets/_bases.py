@@ -8,13 +8,15 @@ from __future__ import annotations
 import os
 from abc import abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Generic, Sequence, TypeVar
 
 import numpy as np
 
 from alignbench.datasets._layout import SplitCache, checked_fingerprint, digest, list_images, subfolders
-from alignbench.datasets.base import CaptionDataset, ClassificationDataset, FileImageLoader, ImageList, SegmentationDataset
+from alignbench.datasets.base import (CaptionDataset, ClassificationDataset, Dataset, FileImageLoader, ImageList,
+                                      SegmentationDataset)
 from alignbench.errors import DataError
 
 
@@ -41,77 +43,60 @@ class Captioned:
     images: ImageList
     captions: list[list[str]]
 
+    @cached_property
+    def flat(self) -> list[str]:
+        """Every caption, grouped by image in image order."""
+        return [c for caps in self.captions for c in caps]
 
-class ListedCaptions(CaptionDataset):
-    """Caption loader that lists each split once; the flat captions and caption → image index follow from it."""
-
-    def __init__(self, root: str | os.PathLike | None = None, **options):
-        super().__init__(root, **options)
-        self._cache = SplitCache()
-
-    @abstractmethod
-    def _list(self, split: str) -> Captioned:
-        """List ``split`` (already canonical): its images and the captions of each."""
-
-    def _listed(self, split: str) -> tuple[ImageList, list[str], np.ndarray]:
-        split = self.check_split(split)
-
-        def make():
-            listed = self._list(split)
-            counts = [len(caps) for caps in listed.captions]
-            owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-            return listed.images, [c for caps in listed.captions for c in caps], owner
-
-        return self._cache.get(("captions", split), make)
-
-    def images(self, split: str) -> ImageList:
-        return self._listed(split)[0]
-
-    def captions(self, split: str) -> list[str]:
-        return list(self._listed(split)[1])
-
-    def caption_image_index(self, split: str) -> np.ndarray:
-        return self._listed(split)[2].copy()
+    @cached_property
+    def owner(self) -> np.ndarray:
+        """(n_captions,) int64: the index of each caption's image."""
+        counts = [len(caps) for caps in self.captions]
+        return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
 
 
-class ListedClassification(ClassificationDataset):
-    """Classification loader that lists each split once per instance."""
+Listing = TypeVar("Listing", Captioned, Labelled, Masked)
+
+
+class ListedSplits(Dataset, Generic[Listing]):
+    """A loader that lists each split once per instance: its one job is ``_list``."""
 
     def __init__(self, root: str | os.PathLike | None = None, **options):
         super().__init__(root, **options)
         self._cache = SplitCache()
 
     @abstractmethod
-    def _list(self, split: str) -> Labelled:
-        """List ``split`` (already canonical): image ids, loader, fingerprint, labels."""
+    def _list(self, split: str) -> Listing:
+        """List ``split`` (already canonical)."""
 
-    def _listed(self, split: str) -> Labelled:
+    def _listed(self, split: str) -> Listing:
         split = self.check_split(split)
-        return self._cache.get(split, lambda: self._list(split))
+        # a tuple key: loaders memo their own files in the same cache under plain names ("classes", "all")
+        return self._cache.get(("listed", split), lambda: self._list(split))
 
     def images(self, split: str) -> ImageList:
         return self._listed(split).images
+
+
+class ListedCaptions(ListedSplits[Captioned], CaptionDataset):
+    """Caption loader: the flat captions and caption → image index follow from the listing."""
+
+    def captions(self, split: str) -> list[str]:
+        return list(self._listed(split).flat)
+
+    def caption_image_index(self, split: str) -> np.ndarray:
+        return self._listed(split).owner.copy()
+
+
+class ListedClassification(ListedSplits[Labelled], ClassificationDataset):
+    """Classification loader: image ids, loader, fingerprint and labels from the listing."""
 
     def labels(self, split: str) -> np.ndarray:
         return self._listed(split).labels.copy()
 
 
-class ListedSegmentation(SegmentationDataset):
-    """Segmentation loader that lists each split once; masks are read on demand."""
-
-    def __init__(self, root: str | os.PathLike | None = None, **options):
-        super().__init__(root, **options)
-        self._cache = SplitCache()
-
-    @abstractmethod
-    def _list(self, split: str) -> Masked: ...
-
-    def _listed(self, split: str) -> Masked:
-        split = self.check_split(split)
-        return self._cache.get(split, lambda: self._list(split))
-
-    def images(self, split: str) -> ImageList:
-        return self._listed(split).images
+class ListedSegmentation(ListedSplits[Masked], SegmentationDataset):
+    """Segmentation loader: masks are read on demand."""
 
     def mask_paths(self, split: str) -> list[Path]:
         """The mask file of each image of ``split`` (same order as ``images``)."""

@@ -34,6 +34,12 @@ class EncodedTexts:
     mask: Any | None
 
 
+def reject_options(owner: str, options: dict[str, Any]) -> None:
+    """The one error for keyword options an encoder does not take (a typo would otherwise pass silently)."""
+    if options:
+        raise ConfigError(f"unknown option(s) for {owner}: {', '.join(sorted(options))}")
+
+
 class Encoder(ABC):
     """Shared options: ``layer`` (block index, default last; negative counts
     from the end), ``dtype`` (fp32|bf16|fp16), ``device``."""

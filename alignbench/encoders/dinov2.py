@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from alignbench.encoders.base import EncodedImages, ImageEncoder
+from alignbench.encoders.base import EncodedImages, ImageEncoder, reject_options
 from alignbench.encoders.transforms import ImageTransform
 from alignbench.atomic import temp_path_beside
 from alignbench.encoders.weights import file_sha256, package_dir, weights_dir
@@ -166,8 +166,7 @@ class DinoV2S14(ImageEncoder):
         **options: Any,
     ):
         super().__init__(layer=layer, dtype=dtype, device=device, **options)
-        if options:
-            raise ConfigError(f"unknown option(s) for dinov2-s14: {', '.join(sorted(options))}")
+        reject_options("dinov2-s14", options)
         if resolution % PATCH:
             raise ConfigError(f"dinov2-s14 resolution must be a multiple of {PATCH}, got {resolution}")
         self._resolution = int(resolution)

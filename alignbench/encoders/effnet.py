@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from alignbench.encoders.base import EncodedImages, ImageEncoder
+from alignbench.encoders.base import EncodedImages, ImageEncoder, reject_options
 from alignbench.encoders.transforms import ImageTransform
 from alignbench.atomic import temp_path_beside
 from alignbench.encoders.weights import file_sha256, package_dir, weights_dir
@@ -140,8 +140,7 @@ class EfficientNetLite(ImageEncoder):
         **options: Any,
     ):
         super().__init__(layer=layer, dtype=dtype, device=device, **options)
-        if options:
-            raise ConfigError(f"unknown option(s) for {self.registry_name}: {', '.join(sorted(options))}")
+        reject_options(self.registry_name, options)
         if backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r} not supported; choose one of {', '.join(BACKENDS)}")
         if backend == "onnx" and dtype != "fp32":

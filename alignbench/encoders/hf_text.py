@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from alignbench.encoders.base import EncodedTexts, TextEncoder
+from alignbench.encoders.base import EncodedTexts, TextEncoder, reject_options
 from alignbench.encoders.weights import (
     distribution_file,
     files_sha256,
@@ -134,8 +134,7 @@ class HFTextEncoder(TextEncoder):
         **options: Any,
     ):
         super().__init__(layer=layer, dtype=dtype, device=device, **options)
-        if options:
-            raise ConfigError(f"unknown option(s) for {self.registry_name or source}: {', '.join(sorted(options))}")
+        reject_options(self.registry_name or str(source), options)
         self.source = str(source)
         self._local = Path(self.source).is_dir()
         self._model = None

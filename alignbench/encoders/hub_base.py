@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,8 +34,9 @@ class _LazyImageEncoder(ImageEncoder):
         self._model = None
         self._layout: dict[str, Any] = {}
         self._hash: str | None = None
+        self._transform: Callable[[Any], Any] | None = None
 
-    def _load(self) -> None:  # sets self._model and self._layout
+    def _load(self) -> None:  # sets self._model, self._layout and self._transform
         raise NotImplementedError
 
     @property
@@ -71,6 +72,11 @@ class _LazyImageEncoder(ImageEncoder):
     @property
     def n_prefix(self) -> int:
         return self._get("n_prefix")
+
+    @property
+    def transform(self) -> Callable[[Any], Any]:
+        _ = self.model  # _load sets it
+        return self._transform
 
     def weights_sha256(self) -> str:
         if self._hash is None:

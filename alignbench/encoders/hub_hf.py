@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from alignbench.encoders.hub_base import _LazyImageEncoder, _layer_norm_params
-from alignbench.encoders.base import ImageEncoder, TextEncoder
+from alignbench.encoders.base import ImageEncoder, TextEncoder, reject_options
 from alignbench.encoders.hf_text import HFTextEncoder, quiet_hf_loading
 from alignbench.errors import ConfigError
 from alignbench.registry import register_encoder_family
@@ -69,8 +69,7 @@ class HFVisionEncoder(_LazyImageEncoder):
 
     def __init__(self, repo: str, *, layer: int | None = None, dtype: str = "fp32", device: str = "cpu", **options: Any):
         super().__init__(layer=layer, dtype=dtype, device=device)
-        if options:
-            raise ConfigError(f"unknown option(s) for hf:{repo}: {', '.join(sorted(options))}")
+        reject_options(f"hf:{repo}", options)
         self.repo = str(repo)
         _ = self.layer
 
@@ -114,11 +113,6 @@ class HFVisionEncoder(_LazyImageEncoder):
         else:
             pooled = out.pooler_output.flatten(1)
         return pooled, hidden if layer is None else [hidden[layer]], n_prefix
-
-    @property
-    def transform(self) -> Callable[[Any], Any]:
-        _ = self.model
-        return self._transform
 
     def final_norm(self) -> tuple[np.ndarray, np.ndarray, float] | None:
         _ = self.model

@@ -4,11 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-
-from alignbench.encoders.base import EncodedTexts, TextEncoder
+from alignbench.encoders.base import EncodedTexts, TextEncoder, reject_options
 from alignbench.encoders.hf_text import quiet_hf_loading
 from alignbench.encoders.weights import state_dict_sha256
-from alignbench.errors import ConfigError
 from alignbench.registry import register_encoder_family
 
 log = logging.getLogger(__name__)
@@ -22,8 +20,7 @@ class SentenceTransformerEncoder(TextEncoder):
 
     def __init__(self, repo: str, *, layer: int | None = None, dtype: str = "fp32", device: str = "cpu", **options: Any):
         super().__init__(layer=layer, dtype=dtype, device=device)
-        if options:
-            raise ConfigError(f"unknown option(s) for st:{repo}: {', '.join(sorted(options))}")
+        reject_options(f"st:{repo}", options)
         self.repo = str(repo)
         self._st = None
         self._hash: str | None = None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -100,11 +100,6 @@ class TimmEncoder(_LazyImageEncoder):
             final, outs = m.forward_intermediates(pixels, indices=indices, output_fmt="NCHW")
             n_prefix = 0
         return m.forward_head(final, pre_logits=True), list(outs), n_prefix
-
-    @property
-    def transform(self) -> Callable[[Any], Any]:
-        _ = self.model
-        return self._transform
 
     def final_norm(self) -> tuple[np.ndarray, np.ndarray, float] | None:
         m = self.model

@@ -145,130 +145,162 @@ class EntryWriter:
             f"nothing was cached for entry {self.path}; re-encode in float32: "
             f"alignbench encode {where} --dtype fp32 (with the same --pair and layers)")
 
-    # -- images -----------------------------------------------------------------------
-    def _encode_images(self, images: Any, state: dict) -> dict:
-        from alignbench.encode import iter_image_batches
-
-        req, tmp, s = self.req, self.tmp, self.settings
-        enc, n = req.encoder, len(images)
-        if n == 0:
-            raise DataError(f"{req.label} has no images")
-        shapes = state.get("shapes")
-        batches = iter_image_batches(enc, images, start=state["done"], tokens=req.tokens, batch_size=s.batch_size,
-                                     num_workers=s.num_workers, decode=s.decode, progress=s.progress,
-                                     desc=f"{req.encoder_name} {req.label}")
-        writers: dict[str, NpyWriter] = {}
+    # -- the encode loop ------------------------------------------------------------------
+    def _stream(self, batches: Any, rows: _ImageRows | _TextRows, state: dict) -> dict[str, str]:
+        """Write each batch where ``rows`` lays it out, checkpointing as it goes; the checksums hashed on the way."""
         checkpoint = None
         done = state["done"]
         try:
-            if done and shapes:
-                writers["pooled"] = NpyWriter(tmp / "pooled.npy", np.float32, tuple(shapes["pooled"]), resume_rows=0)
-                if "tokens" in shapes:
-                    writers["tokens"] = NpyWriter(tmp / "tokens.npy", np.float16, tuple(shapes["tokens"]),
-                                                  resume_rows=0)
+            if done and rows.shapes:  # a checkpointed partial entry: reopen its files
+                rows.resume()
             for b in batches:
                 self._check_batch(b.pooled, b.tokens, b.start)
-                if not writers:  # the first batch tells the shapes
-                    shapes = {"pooled": [n, b.pooled.shape[1]]}
-                    if b.tokens is not None:
-                        shapes["tokens"] = [n, *b.tokens.shape[1:]]
-                    self._reserve(npy_bytes(np.float32, shapes["pooled"])
-                                  + (npy_bytes(np.float16, shapes["tokens"]) if "tokens" in shapes else 0))
-                    writers["pooled"] = NpyWriter(tmp / "pooled.npy", np.float32, tuple(shapes["pooled"]))
-                    if "tokens" in shapes:
-                        writers["tokens"] = NpyWriter(tmp / "tokens.npy", np.float16, tuple(shapes["tokens"]))
-                    state["shapes"] = shapes
-                elif self.needed is None:  # resumed: the rest of the rows
-                    per_row = sum(w.row_bytes for w in writers.values())
-                    self._reserve(per_row * (n - b.start))
+                if self.needed is None:  # the first batch of this run: the space the rest needs
+                    self._reserve(rows.bytes_left(b))
+                if not rows.writers:  # a new entry: the first batch tells the shapes
+                    state["shapes"] = rows.open(b)
                 if checkpoint is None:
-                    checkpoint = self._checkpointer(state, list(writers.values()))
-                writers["pooled"].write(b.start, b.pooled)
-                if b.tokens is not None:
-                    writers["tokens"].write(b.start, b.tokens)
+                    checkpoint = self._checkpointer(state, list(rows.writers.values()))
+                rows.write(b)
                 done = b.start + len(b.pooled)
-                checkpoint(done)
-            for w in writers.values():
+                checkpoint(done, rows.token_rows)
+            rows.finish()
+            for w in rows.writers.values():
                 w.sync()
         except BaseException as exc:
-            if checkpoint is not None and done > state["done"] and not is_disk_full(exc):
-                checkpoint(done, force=True)  # keep the finished rows for the rerun
+            if checkpoint is not None and state["done"] < done < rows.n and not is_disk_full(exc):
+                checkpoint(done, rows.token_rows, force=True)  # keep the finished rows for the rerun
             raise
         finally:
             batches.close()
-            for w in writers.values():
+            for w in rows.writers.values():
                 w.close()
-        hashed = {w.path.name: w.digest for w in writers.values() if w.digest is not None}
+        return {w.path.name: w.digest for w in rows.writers.values() if w.digest is not None}
+
+    def _encode_images(self, images: Any, state: dict) -> dict:
+        from alignbench.encode import iter_image_batches
+
+        req, s = self.req, self.settings
+        enc = req.encoder
+        if len(images) == 0:
+            raise DataError(f"{req.label} has no images")
+        rows = _ImageRows(self.tmp, len(images), state)
+        batches = iter_image_batches(enc, images, start=state["done"], tokens=req.tokens, batch_size=s.batch_size,
+                                     num_workers=s.num_workers, decode=s.decode, progress=s.progress,
+                                     desc=f"{req.encoder_name} {req.label}")
+        hashed = self._stream(batches, rows, state)
         fn = enc.final_norm() if req.tokens else None
         if fn is not None:
             w, bias, eps = fn
-            np.savez(tmp / "final_norm.npz", weight=np.asarray(w, np.float32), bias=np.asarray(bias, np.float32),
-                     eps=np.float64(eps))
-        return {"hashed": hashed, "shapes": shapes, "grid": list(enc.grid), "n_prefix": int(enc.n_prefix),
+            np.savez(self.tmp / "final_norm.npz", weight=np.asarray(w, np.float32),
+                     bias=np.asarray(bias, np.float32), eps=np.float64(eps))
+        return {"hashed": hashed, "shapes": rows.shapes, "grid": list(enc.grid), "n_prefix": int(enc.n_prefix),
                 "resolution": int(enc.resolution)}
 
-    # -- texts ------------------------------------------------------------------------
     def _encode_texts(self, texts: Any, state: dict) -> dict:
         from alignbench.encode import TEXT_CHUNK, iter_text_chunks
 
-        req, tmp, s = self.req, self.tmp, self.settings
-        enc, n = req.encoder, len(texts)
-        if n == 0:
+        req, s = self.req, self.settings
+        if len(texts) == 0:
             raise DataError(f"{req.label} has no texts")
-        shapes = state.get("shapes")
-        writers: dict[str, NpyWriter] = {}
-        if state["done"] and shapes:
-            writers["pooled"] = NpyWriter(tmp / "pooled.npy", np.float32, tuple(shapes["pooled"]), resume_rows=0)
-            writers["offsets"] = NpyWriter(tmp / "offsets.npy", np.int64, (n + 1,), resume_rows=0)
-            if "tokens" in shapes:
-                writers["tokens"] = NpyWriter(tmp / "tokens.npy", np.float16, (0, shapes["tokens"][1]),
-                                              resume_rows=state["token_rows"])
-        token_rows = state["token_rows"]
-        chunks = iter_text_chunks(enc, texts, start=state["done"], tokens=req.tokens, batch_size=s.batch_size,
-                                  chunk_size=s.text_chunk or TEXT_CHUNK, progress=s.progress,
-                                  desc=f"{req.encoder_name} {req.label}")
-        done = state["done"]
-        checkpoint = None
-        try:
-            for c in chunks:
-                self._check_batch(c.pooled, c.tokens, c.start)
-                if not writers:
-                    shapes = {"pooled": [n, c.pooled.shape[1]]}
-                    writers["pooled"] = NpyWriter(tmp / "pooled.npy", np.float32, (n, c.pooled.shape[1]))
-                    writers["offsets"] = NpyWriter(tmp / "offsets.npy", np.int64, (n + 1,))
-                    writers["offsets"].write(0, np.zeros(1, np.int64))
-                    if c.tokens is not None:
-                        shapes["tokens"] = [0, c.tokens.shape[1]]
-                        writers["tokens"] = NpyWriter(tmp / "tokens.npy", np.float16, (0, c.tokens.shape[1]))
-                    state["shapes"] = shapes
-                if self.needed is None:  # estimate the rest from this chunk's tokens per text
-                    per_text = 4 * c.pooled.shape[1] + 8 + (c.tokens.nbytes if c.tokens is not None else 0) / len(c.pooled)
-                    self._reserve(per_text * (n - c.start) + sum(len(t) + 4 for t in texts[c.start:]))
-                if checkpoint is None:
-                    checkpoint = self._checkpointer(state, list(writers.values()))
-                writers["pooled"].write(c.start, c.pooled)
-                if c.tokens is not None:
-                    writers["tokens"].append(c.tokens)
-                writers["offsets"].write(c.start + 1, token_rows + np.cumsum(c.lengths))
-                token_rows += int(c.lengths.sum())
-                done = c.start + len(c.pooled)
-                checkpoint(done, token_rows)
-            if "tokens" in writers:
-                writers["tokens"].finish_ragged()
-                shapes["tokens"] = [token_rows, shapes["tokens"][1]]
-            else:  # no tokens: offsets are meaningless, drop them
-                writers.pop("offsets").close()
-                (tmp / "offsets.npy").unlink()
-            for w in writers.values():
-                w.sync()
-        except BaseException as exc:
-            if checkpoint is not None and state["done"] < done < n and not is_disk_full(exc):
-                checkpoint(done, token_rows, force=True)  # keep the finished chunks for the rerun
-            raise
-        finally:
-            chunks.close()
-            for w in writers.values():
-                w.close()
-        hashed = {w.path.name: w.digest for w in writers.values() if w.digest is not None}
-        write_json(tmp / "texts.json", list(texts))
-        return {"hashed": hashed, "shapes": shapes, **req.extra}
+        rows = _TextRows(self.tmp, texts, state)
+        chunks = iter_text_chunks(req.encoder, texts, start=state["done"], tokens=req.tokens,
+                                  batch_size=s.batch_size, chunk_size=s.text_chunk or TEXT_CHUNK,
+                                  progress=s.progress, desc=f"{req.encoder_name} {req.label}")
+        hashed = self._stream(chunks, rows, state)
+        write_json(self.tmp / "texts.json", list(texts))
+        return {"hashed": hashed, "shapes": rows.shapes, **req.extra}
+
+
+class _ImageRows:
+    """Image entries: pooled (n, d) float32 and tokens (n, T, d) float16, each batch written at its rows."""
+
+    def __init__(self, tmp: Path, n: int, state: dict):
+        self.tmp, self.n = tmp, n
+        self.shapes: dict | None = state.get("shapes")
+        self.writers: dict[str, NpyWriter] = {}
+        self.token_rows = 0  # only ragged (text) tokens count rows apart from the items
+
+    def resume(self) -> None:
+        self._open(resume_rows=0)
+
+    def _open(self, **resume: int) -> None:
+        shapes = self.shapes
+        self.writers["pooled"] = NpyWriter(self.tmp / "pooled.npy", np.float32, tuple(shapes["pooled"]), **resume)
+        if "tokens" in shapes:
+            self.writers["tokens"] = NpyWriter(self.tmp / "tokens.npy", np.float16, tuple(shapes["tokens"]), **resume)
+
+    def _shapes_of(self, b: Any) -> dict:
+        shapes = {"pooled": [self.n, b.pooled.shape[1]]}
+        if b.tokens is not None:
+            shapes["tokens"] = [self.n, *b.tokens.shape[1:]]
+        return shapes
+
+    def bytes_left(self, b: Any) -> int:
+        if self.writers:  # resumed: the rest of the rows
+            return sum(w.row_bytes for w in self.writers.values()) * (self.n - b.start)
+        shapes = self._shapes_of(b)
+        return npy_bytes(np.float32, shapes["pooled"]) + (npy_bytes(np.float16, shapes["tokens"])
+                                                           if "tokens" in shapes else 0)
+
+    def open(self, b: Any) -> dict:
+        self.shapes = self._shapes_of(b)
+        self._open()
+        return self.shapes
+
+    def write(self, b: Any) -> None:
+        self.writers["pooled"].write(b.start, b.pooled)
+        if b.tokens is not None:
+            self.writers["tokens"].write(b.start, b.tokens)
+
+    def finish(self) -> None:
+        pass
+
+
+class _TextRows:
+    """Text entries: pooled (n, d) float32, ragged tokens (all tokens, d) float16 and offsets (n + 1,) into them."""
+
+    def __init__(self, tmp: Path, texts: Any, state: dict):
+        self.tmp, self.texts, self.n = tmp, texts, len(texts)
+        self.shapes: dict | None = state.get("shapes")
+        self.writers: dict[str, NpyWriter] = {}
+        self.token_rows = state["token_rows"]
+
+    def resume(self) -> None:
+        tmp, shapes = self.tmp, self.shapes
+        self.writers["pooled"] = NpyWriter(tmp / "pooled.npy", np.float32, tuple(shapes["pooled"]), resume_rows=0)
+        self.writers["offsets"] = NpyWriter(tmp / "offsets.npy", np.int64, (self.n + 1,), resume_rows=0)
+        if "tokens" in shapes:
+            self.writers["tokens"] = NpyWriter(tmp / "tokens.npy", np.float16, (0, shapes["tokens"][1]),
+                                               resume_rows=self.token_rows)
+
+    def bytes_left(self, c: Any) -> float:
+        """An estimate from this chunk's tokens per text."""
+        per_text = 4 * c.pooled.shape[1] + 8 + (c.tokens.nbytes if c.tokens is not None else 0) / len(c.pooled)
+        return per_text * (self.n - c.start) + sum(len(t) + 4 for t in self.texts[c.start:])
+
+    def open(self, c: Any) -> dict:
+        n, tmp = self.n, self.tmp
+        self.shapes = {"pooled": [n, c.pooled.shape[1]]}
+        self.writers["pooled"] = NpyWriter(tmp / "pooled.npy", np.float32, (n, c.pooled.shape[1]))
+        self.writers["offsets"] = NpyWriter(tmp / "offsets.npy", np.int64, (n + 1,))
+        self.writers["offsets"].write(0, np.zeros(1, np.int64))
+        if c.tokens is not None:
+            self.shapes["tokens"] = [0, c.tokens.shape[1]]
+            self.writers["tokens"] = NpyWriter(tmp / "tokens.npy", np.float16, (0, c.tokens.shape[1]))
+        return self.shapes
+
+    def write(self, c: Any) -> None:
+        self.writers["pooled"].write(c.start, c.pooled)
+        if c.tokens is not None:
+            self.writers["tokens"].append(c.tokens)
+        self.writers["offsets"].write(c.start + 1, self.token_rows + np.cumsum(c.lengths))
+        self.token_rows += int(c.lengths.sum())
+
+    def finish(self) -> None:
+        if "tokens" in self.writers:
+            self.writers["tokens"].finish_ragged()
+            self.shapes["tokens"] = [self.token_rows, self.shapes["tokens"][1]]
+        else:  # no tokens: offsets are meaningless, drop them
+            self.writers.pop("offsets").close()
+            (self.tmp / "offsets.npy").unlink()
