@@ -239,7 +239,12 @@ def test_gpu_profile_reaches_sbatch_as_a_gres_request(world):
     led = ledger_of(results)
     (run,) = led["runs"].values()
     job = led["jobs"][run["job_id"]]
-    (row,) = _sacct("-X", "-j", run["job_id"], "-o", "JobID,AllocTRES%200")
+    deadline = time.time() + 60  # the job's TRES reach slurmdbd asynchronously, after the job itself
+    while True:
+        (row,) = _sacct("-X", "-j", run["job_id"], "-o", "JobID,AllocTRES%200")
+        if row[1] or time.time() > deadline:
+            break
+        time.sleep(2)
     assert "gres/gpu=1" in row[1]
     assert "CUDA_VISIBLE_DEVICES=0" in Path(job["stderr"]).read_text()
 
