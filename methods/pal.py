@@ -14,96 +14,33 @@ are padded to the batch's longest caption only.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from alignbench.cap import DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed
-from alignbench.errors import ConfigError, FeatureError
+from alignbench.errors import FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
+from alignbench.pal_config import PALConfig
 from alignbench.search_space import Choice, FloatRange
 from alignbench.token_stream import place_training_tokens
 from alignbench.token_rows import absolute_rows, mean_unit_tokens, training_token_means
-from alignbench.training import REFERENCE_TRAINER, TrainConfig, TrainerSettings, info_nce, train_contrastive, trainer_deviations
+from alignbench.training import REFERENCE_TRAINER, info_nce, train_contrastive, trainer_deviations
 
 log = logging.getLogger(__name__)
 
-POOLS = ("cap", "mean", "cls")
-CENTER = ("none", "image", "text", "both")
 TEXT_EMBED_ROWS = 1024  # captions per padded group when embedding
 # compile=auto: compiling takes ~10–60 s once per process (less with a warm on-disk cache) and
 # saves ~0.5 s per 1e8 similarities (forward + backward), so a fit pays it back from ~1e10
 # similarities (budget × max_epochs × tokens × K); a forward-only embedding call from ~1e9.
 COMPILE_MIN_SIMS_FIT = 10**10
 COMPILE_MIN_SIMS_EMBED = 10**9
-
-
-@dataclass
-class PALConfig(MethodConfig, TrainerSettings):
-    """PAL hyperparameters (METHODS.md defaults) plus trainer and speed settings.
-
-    ``pool``: cap (faithful) | mean (mean over tokens) | cls (global feature
-    only).  ``dtype`` is the dtype of the token–anchor matmuls (bf16 pays off
-    only on hardware with fast bf16 matmuls).  ``compile`` (auto | on | off)
-    fuses CAP's elementwise steps with torch.compile (≈2× faster kernels,
-    falls back to eager ops if compiling fails); ``auto`` compiles only when
-    the CAP work is large enough to repay the one-off compile time.
-    ``val_max_pairs`` caps the validation pairs used for early stopping.  ``chunk_elems`` bounds the similarities computed at once.
-
-    ``center`` (none | image | text | both; not in METHODS.md, so recorded as a
-    deviation): subtract the mean training token of that modality before the
-    cosines.  Why: dinov2-s14's pre-norm tokens carry two outlier channels
-    (|v| ≈ 17–19 vs a median of 1.5) shared by every token, so tokens of
-    unrelated images have cosine ≈ 0.54 (0.01 after centring) and all CAP
-    profiles look alike.  The means are part of the fitted state.
-    """
-
-    K: int = 512
-    tau_p: float = 0.03
-    pool: str = "cap"
-    val_max_pairs: int = 1000
-    chunk_elems: int = 1 << 22
-    compile: str = "auto"
-    center: str = "none"
-    dtype: str = "auto"  # the token–anchor matmuls: auto = bf16 where native (AMX, AVX-512 bf16, GPU), else fp32
-
-    def __post_init__(self) -> None:
-        if isinstance(self.compile, bool):  # compile=True/False from Python
-            self.compile = "on" if self.compile else "off"
-
-    def check(self) -> None:
-        if self.K < 1:
-            raise ConfigError(f"PAL needs K >= 1 anchors, got K={self.K}")
-        if not (math.isfinite(self.tau_p) and self.tau_p > 0):
-            raise ConfigError(f"tau_p must be > 0, got {self.tau_p}")
-        if self.pool not in POOLS:
-            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
-        if self.val_max_pairs < 2:
-            raise ConfigError(f"val_max_pairs must be >= 2, got {self.val_max_pairs}")
-        if self.center not in CENTER:
-            raise ConfigError(f"center must be one of {', '.join(CENTER)}, got {self.center!r}")
-        if self.center != "none" and self.pool == "cls":
-            raise ConfigError("center shifts tokens; pool=cls uses the global feature only (use center=none)")
-        from alignbench.devices import MATMUL_DTYPES
-
-        if self.dtype not in MATMUL_DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.dtype!r}")
-        if self.compile not in ("auto", "on", "off"):
-            raise ConfigError(f"compile must be auto, on or off, got {self.compile!r}")
-        if self.chunk_elems < 1:
-            raise ConfigError(f"chunk_elems must be >= 1, got {self.chunk_elems}")
-        self.train_config().check()
-
-    def train_config(self) -> TrainConfig:
-        # bf16 is applied inside CAP; the B×B InfoNCE stays fp32
-        return dataclasses.replace(super().train_config(), dtype="fp32")
 
 
 @register_method("pal")
