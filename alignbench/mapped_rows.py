@@ -68,11 +68,4 @@ def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def take_span(array: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """``array[start:stop]`` as a C-contiguous copy in memory; a memmap's pages read are unmapped."""
-    out = np.array(array[start:stop], order="C", copy=True)
-    release(array, start, stop)
-    return np.asarray(out)
-
-
-__all__ = ["SHARED_MODES", "release", "take_rows", "take_span"]
+__all__ = ["SHARED_MODES", "release", "take_rows"]
