@@ -14,7 +14,8 @@ memory, which made an epoch ≈ 3× the cost of the matmuls alone.  Here:
   and does the softmax-weighted sum while the chunk is still in cache; only
   the similarities and a B×K log-normaliser are kept for the backward;
 * the backward uses the closed form ``∂p/∂s_t = w_t (1 + (s_t − p)/τ_p)``,
-  recomputing ``w`` from the saved similarities chunk by chunk, and
+  recomputing ``w`` from the saved similarities chunk by chunk into one
+  reused gradient buffer (no chunk-sized allocation per call), and
   accumulates ``∂L/∂A = Σ g_sᵀ·norm(Z)`` with one matmul per chunk;
 * tokens are fetched (and normalised) per chunk through a :class:`TokenSource`,
   so image tokens stream from the fp16 memmap and never exist in float32 all at
@@ -176,15 +177,18 @@ def _fwd_stats_fused(s: torch.Tensor, valid: torch.Tensor | None, inv_tau: float
 
 def _bwd_coef(
     s: torch.Tensor, valid: torch.Tensor | None, lse: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-    inv_tau: float, dtype: torch.dtype,
-) -> torch.Tensor:
-    """∂L/∂s = w ⊙ (a + b·s), w = exp(s/τ − lse) recomputed; padded tokens get 0."""
+    inv_tau: float, out: torch.Tensor,
+) -> None:
+    """``out`` (the matmul dtype) ← ∂L/∂s = w ⊙ (a + b·s), w = exp(s/τ − lse) recomputed; padded tokens get 0.
+
+    Why into ``out``: one reused buffer; a fresh chunk-sized tensor per call is page-faulted in again each time.
+    """
     s = s.float()
     w = torch.exp(s * inv_tau - lse.unsqueeze(1))
     g = w * (a.unsqueeze(1) + b.unsqueeze(1) * s)
     if valid is not None:
         g = g.masked_fill(~valid.unsqueeze(-1), 0.0)
-    return g.to(dtype)
+    out.copy_(g)
 
 
 _EAGER = {"prep": _prep, "fwd": _fwd_stats, "bwd": _bwd_coef}
@@ -297,6 +301,7 @@ class _CAPFunction(torch.autograd.Function):
         with torch.autocast(anchors.device.type, enabled=False):
             prof = _forward_chunks(src, anchors, tau, chunk_elems, dtype, compile, saved, lse)
         ctx.src, ctx.tau, ctx.chunk_elems, ctx.dtype, ctx.compile = src, tau, chunk_elems, dtype, compile
+        ctx.workspace, ctx.name = workspace, name
         ctx.saved_sims = saved
         ctx.save_for_backward(anchors, lse, prof)
         return prof
@@ -313,19 +318,24 @@ class _CAPFunction(torch.autograd.Function):
         a = grad * (1.0 - prof * inv_tau)
         b = grad * inv_tau
         gA = torch.zeros(K, d, device=dev)
+        blocks = _blocks(src, K, ctx.chunk_elems)
+        shape = (max(((s1 - s0) * Tb for s0, s1, Tb in blocks), default=0) * K,)
+        ws = ctx.workspace
+        g_buf = ws.get(ctx.name + "/grad", shape, dtype, dev) if ws is not None else torch.empty(shape, dtype=dtype, device=dev)
         with torch.autocast(dev.type, enabled=False):
             off = 0
-            for s0, s1, Tb in _blocks(src, K, ctx.chunk_elems):
+            for s0, s1, Tb in blocks:
                 m = s1 - s0
                 zn, valid = _normalised_block(src, s0, s1, dtype, dev, compile)
                 Sb = S[off : off + m * Tb * K].view(m, Tb, K)
                 off += m * Tb * K
-                g = _call("bwd", compile, Sb, valid, lse[s0:s1], a[s0:s1], b[s0:s1], inv_tau, dtype)
+                g = g_buf[: m * Tb * K].view(m, Tb, K)
+                _call("bwd", compile, Sb, valid, lse[s0:s1], a[s0:s1], b[s0:s1], inv_tau, g)
                 if dtype == torch.float32:
                     gA.addmm_(g.view(m * Tb, K).t(), zn.reshape(m * Tb, d))
                 else:
                     gA.add_(torch.mm(g.view(m * Tb, K).t(), zn.reshape(m * Tb, d)).float())
-        ctx.saved_sims = None
+        ctx.saved_sims = ctx.workspace = None
         return gA.to(anchors.dtype), None, None, None, None, None, None, None
 
 

@@ -96,6 +96,29 @@ def test_cap_gradient_equals_autograd_of_the_formula(small, use_mask):
     np.testing.assert_allclose(raw1.grad.numpy(), raw2.grad.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_cap_backward_writes_its_gradients_into_the_reused_workspace_buffer(small, use_mask):
+    """Training steps reuse one gradient buffer per name (no chunk-sized allocation per call), and the
+    gradient of every step, written chunk after chunk into that buffer, is still the formula's."""
+    from alignbench.cap import Workspace
+
+    tokens, mask, anchors = small
+    m = torch.from_numpy(mask) if use_mask else None
+    z = torch.from_numpy(tokens)
+    ws, ptrs = Workspace(), []
+    for step in range(2):
+        g = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
+        raw1 = (anchors * (1.3 + step)).clone().requires_grad_(True)
+        p = cap_profiles(DenseTokens(z, m), torch.nn.functional.normalize(raw1, dim=-1), TAU_P, chunk_elems=12,
+                         workspace=ws, name="image")
+        (p * g).sum().backward()
+        ptrs.append(ws._bufs["image/grad"].data_ptr())
+        raw2 = (anchors * (1.3 + step)).clone().requires_grad_(True)
+        (cap_reference(z, m, raw2, TAU_P) * g).sum().backward()
+        np.testing.assert_allclose(raw1.grad.numpy(), raw2.grad.numpy(), atol=1e-5)
+    assert ptrs[0] == ptrs[1]
+
+
 def test_cap_gradient_float64_gradcheck_through_reference(small):
     """The closed-form backward agrees with finite differences of the naive formula (float64)."""
     tokens, mask, anchors = small
