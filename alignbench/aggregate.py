@@ -50,6 +50,17 @@ class RowRuns:
     def seeds(self) -> list[int]:
         return sorted(self.runs)
 
+    def fit_seconds(self) -> float | None:
+        """Median wall time of the row's fits; runs that reused a stored fit (no fitting timed) are left out."""
+        times = sorted(
+            float(t) for recs in self.runs.values() for r in recs
+            if not (r.get("fit") or {}).get("reused") and isinstance(t := (r.get("timings") or {}).get("fit"), (int, float))
+        )  # fmt: skip
+        if not times:
+            return None
+        mid = len(times) // 2
+        return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+
     def values(self, eval_key: str, metric: str) -> dict[int, float]:
         """seed → value (runs repeating a seed are averaged); seeds without the metric are left out."""
         out = {}

@@ -167,6 +167,7 @@ class Row:
     seeds: int  # seeds averaged into this row
     cells: list[Cell | None] = field(default_factory=list)
     runs: RowRuns | None = None
+    fit_s: float | None = None  # median fit wall time over the row's runs (None: every run reused a stored fit)
 
 
 @dataclass
@@ -231,7 +232,7 @@ def build_table(
     for _, gvals, rr in keyed:
         display = tuple(format_budget(v) if g == "budget" else str(v) for g, v in zip(groups, gvals))
         cells = [cell(rr, c.eval, c.metric, resampler) for c in columns]
-        rows.append(Row(display, rr.label, len(rr.runs), cells, rr))
+        rows.append(Row(display, rr.label, len(rr.runs), cells, rr, rr.fit_seconds()))
     by_group: dict[tuple, list[Row]] = {}
     for r in rows:
         by_group.setdefault(r.group, []).append(r)
@@ -259,6 +260,9 @@ def caption(table: Table) -> str:
     if any(TUNED_MARK in r.method for r in table.rows):
         parts.append(f"{TUNED_MARK} tuned on the validation split (alignbench tune: same trials and objective for "
                      "every method; the label shows the chosen settings).")
+    if any(r.fit_s is not None for r in table.rows):
+        parts.append("fit s: median wall-clock seconds of one fit over the row's runs (runs that reused a stored fit "
+                     "left out); machines and load differ between runs, so compare within a table only.")
     parts.append(
         f"Bold: the best mean per column within each {_within(table)} and every entry not significantly worse "
         f"(p ≥ {ALPHA:g}; paired t over ≥ {MIN_SEEDS_FOR_T} shared seeds, else a paired bootstrap over the same test "
@@ -280,8 +284,9 @@ def summary_frame(records: list[dict[str, Any]], *, by: str = "budget", metrics:
             iv = c.interval
             out.append({**dict(zip(table.group_names, r.group)), "method": r.method, "task": col.task,
                         "dataset": col.dataset, "eval": col.eval, "metric": col.metric, "mean": iv.mean,
-                        "ci_low": iv.low, "ci_high": iv.high, "interval": iv.kind, "seeds": c.seeds, "bold": c.bold})  # fmt: skip
-    return pd.DataFrame(out).round({"mean": 4, "ci_low": 4, "ci_high": 4})
+                        "ci_low": iv.low, "ci_high": iv.high, "interval": iv.kind, "seeds": c.seeds, "bold": c.bold,
+                        "fit_s": r.fit_s})  # fmt: skip
+    return pd.DataFrame(out).round({"mean": 4, "ci_low": 4, "ci_high": 4, "fit_s": 2})
 
 
 # -- rendering (alignbench.report_render) ------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from alignbench.report import CONTROLS, Table, build_table, caption
-from alignbench.report_render import column_headers, format_cell
+from alignbench.report_render import column_headers, format_cell, format_seconds
 
 esc = html.escape
 
@@ -101,7 +101,7 @@ def table_html(table: Table, stale: dict[str, str]) -> str:
     """The Table as HTML: every group value shown (rows can be re-sorted), numbers in ``data-value``."""
     heads = column_headers(table)
     th = [f'<th data-type="text">{esc(g)}</th>' for g in table.group_names]
-    th += ['<th data-type="text">method</th>', '<th data-type="num">seeds</th>']
+    th += ['<th data-type="text">method</th>', '<th data-type="num">seeds</th>', '<th data-type="num">fit s</th>']
     th += [f'<th data-type="num"><span class="ds">{esc(h)}</span>{esc(lab)}</th>' for h, lab in heads]
     th += ['<th data-type="text">runs</th>']
     out = ['<table id="results">', "<thead><tr>" + "".join(th) + "</tr></thead>", "<tbody>"]
@@ -111,6 +111,8 @@ def table_html(table: Table, stale: dict[str, str]) -> str:
                                ("stale", any(i in stale for i in ids))) if on]
         tds = [f"<td>{esc(v)}</td>" for v in r.group]
         tds += [f"<td>{esc(r.method)}</td>", f'<td class="num" data-value="{r.seeds}">{r.seeds}</td>']
+        fit_value = "" if r.fit_s is None else repr(float(r.fit_s))
+        tds.append(f'<td class="num" data-value="{fit_value}">{esc(format_seconds(r.fit_s)) or "–"}</td>')
         for c in r.cells:
             value = "" if c is None else repr(float(c.mean))
             klass = "num best" if c is not None and c.bold else "num"

@@ -27,6 +27,13 @@ def format_cell(cell: "Cell | None", pm: str) -> str:
     return text
 
 
+def format_seconds(seconds: float | None) -> str:
+    """Fit time for a table: '0.4', '12', '1,234'; '' when unknown."""
+    if seconds is None:
+        return ""
+    return f"{seconds:.1f}" if seconds < 10 else f"{seconds:,.0f}"
+
+
 def column_headers(table: "Table") -> list[tuple[str, str]]:
     """(spanning header, metric label) per column; the dataset names the span (task too if ambiguous)."""
     tasks_per_ds: dict[str, set] = {}
@@ -61,9 +68,9 @@ def to_markdown(table: "Table") -> str:
     data = []
     for shown, r in zip(sparse_groups(table), table.rows):
         cells = [(f"**{format_cell(c, '±')}**" if c and c.bold else format_cell(c, "±")) or "–" for c in r.cells]
-        data.append([*shown, r.method, r.seeds, *cells])
-    names = [*table.group_names, "method", "seeds", *[f"{h} {lab}" for h, lab in heads]]
-    align = ["left"] * (len(table.group_names) + 1) + ["right"] * (1 + len(heads))
+        data.append([*shown, r.method, r.seeds, format_seconds(r.fit_s) or "–", *cells])
+    names = [*table.group_names, "method", "seeds", "fit s", *[f"{h} {lab}" for h, lab in heads]]
+    align = ["left"] * (len(table.group_names) + 1) + ["right"] * (2 + len(heads))
     body = tabulate(data, headers=names, tablefmt="pipe", colalign=align, disable_numparse=True)
     return body + "\n\n" + table.caption + "\n"
 
@@ -82,10 +89,10 @@ def latex_escape(text: str) -> str:
 def to_latex(table: "Table") -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
     heads = column_headers(table)
-    n_lead = len(table.group_names) + 2  # group columns, method, seeds
+    n_lead = len(table.group_names) + 3  # group columns, method, seeds, fit s
     lines = [f"% {line}" for line in textwrap.wrap("alignbench report. " + table.caption, 100)] + [
         "% Requires \\usepackage{booktabs}.",
-        "\\begin{tabular}{" + "l" * (n_lead - 1) + "r" + "r" * len(heads) + "}",
+        "\\begin{tabular}{" + "l" * (n_lead - 2) + "rr" + "r" * len(heads) + "}",
         "\\toprule",
     ]
     # spanning header: consecutive columns with the same dataset share one \multicolumn
@@ -102,7 +109,7 @@ def to_latex(table: "Table") -> str:
         start += width
     lines.append(" & ".join(top) + " \\\\")
     lines.append(" ".join(rules))
-    lead = [latex_escape(g) for g in table.group_names] + ["method", "seeds"]
+    lead = [latex_escape(g) for g in table.group_names] + ["method", "seeds", "fit s"]
     lines.append(" & ".join(lead + [latex_escape(lab) for _, lab in heads]) + " \\\\")
     lines.append("\\midrule")
     prev_group = None
@@ -114,10 +121,10 @@ def to_latex(table: "Table") -> str:
         for c in r.cells:
             text = format_cell(c, "$\\pm$") or "--"
             cells.append(f"\\textbf{{{text}}}" if c and c.bold else text)
-        row = [latex_escape(v) for v in shown] + [latex_escape(r.method), str(r.seeds)] + cells
+        row = [latex_escape(v) for v in shown] + [latex_escape(r.method), str(r.seeds), format_seconds(r.fit_s) or "--"] + cells
         lines.append(" & ".join(row) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DECIMALS", "column_headers", "format_cell", "latex_escape", "sparse_groups", "to_latex", "to_markdown"]
+__all__ = ["DECIMALS", "column_headers", "format_cell", "format_seconds", "latex_escape", "sparse_groups", "to_latex", "to_markdown"]

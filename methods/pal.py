@@ -198,10 +198,12 @@ class PAL(Method):
                 info["val_pairs_used"] = cfg.val_max_pairs
             info["val_pairs"] = len(val)
 
-            def val_loss() -> float:
+            def _val_loss() -> float:
                 Av, At = self.anchors()
                 pv, pt = self._pair_profiles(val, vidx, Av, At)
                 return float(info_nce(pv, pt, cfg.temperature))
+
+            val_loss = _val_loss
 
         self._workspace = Workspace()
         if cfg.pool == "cap":

@@ -143,6 +143,27 @@ def test_runs_differing_in_the_image_layer_alone_are_two_rows():
     assert [round(r.cells[0].mean, 6) for r in pal_10k] == [25.0, 22.0]  # not averaged into 23.5
 
 
+def test_fit_seconds_is_the_median_of_the_rows_own_fits(tmp_path):
+    """Issue 13 wants fit times in the table: the median over seeds, a reused stored fit (timed 0) left out."""
+    store = ResultStore(tmp_path)
+    pal_1k = [r for r in _records() if r["spec"]["method"] == "pal" and r["budget"]["pairs"] == 1000]
+    for r, fit_s in zip(pal_1k, (30.0, 0.0, 200.0)):
+        r["timings"]["fit"] = fit_s
+        if fit_s == 0.0:  # this seed evaluated a stored fit: nothing was fitted, nothing timed
+            r["fit"] = {"state": None, "reused": True}
+        store.write(r)
+    table = build_table(store.load_all(), by="budget")
+    assert [(r.method, r.seeds, r.fit_s) for r in table.rows] == [("pal", 3, 115.0)]  # median of 30 and 200
+    assert "|     115 |" in cli_output(tmp_path, "--format", "markdown")
+    assert "pal & 3 & 115 &" in cli_output(tmp_path, "--format", "latex")
+
+
+def cli_output(results, *args) -> str:
+    out = results.parent / "out.txt"
+    assert cli(["report", "--results", str(results), "--out", str(out), *args]) == 0
+    return out.read_text()
+
+
 def test_a_typed_default_is_one_row_with_the_untyped_runs(tmp_path):
     store = ResultStore(tmp_path)
     for r in _records():

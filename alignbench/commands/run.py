@@ -209,7 +209,6 @@ def _print_summary(runs: list, results: str) -> None:
         rec = index.find(run)
         if rec is not None:
             records.append({**rec, "_label": run.method.label})
-    store = index.store
     if not records:
         return
     print()
