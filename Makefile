@@ -8,6 +8,8 @@ export ALIGNBENCH_DATA ?= $(abspath ../shared/datasets)
 export ALIGNBENCH_CACHE ?= $(abspath .cache/features)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
+# pip keeps no cache: the venv alone is ~7 GB (CUDA torch wheel), and a copy in ~/.cache/pip once tipped a full disk into ENOSPC.
+export PIP_NO_CACHE_DIR ?= 1
 PYTEST_ARGS ?=
 
 # torch/torchvision pinned in the SAME pip call as everything that depends on them.

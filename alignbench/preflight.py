@@ -17,7 +17,7 @@ import difflib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from alignbench.errors import ConfigError
 

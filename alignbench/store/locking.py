@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from alignbench.atomic import fsync_dir
 from alignbench.errors import DiskFullError
 
 log = logging.getLogger(__name__)
