@@ -37,11 +37,23 @@ TEXT_CHUNK = 4096
 DECODE_MODES = ("auto", "threads", "processes")
 
 
-def default_workers(n_items: int, batch_size: int) -> int:
-    """Decode in parallel workers unless the job is too small to pay their start-up."""
+MAX_ACCELERATOR_WORKERS = 16
+
+
+def default_workers(n_items: int, batch_size: int, device: str = "cpu") -> int:
+    """Decode in parallel workers unless the job is too small to pay their start-up.
+
+    Beside a model on the CPU, at most 4 (they compete with its threads).  Beside an
+    accelerator the cores have nothing else to do: one worker per core but one (the main
+    process feeds the device), up to 16: a ViT-L/14 forward on one GPU outruns 4 workers
+    several times over (figures: benchmarks/README.md, ``bench_gpu.py``).
+    """
     if n_items <= 2 * batch_size:
         return 0
-    return max(1, min(4, os.cpu_count() or 1))
+    cores = os.cpu_count() or 1
+    if str(device).split(":")[0] == "cpu":
+        return max(1, min(4, cores))
+    return max(1, min(MAX_ACCELERATOR_WORKERS, cores - 1))
 
 
 def default_threads() -> int:
@@ -119,8 +131,13 @@ def _split_transform(transform: Any) -> tuple[Any, Any]:
 
     Transforms with ``pixels``/``normalise`` ship uint8 from the workers and
     normalise whole batches (1.4 vs 3.5 ms CPU per image on 2 cores, measured
-    by benchmarks/bench_encode.py), leaving the cores to the model.
+    by benchmarks/bench_encode.py), leaving the cores to the model.  A torchvision
+    pipeline of PIL steps + ToTensor + Normalize (timm's) is cut the same way,
+    with bit-identical output (:class:`~alignbench.encoders.transforms.SplitTorchvision`).
     """
+    from alignbench.encoders.transforms import SplitTorchvision
+
+    transform = SplitTorchvision.of(transform) or transform
     if callable(getattr(transform, "pixels", None)) and callable(getattr(transform, "normalise", None)):
         return transform.pixels, transform.normalise
     return transform, None
@@ -213,9 +230,14 @@ def to_device(t: Any, device: str) -> Any:
 
 
 def _normalise_on_device(normalise: Any, u8: Any) -> Any:
-    """The transform's ``(x - mean) / std`` in float32 on ``u8``'s device: the same two IEEE operations, same bits."""
+    """The transform's ``(x - mean) / std`` in float32 on ``u8``'s device: the same two IEEE operations, same bits.
+
+    Normalisers without ``_constants`` (table lookups) already run on any device.
+    """
     import torch
 
+    if not hasattr(normalise.__self__, "_constants"):
+        return normalise(u8)
     mean, std = normalise.__self__._constants()
     x = u8.to(torch.float32)
     x.sub_(torch.from_numpy(mean).to(x.device)).div_(torch.from_numpy(std).to(x.device))
@@ -238,7 +260,7 @@ class _WorkerDecoder:
         pin = device.startswith("cuda")
         per_image, self.per_batch = _split_transform(transform)
         items = _ImageItems(images, per_image, start)
-        workers = default_workers(len(items), bs) if num_workers is None else num_workers
+        workers = default_workers(len(items), bs, device) if num_workers is None else num_workers
         # pin_memory: a pinning thread copies each uint8 batch into page-locked memory, so the
         # host-to-GPU copy is asynchronous (to_device) and needs no staging copy of its own.
         self.loader = iter(DataLoader(items, batch_size=bs, shuffle=False, num_workers=workers,

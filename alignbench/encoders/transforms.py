@@ -113,3 +113,88 @@ class ImageTransform:
     def describe(self) -> dict[str, Any]:
         """What goes into an encoder fingerprint."""
         return {"kind": "pil-bicubic", **asdict(self)}
+
+
+class SplitTorchvision:
+    """A torchvision ``Compose`` of PIL steps ending in ``ToTensor`` + ``Normalize``, cut in two.
+
+    Why: timm's evaluation transform (Resize, CenterCrop, ToTensor, Normalize) run whole
+    in a decode worker ships float32 (4x the bytes of uint8) and spends the worker's time
+    on two float passes.  Cut, the workers run the PIL steps and ship uint8 (:meth:`pixels`);
+    the main process (or the GPU) maps whole batches through a 3x256 table (:meth:`normalise`).
+    The table is the tail's own output on a 0..255 ramp, and the tail is an elementwise
+    function of (channel, value), so every pixel gets exactly the float the whole
+    transform would give it, on any device (a gather, no arithmetic).
+    """
+
+    def __init__(self, head: list[Any], tail: list[Any]):
+        self.head, self.tail = head, tail
+        self._table = None
+        self._tables: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, transform: Any) -> "SplitTorchvision | None":
+        """The split of ``transform``, or None when it is not PIL steps + ToTensor + Normalize."""
+        from torchvision import transforms as T
+
+        steps = list(transform.transforms) if type(transform) is T.Compose else []
+        if len(steps) < 2 or not _is_to_tensor(steps[-2]) or type(steps[-1]) is not T.Normalize:
+            return None
+        if not all(type(s) in (T.Resize, T.CenterCrop) for s in steps[:-2]):
+            return None
+        return cls(steps[:-2], steps[-2:])
+
+    def __call__(self, image: Any):
+        """PIL image → the whole transform's float32 C×H×W tensor."""
+        return self.normalise(self.pixels(image))
+
+    def pixels(self, image: Any):
+        """PIL image → the head's uint8 C×H×W tensor (what decode workers ship)."""
+        import torch
+
+        img = image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
+        for step in self.head:
+            img = step(img)
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+    def normalise(self, pixels: Any):
+        """uint8 (…, 3, H, W) tensor → float32 on the same device, by table lookup.
+
+        On the CPU one numpy gather per channel (single-threaded: it runs beside the model).
+        """
+        import torch
+
+        if pixels.device.type == "cpu":
+            table, u8 = self.table().view(3, 256).numpy(), pixels.numpy()
+            out = np.empty(u8.shape, np.float32)
+            for c in range(3):
+                out[..., c, :, :] = table[c][u8[..., c, :, :]]
+            return torch.from_numpy(out)
+        key = str(pixels.device)
+        if key not in self._tables:
+            self._tables[key] = self.table().to(pixels.device)
+        channel = torch.arange(3, device=pixels.device).view(3, 1, 1) * 256
+        return torch.take(self._tables[key], pixels.to(torch.int64) + channel)
+
+    def table(self):
+        """(3·256,) float32: entry ``256·c + v`` is the tail's output for value ``v`` in channel ``c``."""
+        from PIL import Image
+
+        if self._table is None:
+            ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1×256 RGB
+            out = Image.fromarray(ramp, "RGB")
+            for step in self.tail:
+                out = step(out)
+            self._table = out.reshape(3, 256).contiguous().flatten()
+        return self._table
+
+    def __getstate__(self) -> dict[str, Any]:  # workers need only the head
+        return {"head": self.head, "tail": self.tail, "_table": None, "_tables": {}}
+
+
+def _is_to_tensor(step: Any) -> bool:
+    """torchvision's ToTensor or timm's MaybeToTensor (the same ``to_tensor`` on PIL images)."""
+    from torchvision import transforms as T
+
+    kind = type(step)
+    return kind is T.ToTensor or (kind.__name__ == "MaybeToTensor" and kind.__module__.startswith("timm."))
