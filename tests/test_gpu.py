@@ -114,3 +114,20 @@ def test_a_gpu_this_node_lacks_is_one_clear_error():
     with pytest.raises(ConfigError, match=rf"only {n} CUDA device\(s\) visible"):
         devices.parse_device(f"cuda:{n + 6}")
     assert devices.parse_device("auto").resolved == "cuda:0"
+
+
+def test_timm_pixels_normalised_on_the_gpu_are_the_cpu_bits():
+    """Decode workers ship uint8 for timm transforms; the GPU's table lookup gives exactly the CPU's floats."""
+    from PIL import Image
+
+    from alignbench.encoders import get_encoder
+    from alignbench.encoders.transforms import SplitTorchvision
+
+    tf = get_encoder("timm:test_vit", pretrained=False).transform
+    split = SplitTorchvision.of(tf)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (75, 100, 3), dtype=np.uint8)) for _ in range(3)]
+    u8 = torch.stack([split.pixels(im) for im in images])
+    on_gpu = split.normalise(u8.to("cuda:0"))
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), torch.stack([tf(im) for im in images]))
