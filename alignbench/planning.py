@@ -22,14 +22,28 @@ from alignbench.results import ResultStore
 log = logging.getLogger(__name__)
 
 
+def _variant(spec: dict[str, Any] | None) -> str:
+    """The method's settings as the user asked for them: ``:tuned`` (by study) or the typed options.
+
+    A default run, ``pal:K=128`` and ``pal:tuned`` of the same (pair, budget, seed) are
+    different runs side by side, never a stale version of each other; a typed spec
+    whose identity changed (code version, a default, the study's best trial) is.
+    """
+    if not spec:
+        return ""
+    if spec.get("tuned"):
+        return "tuned:" + str(spec["tuned"].get("study"))
+    return json.dumps(spec.get("method_options") or {}, sort_keys=True, default=str)
+
+
 def _loose_key(rec: dict[str, Any]) -> tuple:
-    """(method, pair, budget, seed): finds the previous result of a run whose identity changed."""
+    """(method, pair, budget, seed, variant): finds the previous result of a run whose identity changed."""
     res = rec.get("resolved")
-    if isinstance(res, dict):
-        return (res["method"]["name"], res["pair"], res["budget"], res["seed"])
     spec = rec.get("spec") or {}
+    if isinstance(res, dict):
+        return (res["method"]["name"], res["pair"], res["budget"], res["seed"], _variant(spec))
     return (spec.get("method"), spec.get("pair"), (rec.get("budget") or {}).get("pairs", spec.get("budget")),
-            spec.get("seed"))
+            spec.get("seed"), _variant(spec))
 
 
 class ResultIndex:
@@ -53,9 +67,10 @@ class ResultIndex:
         name = self.store.path_for(run).name
         if name in self.damaged:
             return f"damaged result {name}: {self.damaged[name]}"
-        prev = self.previous.get((run.method.name, run.pair, run.budget, run.seed))
+        variant = _variant(run.spec.to_dict()) if run.spec is not None else ""
+        prev = self.previous.get((run.method.name, run.pair, run.budget, run.seed, variant))
         if prev is None and run.spec is not None:
-            prev = self.previous.get((run.spec.method, run.spec.pair, run.budget, run.seed))
+            prev = self.previous.get((run.spec.method, run.spec.pair, run.budget, run.seed, variant))
         if prev is None:
             return None
         if prev.get("fit_id") and id_hash(prev["fit_id"]) == id_hash(run.fit_id):

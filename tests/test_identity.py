@@ -122,6 +122,16 @@ def test_changed_default_or_version_makes_the_old_result_stale(dirs, monkeypatch
     assert len(_results(dirs)) == 3
 
 
+def test_other_settings_of_the_same_method_are_new_runs_not_stale(dirs, capsys):
+    """A default run beside `cca:eps=…` (or a `:tuned` one) of the same pair, budget, seed is a new run."""
+    assert _run(dirs) == 0
+    capsys.readouterr()
+    assert _run(dirs, methods="cca:eps=0.5") == 0
+    err = capsys.readouterr().err
+    assert "1 to do, 0 already done" in err and "stale" not in err and "redoing" not in err
+    assert len(_results(dirs)) == 2
+
+
 def test_schema_1_results_load_and_are_stale(dirs, capsys):
     assert _run(dirs) == 0
     (path,) = _results(dirs)
