@@ -31,10 +31,20 @@ class DeviceChoice:
 
     @property
     def is_cuda(self) -> bool:
-        return self.resolved.startswith("cuda")
+        return is_cuda(self.resolved)
 
     def __str__(self) -> str:
         return self.resolved
+
+
+def is_cuda(device: Any) -> bool:
+    """Whether a resolved device (``"cuda:0"``, a ``torch.device``, a DeviceChoice) is a CUDA GPU."""
+    return str(device).startswith("cuda")
+
+
+def is_cpu(device: Any) -> bool:
+    """Whether a resolved device is the CPU (``"cpu"`` or a ``torch.device("cpu")``)."""
+    return str(device) == "cpu"
 
 
 #: A GPU driver leaves one of these; without any, CUDA cannot be there and torch need not be imported
@@ -140,7 +150,7 @@ def warn_if_slow_dtype(dtype: str, device: str) -> None:
 
     It still works (same numbers as native bf16), only slower than fp32.
     """
-    if dtype == "bf16" and str(device) == "cpu" and not cpu_has_fast_bf16():
+    if dtype == "bf16" and is_cpu(device) and not cpu_has_fast_bf16():
         log.warning("this CPU has no native bf16 (no %s): bf16 runs emulated, several times slower than fp32; "
                     "use --dtype fp32 here", " / ".join(BF16_CPU_FLAGS))
 
@@ -162,12 +172,11 @@ def matmul_dtype(requested: str, device: Any) -> tuple[str, str]:
         raise ConfigError(f"dtype must be one of {', '.join(MATMUL_DTYPES)}, got {requested!r}")
     if requested != "auto":
         return requested, "asked"
-    dev = str(device)
-    if dev.startswith("cuda"):
+    if is_cuda(device):
         import torch
 
         if torch.cuda.is_bf16_supported():
-            return "bf16", f"auto: {torch.cuda.get_device_name(torch.device(dev))} has bf16 matmuls"
+            return "bf16", f"auto: {torch.cuda.get_device_name(torch.device(str(device)))} has bf16 matmuls"
         return "fp32", "auto: this GPU has no bf16 matmuls"
     flags = cpu_bf16_flags()
     if flags:
@@ -175,5 +184,5 @@ def matmul_dtype(requested: str, device: Any) -> tuple[str, str]:
     return "fp32", f"auto: this CPU has no native bf16 ({' / '.join(BF16_CPU_FLAGS)})"
 
 
-__all__ = ["BF16_CPU_FLAGS", "MATMUL_DTYPES", "matmul_dtype", "DEVICE_CHOICES", "DeviceChoice", "check_device_text", "cpu_bf16_flags", "cpu_flags",
+__all__ = ["BF16_CPU_FLAGS", "MATMUL_DTYPES", "matmul_dtype", "DEVICE_CHOICES", "DeviceChoice", "check_device_text", "is_cpu", "is_cuda", "cpu_bf16_flags", "cpu_flags",
            "cpu_has_fast_bf16", "cuda_device_count", "parse_device", "warn_if_slow_dtype"]

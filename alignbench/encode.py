@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from alignbench.devices import is_cpu, is_cuda
 from alignbench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def default_workers(n_items: int, batch_size: int, device: str = "cpu") -> int:
     if n_items <= 2 * batch_size:
         return 0
     cores = os.cpu_count() or 1
-    if str(device).split(":")[0] == "cpu":
+    if is_cpu(device):
         return max(1, min(4, cores))
     return max(1, min(MAX_ACCELERATOR_WORKERS, cores - 1))
 
@@ -76,7 +77,7 @@ def resolve_decode(decode: str, device: Any) -> str:
         raise ConfigError(f"decode {decode!r} not supported; choose one of {', '.join(DECODE_MODES)}")
     if decode != "auto":
         return decode
-    return "threads" if str(device).split(":")[0] == "cpu" else "processes"
+    return "threads" if is_cpu(device) else "processes"
 
 
 class _ImageItems:
@@ -222,26 +223,11 @@ def iter_image_batches(
 
 def to_device(t: Any, device: str) -> Any:
     """``t`` on ``device``; to a GPU from pinned memory without blocking (the copy overlaps the host's work)."""
-    if not device.startswith("cuda"):
+    if not is_cuda(device):
         return t
     if not t.is_pinned():
         t = t.pin_memory()
     return t.to(device, non_blocking=True)
-
-
-def _normalise_on_device(normalise: Any, u8: Any) -> Any:
-    """The transform's ``(x - mean) / std`` in float32 on ``u8``'s device: the same two IEEE operations, same bits.
-
-    Normalisers without ``_constants`` (table lookups) already run on any device.
-    """
-    import torch
-
-    if not hasattr(normalise.__self__, "_constants"):
-        return normalise(u8)
-    mean, std = normalise.__self__._constants()
-    x = u8.to(torch.float32)
-    x.sub_(torch.from_numpy(mean).to(x.device)).div_(torch.from_numpy(std).to(x.device))
-    return x
 
 
 def _owned(a: np.ndarray, buffer: np.ndarray | None) -> np.ndarray:
@@ -257,7 +243,7 @@ class _WorkerDecoder:
         from torch.utils.data import DataLoader
 
         self.device = device
-        pin = device.startswith("cuda")
+        pin = is_cuda(device)
         per_image, self.per_batch = _split_transform(transform)
         items = _ImageItems(images, per_image, start)
         workers = default_workers(len(items), bs, device) if num_workers is None else num_workers
@@ -275,9 +261,8 @@ class _WorkerDecoder:
             raise DataError(err)
         if self.per_batch is None:
             return to_device(pixels, self.device), None
-        if self.device.startswith("cuda"):  # uint8 crosses the bus (4x less) and the GPU normalises it
-            return _normalise_on_device(self.per_batch, to_device(pixels, self.device)), None
-        return self.per_batch(pixels), None
+        # uint8 crosses the bus (4x less than float32) and is normalised where it lands
+        return self.per_batch(to_device(pixels, self.device)), None
 
     def close(self) -> None:
         self.loader = None  # the DataLoader iterator stops its workers when released

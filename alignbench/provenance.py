@@ -17,6 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from alignbench.devices import is_cuda
+
 log = logging.getLogger(__name__)
 
 PACKAGES = (
@@ -71,7 +73,7 @@ def device_info(device: str = "cpu") -> dict[str, Any]:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
-        if str(device).startswith("cuda") and torch.cuda.is_available():
+        if is_cuda(device) and torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     except Exception as exc:  # provenance must never fail a run
         log.debug("device info unavailable: %s", exc)

@@ -131,3 +131,14 @@ def test_timm_pixels_normalised_on_the_gpu_are_the_cpu_bits():
     on_gpu = split.normalise(u8.to("cuda:0"))
     assert on_gpu.device.type == "cuda"
     assert torch.equal(on_gpu.cpu(), torch.stack([tf(im) for im in images]))
+
+
+def test_pil_transform_pixels_normalised_on_the_gpu_are_the_cpu_bits():
+    """ImageTransform (effnet, the offline default) normalises uint8 on the tensor's device: the CPU's exact floats."""
+    from alignbench.encoders.transforms import ImageTransform
+
+    for tf in (ImageTransform.tf_style(32), ImageTransform.imagenet(32)):
+        u8 = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8))
+        on_gpu = tf.normalise(u8.to("cuda:0"))
+        assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
+        assert torch.equal(on_gpu.cpu(), tf.normalise(u8))

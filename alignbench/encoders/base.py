@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from alignbench.devices import is_cuda
 from alignbench.errors import ConfigError
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -106,7 +107,7 @@ class Encoder(ABC):
 
         if self.dtype == "fp32":
             return contextlib.nullcontext()
-        kind = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        kind = "cuda" if is_cuda(self.device) else "cpu"
         return torch.autocast(kind, dtype=self.torch_dtype())
 
 

@@ -28,6 +28,7 @@ from alignbench.encoders.base import EncodedImages, ImageEncoder, reject_options
 from alignbench.encoders.transforms import ImageTransform
 from alignbench.atomic import temp_path_beside
 from alignbench.encoders.weights import file_sha256, package_dir, weights_dir
+from alignbench.devices import is_cpu, is_cuda
 from alignbench.errors import ConfigError
 from alignbench.registry import register_encoder
 
@@ -145,7 +146,7 @@ class EfficientNetLite(ImageEncoder):
             raise ConfigError(f"backend {backend!r} not supported; choose one of {', '.join(BACKENDS)}")
         if backend == "onnx" and dtype != "fp32":
             raise ConfigError("the onnx backend runs fp32 only; use backend=torch for bf16/fp16")
-        on_cpu = str(device) == "cpu"
+        on_cpu = is_cpu(device)
         self.backend = backend if backend != "auto" else ("onnx" if dtype == "fp32" and on_cpu else "torch")
         self._transform = ImageTransform.tf_style(self.native_resolution, resize)
         self._torch = None
@@ -257,7 +258,7 @@ class EfficientNetLite(ImageEncoder):
             # Bare-forward speed is unchanged (165.0 vs 165.8 img/s, benchmarks/bench_encode.py).
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             providers = ["CPUExecutionProvider"]
-            if str(self.device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            if is_cuda(self.device) and "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, "CUDAExecutionProvider")
             self._session = ort.InferenceSession(str(self.onnx_file()), opts, providers=providers)
         return self._session

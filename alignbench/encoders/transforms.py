@@ -76,14 +76,18 @@ class ImageTransform:
         np.divide(out, std, out=out)
 
     def normalise(self, pixels: Any):
-        """uint8 (…, 3, H, W) tensor → float32 ``(x − mean) / std``, one vectorised pass per batch.
+        """uint8 (…, 3, H, W) tensor → float32 ``(x − mean) / std`` on the tensor's own device.
 
-        Single-threaded numpy on purpose: it runs beside the model, whose threads own the cores.
+        The same two IEEE float32 operations everywhere, so the same bits on a GPU as here.
+        On the CPU single-threaded numpy on purpose: it runs beside the model, whose threads own the cores.
         """
         import torch
 
-        u8 = pixels.numpy()
         mean, std = self._constants()
+        if pixels.device.type != "cpu":
+            x = pixels.to(torch.float32)
+            return x.sub_(torch.from_numpy(mean).to(x.device)).div_(torch.from_numpy(std).to(x.device))
+        u8 = pixels.numpy()
         x = np.empty(u8.shape, dtype=np.float32)
         np.subtract(u8, mean, out=x, dtype=np.float32)
         np.divide(x, std, out=x)
