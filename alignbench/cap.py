@@ -24,11 +24,9 @@ memory, which made an epoch ≈ 3× the cost of the matmuls alone.  Here:
   gradient coefficients) are plain functions that ``torch.compile`` fuses into
   one loop each (≈2–3× faster than eager ops on CPU; optional, with an eager
   fallback), and the saved-similarity buffer can be reused across steps
-  (:class:`Workspace`) so it is not page-faulted in again every step.
-
-Measured (benchmarks/bench_pal.py, budget 10k, K = 512, 257 × 384 image
-tokens, 1 CPU thread): an epoch costs ≈ 1.4× the CPU time of the bare
-token–anchor matmuls (forward + backward), down from ≈ 3× for plain autograd.
+  (:class:`Workspace`) so it is not page-faulted in again every step;
+* on the CPU the two exponential passes run in C++ with ATen's cheaper ``exp_u20``
+  (:mod:`alignbench.cap_native`) where that extension builds.
 
 The result equals the naive formula (tests/test_pal.py checks it against an
 explicit float64 loop and against autograd of the plain expression).
@@ -38,7 +36,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -196,21 +194,41 @@ _COMPILED: dict[str, Callable] | None = None
 _COMPILE_FAILED = False
 
 
-def _kernels(compile: bool) -> dict[str, Callable]:
-    """The three elementwise kernels, torch.compile'd when asked and possible (else eager)."""
+def _kernels(compile: bool, native: bool = True) -> dict[str, Callable]:
+    """The three elementwise kernels: eager, or (``compile``) torch.compile'd with the two exponential
+    passes in C++ where ``native`` and the extension builds here (:mod:`alignbench.cap_native`)."""
     global _COMPILED
     if not compile or _COMPILE_FAILED:
         return _EAGER
     if _COMPILED is None:
         fused = {**_EAGER, "fwd": _fwd_stats_fused}
         _COMPILED = {k: torch.compile(f, dynamic=True) for k, f in fused.items()}
-    return _COMPILED
+    fast = _native() if native else None
+    return _COMPILED if fast is None else {**_COMPILED, **fast}
 
 
-def _call(name: str, compile: bool, *args):
+def _native() -> dict[str, Callable] | None:
+    from alignbench.cap_native import cap_kernels
+
+    return cap_kernels(_FIXED_SHIFT_MAX_INV_TAU)
+
+
+def kernel_backend(compile: bool, native: bool = True, device: Any = "cpu") -> str:
+    """Which kernels CAP runs with these settings on ``device``: ``native`` (C++ exponential passes +
+    torch.compile; CPU only), ``inductor`` (torch.compile) or ``eager`` — for the result's record."""
+    if not compile or _COMPILE_FAILED:
+        return "eager"
+    return "native" if _use_native(native, device) and _native() is not None else "inductor"
+
+
+def _use_native(native: bool, device: Any) -> bool:
+    return native and torch.device(device).type == "cpu"
+
+
+def _call(name: str, compile: bool, *args, native: bool = True):
     """Run a kernel; if compiling fails (no C++ compiler, unsupported backend), fall back to eager for good."""
     global _COMPILE_FAILED
-    fn = _kernels(compile)[name]
+    fn = _kernels(compile, native)[name]
     if fn is _EAGER[name]:
         return fn(*args)
     try:
@@ -238,6 +256,7 @@ def _forward_chunks(
     compile: bool,
     saved: torch.Tensor | None,
     lse_out: torch.Tensor | None,
+    native: bool = True,
 ) -> torch.Tensor:
     """Profiles (n, K) float32; fills ``saved`` (flat, block after block) and ``lse_out`` (n, K) when given."""
     n, d = src.n, src.d
@@ -249,6 +268,7 @@ def _forward_chunks(
     biggest = max(((s1 - s0) * Tb for s0, s1, Tb in blocks), default=0)
     scratch = None if saved is not None else torch.empty(biggest, K, dtype=dtype, device=dev)
     inv_tau = 1.0 / tau
+    native = _use_native(native, dev)
     off = 0
     for s0, s1, Tb in blocks:
         m = s1 - s0
@@ -256,7 +276,7 @@ def _forward_chunks(
         sc = saved[off : off + m * Tb * K].view(m * Tb, K) if saved is not None else scratch[: m * Tb]  # type: ignore[index]
         off += m * Tb * K
         torch.mm(zn.reshape(m * Tb, d), A_t, out=sc)
-        p, lse = _call("fwd", compile, sc.view(m, Tb, K), valid, inv_tau)
+        p, lse = _call("fwd", compile, sc.view(m, Tb, K), valid, inv_tau, native=native)
         prof[s0:s1] = p
         if lse_out is not None:
             lse_out[s0:s1] = lse
@@ -290,7 +310,7 @@ class Workspace:
 
 class _CAPFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, anchors, src, tau, chunk_elems, dtype, compile, workspace, name):  # type: ignore[override]
+    def forward(ctx, anchors, src, tau, chunk_elems, dtype, compile, workspace, name, native):  # type: ignore[override]
         K = anchors.shape[0]
         shape = (saved_numel(src, K, chunk_elems),)
         if workspace is not None:
@@ -299,8 +319,9 @@ class _CAPFunction(torch.autograd.Function):
             saved = torch.empty(shape, dtype=dtype, device=anchors.device)
         lse = torch.empty(src.n, K, device=anchors.device)
         with torch.autocast(anchors.device.type, enabled=False):
-            prof = _forward_chunks(src, anchors, tau, chunk_elems, dtype, compile, saved, lse)
+            prof = _forward_chunks(src, anchors, tau, chunk_elems, dtype, compile, saved, lse, native)
         ctx.src, ctx.tau, ctx.chunk_elems, ctx.dtype, ctx.compile = src, tau, chunk_elems, dtype, compile
+        ctx.native = _use_native(native, anchors.device)
         ctx.workspace, ctx.name = workspace, name
         ctx.saved_sims = saved
         ctx.save_for_backward(anchors, lse, prof)
@@ -330,13 +351,13 @@ class _CAPFunction(torch.autograd.Function):
                 Sb = S[off : off + m * Tb * K].view(m, Tb, K)
                 off += m * Tb * K
                 g = g_buf[: m * Tb * K].view(m, Tb, K)
-                _call("bwd", compile, Sb, valid, lse[s0:s1], a[s0:s1], b[s0:s1], inv_tau, g)
+                _call("bwd", compile, Sb, valid, lse[s0:s1], a[s0:s1], b[s0:s1], inv_tau, g, native=ctx.native)
                 if dtype == torch.float32:
                     gA.addmm_(g.view(m * Tb, K).t(), zn.reshape(m * Tb, d))
                 else:
                     gA.add_(torch.mm(g.view(m * Tb, K).t(), zn.reshape(m * Tb, d)).float())
         ctx.saved_sims = ctx.workspace = None
-        return gA.to(anchors.dtype), None, None, None, None, None, None, None
+        return gA.to(anchors.dtype), None, None, None, None, None, None, None, None
 
 
 def cap_profiles(
@@ -349,20 +370,24 @@ def cap_profiles(
     compile: bool = False,
     workspace: Workspace | None = None,
     name: str = "cap",
+    native: bool = True,
 ) -> torch.Tensor:
     """CAP profiles (n, K), float32, NOT yet L2-normalised; differentiable w.r.t. ``anchors``.
 
     ``anchors`` must already be row-normalised (K, d).  ``dtype`` is the dtype
     of the token–anchor matmuls and of the saved similarities (fp32 or bf16);
     the softmax and sums run in fp32.  ``compile`` fuses the elementwise steps
-    with torch.compile (falls back to eager if that fails).  Without grad,
+    with torch.compile (falls back to eager if that fails), the two exponential passes in C++ on
+    the CPU unless ``native`` is False (:mod:`alignbench.cap_native`).  Without grad,
     nothing is saved.  ``workspace``/``name``: reuse the buffer of saved
     similarities across training steps (see :class:`Workspace`).
     """
     if torch.is_grad_enabled() and anchors.requires_grad:
-        return _CAPFunction.apply(anchors, src, float(tau), int(chunk_elems), dtype, bool(compile), workspace, name)
+        return _CAPFunction.apply(anchors, src, float(tau), int(chunk_elems), dtype, bool(compile), workspace, name,
+                                  bool(native))
     with torch.autocast(anchors.device.type, enabled=False):
-        return _forward_chunks(src, anchors, float(tau), int(chunk_elems), dtype, bool(compile), None, None)
+        return _forward_chunks(src, anchors, float(tau), int(chunk_elems), dtype, bool(compile), None, None,
+                               bool(native))
 
 
 def cap_reference(tokens: torch.Tensor, mask: torch.Tensor | None, anchors: torch.Tensor, tau: float) -> torch.Tensor:

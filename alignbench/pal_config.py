@@ -15,6 +15,7 @@ from alignbench.training import TrainConfig, TrainerSettings
 
 POOLS = ("cap", "mean", "cls")
 CENTER = ("none", "image", "text", "both")
+COMPILE_CHOICES = ("auto", "on", "off", "inductor")
 
 
 @dataclass
@@ -23,9 +24,10 @@ class PALConfig(MethodConfig, TrainerSettings):
 
     ``pool``: cap (faithful) | mean (mean over tokens) | cls (global feature
     only).  ``dtype`` is the dtype of the token–anchor matmuls (bf16 pays off
-    only on hardware with fast bf16 matmuls).  ``compile`` (auto | on | off)
-    fuses CAP's elementwise steps with torch.compile (≈2× faster kernels,
-    falls back to eager ops if compiling fails); ``auto`` compiles only when
+    only on hardware with fast bf16 matmuls).  ``compile`` (auto | on | off | inductor)
+    fuses CAP's elementwise steps with torch.compile and, on the CPU, runs its two
+    exponential passes in C++ (alignbench.cap_native; ``inductor``: torch.compile
+    only); it falls back to eager ops if compiling fails; ``auto`` compiles only when
     the CAP work is large enough to repay the one-off compile time.
     ``val_max_pairs`` caps the validation pairs used for early stopping.  ``chunk_elems`` bounds the similarities computed at once.
 
@@ -67,8 +69,8 @@ class PALConfig(MethodConfig, TrainerSettings):
 
         if self.dtype not in MATMUL_DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.dtype!r}")
-        if self.compile not in ("auto", "on", "off"):
-            raise ConfigError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.compile not in COMPILE_CHOICES:
+            raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
         if self.chunk_elems < 1:
             raise ConfigError(f"chunk_elems must be >= 1, got {self.chunk_elems}")
         self.train_config().check()

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from alignbench.cap import DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed
+from alignbench.cap import DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed, kernel_backend
 from alignbench.errors import FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
@@ -89,7 +89,7 @@ class PAL(Method):
         """``auto``: compile when the work is ≥ ``min_sims`` similarities (a deterministic rule, so a
         given call always runs the same kernels)."""
         c = self.config.compile
-        return c == "on" or (c == "auto" and rows * tokens * self.config.K >= min_sims)
+        return c in ("on", "inductor") or (c == "auto" and rows * tokens * self.config.K >= min_sims)
 
     def matmul_dtype(self) -> tuple[torch.dtype, str, str]:
         """(torch dtype, name, why) of CAP's token–anchor matmuls on this method's device (``dtype`` option)."""
@@ -102,7 +102,7 @@ class PAL(Method):
         c = self.config
         compile = self._compile_fit if self._compile_fit is not None else self._use_compile(src.n, src.T)
         return cap_profiles(src, anchors, c.tau_p, chunk_elems=c.chunk_elems, dtype=self.matmul_dtype()[0],
-                            compile=compile,
+                            compile=compile, native=c.compile != "inductor",
                             workspace=self._workspace, name=name)
 
     def _image_profiles(self, f: ImageFeatures, rows: np.ndarray, A: torch.Tensor) -> torch.Tensor:
@@ -239,6 +239,7 @@ class PAL(Method):
         info["deviations"] = self._deviations()
         if cfg.pool == "cap":
             info["compiled_cap"] = bool(compiled and not compile_failed())
+            info["cap_kernels"] = kernel_backend(bool(compiled), cfg.compile != "inductor", self.device)
         self.fit_info = info
 
     def _prepare_tokens(self, train: Pairs, val: Pairs | None) -> str:
