@@ -6,7 +6,7 @@ passes of CAP (the softmax-weighted sums in the forward; the gradient coefficien
 the exponential: torch.compile's code calls SLEEF's 1-ULP ``expf``; ATen's ``exp_u20`` (the
 exponential PyTorch's own CPU flex-attention softmax uses, ≤ 2 ULP in float32, far below
 the bf16 rounding of the similarities it is applied to) is several times cheaper.  Same
-formulas, same float32 accumulation as :mod:`alignbench.cap`'s kernels (tests compare them).
+formulas, same float32 accumulation as :mod:`alignbench.cap_kernels`' eager and compiled kernels (tests compare them).
 
 The extension is compiled with :func:`torch.utils.cpp_extension.load_inline` for the vector ISA
 torch.compile picks on this CPU (AVX-512, AVX2, or plain C++), cached by torch under
@@ -206,7 +206,7 @@ def native_kernels() -> Any | None:
 
 
 def cap_kernels(fixed_shift_max_inv_tau: float) -> dict[str, Callable] | None:
-    """CAP's ``fwd``/``bwd`` elementwise kernels with :mod:`alignbench.cap`'s signatures, or None if unavailable.
+    """CAP's ``fwd``/``bwd`` elementwise kernels with :mod:`alignbench.cap_kernels`' signatures, or None if unavailable.
 
     ``fixed_shift_max_inv_tau``: up to this 1/τ the softmax is shifted by 1 (cosines are ≤ 1), above it by
     the per-anchor max (the caller's rule, so both implementations shift alike).

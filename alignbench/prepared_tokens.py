@@ -24,7 +24,7 @@ import logging
 import numpy as np
 import torch
 
-from alignbench.cap import _prep
+from alignbench.cap_kernels import _prep
 from alignbench.features import Pairs
 from alignbench.mapped_rows import take_rows
 from alignbench.token_rows import absolute_rows, ragged_token_rows

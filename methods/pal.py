@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from alignbench.cap import DenseTokens, Workspace, cap_profiles, chunk_rows, compile_failed, kernel_backend
+from alignbench.cap import DenseTokens, Workspace, cap_profiles, chunk_rows
+from alignbench.cap_kernels import compile_failed, kernel_backend
 from alignbench.errors import FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
 from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from alignbench import cap
-from alignbench.cap import DenseTokens, _bwd_coef, _fwd_stats, cap_profiles, kernel_backend
+from alignbench import cap_kernels as cap
+from alignbench.cap import DenseTokens, cap_profiles
+from alignbench.cap_kernels import _bwd_coef, _fwd_stats, kernel_backend
 from alignbench.cap_native import ENV_DISABLE, native_kernels
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

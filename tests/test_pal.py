@@ -445,7 +445,7 @@ def test_compiled_kernels_match_eager(small):
 @pytest.mark.parametrize("use_mask", [False, True])
 def test_compiled_forward_form_equals_the_eager_statistics(small, tau, use_mask):
     """The form handed to torch.compile (exponential once per sum) computes the eager forward's numbers."""
-    from alignbench.cap import _fwd_stats, _fwd_stats_fused
+    from alignbench.cap_kernels import _fwd_stats, _fwd_stats_fused
 
     tokens, mask, anchors = small
     zn = torch.nn.functional.normalize(torch.from_numpy(tokens), dim=-1)
@@ -456,7 +456,7 @@ def test_compiled_forward_form_equals_the_eager_statistics(small, tau, use_mask)
 
 
 def test_compile_failure_falls_back_to_eager(small, monkeypatch, caplog):
-    import alignbench.cap as cap
+    import alignbench.cap_kernels as cap
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler found")
@@ -465,7 +465,7 @@ def test_compile_failure_falls_back_to_eager(small, monkeypatch, caplog):
     monkeypatch.setattr(cap, "_COMPILE_FAILED", False)
     tokens, mask, anchors = small
     src = DenseTokens(torch.from_numpy(tokens), torch.from_numpy(mask))
-    with caplog.at_level("WARNING", logger="alignbench.cap"):
+    with caplog.at_level("WARNING", logger="alignbench.cap_kernels"):
         got = cap_profiles(src, anchors, TAU_P, compile=True)
     assert cap.compile_failed() and "eager" in caplog.text
     np.testing.assert_allclose(got.numpy(), cap_profiles(src, anchors, TAU_P).numpy(), atol=0)
