@@ -47,6 +47,24 @@ def test_run_prints_an_overall_eta_after_each_run_but_the_last(dirs, capsys):  #
     assert "2 left, ETA ~" in lines[0] and "1 left, ETA ~" in lines[1] and "ETA" not in lines[2]
 
 
+def test_run_eta_counts_each_kind_of_run_at_its_own_pace():
+    """A PAL fit takes minutes and ASIF a second: runs are estimated from finished runs of their own kind."""
+    from types import SimpleNamespace
+
+    from alignbench.commands.run import _eta, _kind
+
+    def run(method, seed=0):
+        return SimpleNamespace(method=SimpleNamespace(label=method), pair="p", budget=10_000, seed=seed)
+
+    took = {_kind(run("pal")): [600.0, 400.0]}
+    assert _eta(took, [run("pal", 2)]) == "; 1 left, ETA ~8 min"  # the mean of pal's own runs, not of all
+    assert _eta(took, [run("pal", 2), run("asif"), run("csa")]) == "; 3 left, ETA ~8 min + 2 run(s) of kinds not timed yet"
+    assert _eta(took, [run("asif")]) == "; 1 left, none of a kind timed yet"
+    assert _eta(took, []) == ""
+    took[_kind(run("asif"))] = [1.0]
+    assert _eta(took, [run("pal", 2), run("asif", 1)]) == "; 2 left, ETA ~8 min"
+
+
 def test_sweep_status_shows_an_eta_at_the_pace_of_the_runs_done():
     from datetime import datetime, timedelta, timezone
 

@@ -148,6 +148,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"redoing {run}: {p.why[run.run_id]}", file=sys.stderr)
     failed = []
     t_all = time.perf_counter()
+    took: dict[tuple, list[float]] = {}
     for i, run in enumerate(todo, 1):
         label = f"[{i}/{len(todo)}] {run}"
         print(f"{label}: running", file=sys.stderr)
@@ -167,7 +168,8 @@ def main(args: argparse.Namespace) -> int:
             where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
             print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
             continue
-        print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}{_eta(t_all, i, len(todo))}",
+        took.setdefault(_kind(run), []).append(time.perf_counter() - t)
+        print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}{_eta(took, todo[i:])}",
               file=sys.stderr)
     if todo:
         print(f"finished {len(todo) - len(failed)}/{len(todo)} run(s) in {time.perf_counter() - t_all:.1f} s",
@@ -176,15 +178,27 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _eta(started: float, finished: int, total: int) -> str:
-    """'; 3 left, ETA ~7 min' from the mean time of the runs so far (nothing after the last run)."""
+def _kind(run) -> tuple:
+    """Runs alike in cost: same method and options, pair and budget (seeds differ)."""
+    return run.method.label, run.pair, run.budget
+
+
+def _eta(took: dict[tuple, list[float]], left: list) -> str:
+    """'; 3 left, ETA ~7 min' from the mean time of finished runs of the same kind (nothing after the last run).
+
+    Why per kind: a sweep's methods differ in cost by 1000× (PAL fits minutes, ASIF a second), so one
+    mean over all runs would be wrong both ways; runs of a kind not timed yet are counted, not guessed.
+    """
     from alignbench.progress import format_eta
 
-    left = total - finished
-    if left <= 0:
+    if not left:
         return ""
-    per_run = (time.perf_counter() - started) / finished
-    return f"; {left} left, ETA {format_eta(per_run * left)}"
+    known = [sum(took[k]) / len(took[k]) for k in map(_kind, left) if k in took]
+    untimed = len(left) - len(known)
+    if not known:
+        return f"; {len(left)} left, none of a kind timed yet"
+    rest = f" + {untimed} run(s) of kinds not timed yet" if untimed else ""
+    return f"; {len(left)} left, ETA {format_eta(sum(known))}{rest}"
 
 
 def _timings(path) -> str:
