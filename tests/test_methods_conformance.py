@@ -79,6 +79,32 @@ def test_beats_chance_retrieval_by_a_wide_margin(name, data):
     assert t2i >= 5 * chance, f"{name}: T→I R@1 {t2i:.3f} vs chance {chance:.3f}"
 
 
+TRAINED = [n for n in NAMES if n not in CONTROLS and "lr_range_test" in {f.name for f in dataclasses.fields(METHODS.get(n).Config)}]
+
+
+def test_every_trained_method_has_the_range_test_option():
+    assert {"pal", "linear", "fusemix", "structure", "mlp", "sail", "freeze-align"} <= set(TRAINED)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_trained_methods_take_their_lr_from_the_range_test_by_default(name, data):
+    """Issue 11 / METHODS.md: the reference LR range test picks every trained method's lr per fit,
+    and the result records it; a given ``lr=`` turns it off.  (The other tests fix ``lr`` for speed.)"""
+    cls = METHODS.get(name)
+    assert cls.Config().lr_range_test is True
+    overrides = {k: v for k, v in getattr(cls, "test_overrides", {}).items() if k != "lr"}
+    m = cls(**{**overrides, "max_epochs": 1})
+    assert m.config.lr_range_test is True
+    train, val, _ = data
+    m.fit(train, val, seed=0)
+    info = m.fit_info
+    rt = info["lr_range_test"]
+    assert info["lr_source"] == "range_test" and not rt["fallback"], info.get("lr_source")
+    assert info["lr"] == rt["lr"] == max(rt["lr_steep"] / 5, 1e-6)
+    assert len(rt["curve"]["losses"]) >= 2
+    assert cls(**{**overrides, "lr": 1e-3}).config.lr_range_test is False
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_fit_is_deterministic_for_a_seed(name, data):
     first = fitted(name, data)

@@ -208,3 +208,27 @@ def test_two_tune_processes_share_one_study_without_losing_or_duplicating_a_tria
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5  # exactly --trials: none lost, none extra
     drawn = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(drawn)) == 5  # no configuration drawn twice (the two samplers are not seeded alike)
+
+
+# issue 11: what each method's study searches at least (its own file declares the space)
+ISSUE_SPACES = {"pal": {"lr", "tau_p", "K", "center", "pool"}, "linear": {"lr", "weight_decay"},
+                "cca": {"eps", "latent_dim"}, "csa": {"eps", "s"}, "asif": {"k", "p", "center"},
+                "fusemix": {"n_blocks", "dropout", "lr"}, "structure": {"lam", "lambda_warmup_epochs", "levels"}}
+
+
+@pytest.mark.parametrize("name", sorted(set(ISSUE_SPACES) | {"mlp", "sail", "freeze-align", "procrustes"}))
+def test_each_method_declares_a_search_space_over_its_own_config(name):
+    """Every value a study can draw builds a valid config: each range's two ends and every choice."""
+    import dataclasses
+
+    from alignbench.registry import METHODS
+    from alignbench.search_space import Choice
+
+    cls = METHODS.get(name)
+    space = cls.search_space
+    assert ISSUE_SPACES.get(name, set()) <= set(space) and space, sorted(space)
+    assert set(space) <= {f.name for f in dataclasses.fields(cls.Config)}
+    for key, param in space.items():
+        values = param.values if isinstance(param, Choice) else (param.low, param.high)
+        for v in values:
+            assert getattr(cls(**{key: v}).config, key) == v
