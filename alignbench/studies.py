@@ -62,6 +62,12 @@ def study_lock(path: Path):
     return FileLock(str(path) + ".lock")
 
 
+# A trial's process writes a heartbeat every HEARTBEAT_S; a RUNNING trial whose last heartbeat is older than
+# GRACE_S belongs to a process that died (kill -9, a lost node): it is failed and re-queued (reclaim_stale).
+HEARTBEAT_S = 60
+GRACE_S = 180
+
+
 def _storage(path: Path):
     import warnings
 
@@ -71,7 +77,7 @@ def _storage(path: Path):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental
     return optuna.storages.RDBStorage(
         f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 120}},
-        heartbeat_interval=60, grace_period=180,  # a killed process's RUNNING trial turns FAIL, then is re-queued
+        heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,  # a killed process's RUNNING trial turns FAIL, then is re-queued
     )
 
 
@@ -153,6 +159,18 @@ def requeue_interrupted(study: Any) -> int:
     if n:
         log.info("%s: re-queued %d interrupted trial(s)", study.study_name, n)
     return n
+
+
+def reclaim_stale(study: Any) -> int:
+    """Fail the RUNNING trials of dead processes (no heartbeat for GRACE_S), then re-queue every interrupted trial.
+
+    Why here and not only in optuna's optimize: a killed trial counts as running (``claimed``), so once the
+    other slots are taken optimize is never called again and, without this, the study would stay a trial short.
+    """
+    import optuna
+
+    optuna.storages.fail_stale_trials(study)
+    return requeue_interrupted(study)
 
 
 def finished(study: Any) -> int:

@@ -95,6 +95,57 @@ def test_interrupted_tune_resumes_without_losing_a_trial(dirs, monkeypatch, caps
     assert len(retry) == 1 and retry[0].params == lost  # the interrupted trial ran again, same parameters
 
 
+def test_a_killed_tune_loses_no_trial(dirs, monkeypatch, capsys):
+    """kill -9 in the middle of a trial: that trial stays RUNNING in the study, counted as running elsewhere;
+    once its heartbeat is older than the grace period the same command fails it and runs it again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import alignbench.studies as studies
+
+    name, method = "linear:max_epochs=400|recall|seeds=0", "linear:max_epochs=400"
+    args = ["tune", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]), "--tune-dir",
+            str(dirs["tune"]), "--no-progress", "--device", "cpu", "--budget", "40", "--methods", method,
+            "--trials", "3", "--no-prune"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALIGNBENCH_CACHE": str(dirs["cache"])}
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", *args], cwd=Path(__file__).resolve().parents[1],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    killed, deadline = None, time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        try:
+            trials = _study(dirs, name).trials
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            continue
+        running = [t for t in trials if t.state.name == "RUNNING" and t.params]
+        if running and any(t.state.name == "COMPLETE" for t in trials):
+            time.sleep(0.5)  # its heartbeat is written as the trial starts
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = running[0]
+    err = proc.communicate()[1].decode()
+    assert killed is not None, f"the tune ended before a trial could be killed: {err[-2000:]}"
+
+    # straight away: the killed trial may belong to a live process, so it counts as running elsewhere
+    assert _tune(dirs, "--methods", method, "--trials", "3", "--no-prune") == 0
+    assert "still running elsewhere" in capsys.readouterr().err
+    assert [t.state.name for t in _study(dirs, name).trials].count("RUNNING") == 1
+
+    monkeypatch.setattr(studies, "GRACE_S", 1)  # instead of waiting minutes for the real grace period
+    monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
+    time.sleep(1.5)
+    assert _tune(dirs, "--methods", method, "--trials", "3", "--no-prune") == 0
+    trials = _study(dirs, name).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3 and not [t for t in trials if t.state.name == "RUNNING"]
+    assert trials[killed.number].state.name == "FAIL"
+    retry = [t for t in complete if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params  # the killed trial ran again, same parameters
+
+
 def test_objective_val_loss_minimises_the_validation_infonce(dirs):
     assert _tune(dirs, "--methods", "linear:max_epochs=10", "--trials", "2", "--objective", "val_loss",
                  "--no-prune") == 0

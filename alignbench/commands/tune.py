@@ -117,7 +117,7 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
     from alignbench.search_space import describe_space
     from alignbench.source import FeatureSource
     from alignbench.store import FeatureStore
-    from alignbench.studies import finished, open_study, requeue_interrupted, study_file, study_lock
+    from alignbench.studies import GRACE_S, finished, open_study, reclaim_stale, study_file, study_lock
     from alignbench.tuning import is_trained, load_tune_data, run_trial
 
     source = FeatureSource(pair, store=FeatureStore(args.cache) if args.cache else None, data_root=args.data_root,
@@ -130,7 +130,7 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
     for key, space in entries:
         with lock:
             study = open_study(path, key, describe_space(space), seed=key.seeds[0])
-            requeue_interrupted(study)
+            reclaim_stale(study)
         left = args.trials - finished(study)
         label = f"{key.name} ({pair}, budget {budget})"
         if left <= 0:
@@ -148,7 +148,9 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
                   lambda trial: run_trial(trial, key.method, dict(key.fixed), space, data, key.objective, prune, device))
         best = study.best_trial if any(t.state.name == "COMPLETE" for t in study.trials) else None
         if finished(study) < args.trials:  # the rest are running in another process sharing the study
-            print(f"{label}: {args.trials - finished(study)} trial(s) still running elsewhere", file=sys.stderr)
+            print(f"{label}: {args.trials - finished(study)} trial(s) still running elsewhere (one of a killed tune "
+                  f"counts as running until {GRACE_S} s after its last heartbeat; the same command then re-runs it)",
+                  file=sys.stderr)
         print(f"{label}: done in {time.perf_counter() - t0:.1f} s; best {None if best is None else round(best.value, 4)} "
               f"{'' if best is None else best.params} ({path})", file=sys.stderr)
 
@@ -160,7 +162,7 @@ def _optimize(study, lock, trials: int, objective) -> None:
     lock, and the lock is let go as the trial starts, so two processes never
     both take the last slot.
     """
-    from alignbench.studies import claimed
+    from alignbench.studies import claimed, reclaim_stale
 
     def run(trial):
         lock.release()
@@ -169,6 +171,7 @@ def _optimize(study, lock, trials: int, objective) -> None:
     while True:
         lock.acquire()
         try:
+            reclaim_stale(study)
             if claimed(study) >= trials:
                 return
             study.optimize(run, n_trials=1)
