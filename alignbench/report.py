@@ -51,6 +51,13 @@ def headline_metrics(task: str) -> tuple[str, ...]:
     return tuple(getattr(cls, "headline", ())) if cls else ()
 
 
+def _conditional_headline(task: str, metrics: set[str]) -> tuple[str, ...]:
+    """Metrics a task adds to its headline when an evaluation's results hold a given metric (``headline_if_present``)."""
+    cls = _task(task)
+    extra = getattr(cls, "headline_if_present", {}) if cls else {}
+    return tuple(m for key, ms in extra.items() if key in metrics for m in ms)
+
+
 def metric_label(task: str, metric: str) -> str:
     cls = _task(task)
     labels = getattr(cls, "metric_labels", {}) if cls else {}
@@ -132,9 +139,12 @@ def select_columns(records: list[dict[str, Any]], metrics: Iterable[str] | None 
         raise ConfigError("no metrics in these results")
     wanted = [m.strip() for m in (metrics or []) if m.strip()]
     if not wanted:
+        present: dict[str, set[str]] = {}
+        for c in cols:
+            present.setdefault(c.eval, set()).add(c.metric)
         out = []
         for c in cols:
-            head = headline_metrics(c.task)
+            head = headline_metrics(c.task) + _conditional_headline(c.task, present[c.eval])
             if (c.metric in head) if head else "/" not in c.metric:
                 out.append(c)
         return out

@@ -127,6 +127,9 @@ class SegmentationTask(Task):
 
     kind = "segmentation"
     headline = ("mIoU",)
+    # Where the dataset has a background class (its results hold mIoU_nobg), the foreground mean (PAL's reference
+    # for VOC and Pascal Context) and the no-background protocol join the headline: one protocol never stands alone.
+    headline_if_present = {"mIoU_nobg": ("mIoU_fg", "mIoU_nobg")}
     metric_labels = {
         "mIoU": "mIoU",
         "mIoU_fg": "mIoU (fg)",

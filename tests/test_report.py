@@ -208,6 +208,23 @@ def test_two_segmentation_protocols_are_two_columns_never_averaged(tmp_path):
     assert [table.columns[cols[k]].where for k in ("segmentation/camvid", slide)] == ["camvid", "camvid@slide"]
 
 
+def test_segmentation_with_a_background_class_shows_foreground_and_no_background_miou_beside(tmp_path):
+    """Issue 13: PAL's reference reports VOC over foreground classes; the table shows it beside mIoU by default
+    where the dataset has a background class (CamVid has none: mIoU alone)."""
+    from alignbench.report import select_columns
+
+    store = ResultStore(tmp_path)
+    for r in _records():
+        r["metrics"]["segmentation/voc"] = {"mIoU": 30.0, "mIoU_fg": 28.0, "mIoU_nobg": 35.0, "fwIoU": 50.0}
+        r["evals"].append({"key": "segmentation/voc", "task": "segmentation", "dataset": "voc", "split": "val"})
+        store.write(r)
+    cols = [c for c in select_columns(store.load_all()) if c.task == "segmentation"]
+    assert [(c.dataset, c.metric) for c in cols] == [("camvid", "mIoU"), ("voc", "mIoU"), ("voc", "mIoU_fg"),
+                                                    ("voc", "mIoU_nobg")]
+    out = cli_output(tmp_path, "--format", "markdown", "--by", "budget")
+    assert "voc mIoU (fg)" in out and "voc mIoU (no bg)" in out and "camvid mIoU (fg)" not in out
+
+
 def _resolved(rec, *, layer=12, K=512, val=("flickr8k", "dev"), typed=None):
     """A record in the resolved shape (schema 2): full config, resolved layers, split dicts, feature keys."""
     rec = copy.deepcopy(rec)
