@@ -79,17 +79,22 @@ def test_beats_chance_retrieval_by_a_wide_margin(name, data):
     assert t2i >= 5 * chance, f"{name}: T→I R@1 {t2i:.3f} vs chance {chance:.3f}"
 
 
-TRAINED = [n for n in NAMES if n not in CONTROLS and "lr_range_test" in {f.name for f in dataclasses.fields(METHODS.get(n).Config)}]
+def _trained(name: str) -> bool:
+    """Has the shared trainer's LR range test option (imported here, not at collection: a broken plug-in must
+    fail its own tests only)."""
+    return "lr_range_test" in {f.name for f in dataclasses.fields(METHODS.get(name).Config)}
 
 
 def test_every_trained_method_has_the_range_test_option():
-    assert {"pal", "linear", "fusemix", "structure", "mlp", "sail", "freeze-align"} <= set(TRAINED)
+    assert all(_trained(n) for n in ("pal", "linear", "fusemix", "structure", "mlp", "sail", "freeze-align"))
 
 
-@pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in CONTROLS])
 def test_trained_methods_take_their_lr_from_the_range_test_by_default(name, data):
     """Issue 11 / METHODS.md: the reference LR range test picks every trained method's lr per fit,
     and the result records it; a given ``lr=`` turns it off.  (The other tests fix ``lr`` for speed.)"""
+    if not _trained(name):
+        pytest.skip(f"{name} is not trained (closed form)")
     cls = METHODS.get(name)
     assert cls.Config().lr_range_test is True
     overrides = {k: v for k, v in getattr(cls, "test_overrides", {}).items() if k != "lr"}
