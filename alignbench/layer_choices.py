@@ -78,8 +78,10 @@ class StoredChoice:
         return layers.index(layer)
 
 
-def load_choice(root: str | Path, pair: tuple[str, str], train: tuple[str, str]) -> StoredChoice:
-    """The stored search for (pair, train split) with the largest n; ConfigError naming the command if none."""
+def load_choice(root: str | Path, pair: tuple[str, str], train: tuple[str, str],
+                budget: int | None = None) -> StoredChoice:
+    """The stored search for (pair, train split) with the largest n (up to ``budget`` where one is that small);
+    ConfigError naming the command if none."""
     folder = Path(root) / CHOICES_DIR
     pattern = re.compile(re.escape(_stem(pair, train)) + r"-n(\d+)\.json$")
     found = sorted(((int(m.group(1)), p) for p in folder.glob("*.json") if (m := pattern.match(p.name))),
@@ -88,7 +90,8 @@ def load_choice(root: str | Path, pair: tuple[str, str], train: tuple[str, str])
         raise ConfigError(
             f"no stored layer choice for {pair[0]}+{pair[1]} trained on {train[0]}:{train[1]} (in {folder}); "
             f"run `alignbench layers --pair {pair[0]}+{pair[1]} --train {train[0]}:{train[1]}` first")
-    path = found[-1][1]
+    within = [f for f in found if budget is None or f[0] <= budget]
+    path = (within or found)[-1][1]
     return StoredChoice(path, json.loads(path.read_text(encoding="utf-8")))
 
 
@@ -121,8 +124,13 @@ def resolve_best(image: int | str | None, text: int | str | None, stored: Stored
 
 
 def resolve_run_layers(pair: str, train: str, image: int | str | None, text: int | str | None, *,
-                       store_root: str | Path | None = None, dtype: str = "fp32") -> tuple[int, int, str]:
-    """(image layer, text layer, a one-line note) for a run of ``pair`` on ``train`` with 'best' on a side."""
+                       store_root: str | Path | None = None, dtype: str = "fp32",
+                       budget: int | None = None) -> tuple[int, int, str]:
+    """(image layer, text layer, a one-line note) for a run of ``pair`` on ``train`` with 'best' on a side.
+
+    With ``budget`` (pairs) the choice made on the most pairs within it is used; where every stored choice saw
+    more pairs than the budget, the note says so and names the command for one within it.
+    """
     from alignbench.encoders import parse_pair
     from alignbench.registry import DATASETS
     from alignbench.runner import parse_split_ref
@@ -131,11 +139,15 @@ def resolve_run_layers(pair: str, train: str, image: int | str | None, text: int
     vision, text_enc = parse_pair(pair)
     dataset, split = parse_split_ref(train, "train")
     store = FeatureStore(store_root)
-    stored = load_choice(store.root, (vision, text_enc), (DATASETS.canonical(dataset), split))
+    stored = load_choice(store.root, (vision, text_enc), (DATASETS.canonical(dataset), split), budget)
     need = lambda v: v != BEST and (v is None or int(v) < 0)  # noqa: E731  (needs the encoder's depth)
     n_layers = (store.encoder(vision, dtype=dtype).num_layers if need(image) else 0,
                 store.encoder(text_enc, dtype=dtype).num_layers if need(text) else 0)
     L, M, score = resolve_best(image, text, stored, n_layers)
     note = (f"{vision}+{text_enc}: image layer {L}, text layer {M} (mutual k-NN {score:.4f}, "
             f"n={stored.record.get('n')}, from {stored.path})")
+    n_used = int(stored.record.get("n") or 0)
+    if budget is not None and n_used > budget:
+        note += (f"; WARNING: chosen on {n_used} pairs, more than this run's budget of {budget} (for a choice within "
+                 f"it: alignbench layers --pair {vision}+{text_enc} --train {dataset}:{split} --budget {budget})")
     return L, M, note

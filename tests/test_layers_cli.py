@@ -48,6 +48,28 @@ def test_layers_with_fewer_images_than_n_uses_what_exists_and_says_so(dirs, caps
     assert rec["n"] == 6 and rec["n_requested"] == 5000 and rec["n_available"] == 6
 
 
+def test_layers_with_a_budget_smaller_than_n_scores_on_the_budget_and_runs_pick_a_choice_within_theirs(dirs, capsys):
+    """A run at budget B must not pick its layers on more pairs than it may train on."""
+    assert layers(dirs, "--n", "12") == 0
+    capsys.readouterr()
+    # only a choice on 12 pairs exists: a 10-pair run uses it and says it saw more pairs than the budget
+    assert run(dirs, "--image-layer", "best", "--text-layer", "best", "--tasks", "retrieval", "--budget", "10") == 0
+    err = capsys.readouterr().err
+    assert "n=12" in err and "WARNING: chosen on 12 pairs, more than this run's budget of 10" in err
+    assert f"alignbench layers --pair {PAIR} --train flickr8k:train --budget 10" in err
+
+    assert layers(dirs, "--n", "12", "--budget", "8") == 0
+    err = capsys.readouterr().err
+    assert "--budget 8 is smaller than --n 12: scoring on 8 pairs" in err and "--budget 8" in err.splitlines()[-1]
+    rec = json.loads(choice_path(dirs["cache"], ("tiny-vit", "tiny-text"), ("flickr8k", "train"), 8).read_text())
+    assert rec["n"] == 8 and rec["budget"] == "8"
+    for budget, n in (("10", 8), ("20", 12)):  # the choice on the most pairs within the budget
+        assert run(dirs, "--image-layer", "best", "--text-layer", "best", "--tasks", "retrieval",
+                   "--budget", budget) == 0
+        err = capsys.readouterr().err
+        assert f"n={n}," in err and "WARNING" not in err
+
+
 def test_run_with_best_before_layers_says_which_command_to_run(dirs, capsys):
     assert run(dirs, "--image-layer", "best", "--text-layer", "best") == 2
     err = capsys.readouterr().err

@@ -23,6 +23,9 @@ EXAMPLES = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair", default=None, help="encoder pair VISION+TEXT (default: effnet-lite0+minilm-l6)")
     p.add_argument("--n", type=int, default=5000, help="random training pairs to score on (default: 5000)")
+    p.add_argument("--budget", default=None,
+                   help="the paired-data budget the choice is for: the sample is capped at it (a run at that budget "
+                        "must not pick layers on more pairs than it may train on), e.g. 1k")
     p.add_argument("--train", default="flickr8k:train", help="training pairs DATASET:SPLIT (default: flickr8k:train)")
     p.add_argument("--image-layers", default=None, help="restrict the image layers searched, e.g. 8,9,10,11")
     p.add_argument("--text-layers", default=None, help="restrict the text layers searched, e.g. 3,4,5")
@@ -67,19 +70,29 @@ def main(args: argparse.Namespace) -> int:
     store = FeatureStore(args.cache)
     ds = store.dataset(dataset, args.data_root)
     n_images = len(np.unique(np.asarray(ds.caption_image_index(ds.check_split(split)))))
-    if n_images < args.n:
-        print(f"{dataset}:{split} has {n_images} images with captions, fewer than --n {args.n}: "
+    n = args.n
+    if args.budget is not None:
+        from alignbench.config import MAX, parse_budget
+
+        budget = parse_budget(args.budget)
+        if budget != MAX and budget < n:
+            print(f"--budget {args.budget} is smaller than --n {n}: scoring on {budget} pairs, what a run at that "
+                  f"budget may see", file=sys.stderr)
+            n = int(budget)
+    if n_images < n:
+        print(f"{dataset}:{split} has {n_images} images with captions, fewer than --n {n}: "
               f"scoring on all {n_images}", file=sys.stderr)
     choice = select_layers_for_pair(f"{pair[0]}+{pair[1]}", dataset, split, image_layers=image_layers,
-                                    text_layers=text_layers, sample=args.n, seed=args.seed, store=store,
+                                    text_layers=text_layers, sample=n, seed=args.seed, store=store,
                                     data_root=args.data_root, dtype=args.dtype, progress=not args.no_progress)
     print(_table(choice))
     print(f"\nbest: image layer {choice.image_layer}, text layer {choice.text_layer} "
           f"(mutual k-NN {choice.score:.4f}, k={choice.k}, n={choice.n} pairs of {dataset}:{split})")
-    path = save_choice(store.root, pair, (dataset, split), args.n, choice, seed=args.seed, dtype=args.dtype,
-                       n_available=n_images)
+    path = save_choice(store.root, pair, (dataset, split), n, choice, seed=args.seed, dtype=args.dtype,
+                       n_available=n_images, **({"budget": str(args.budget)} if args.budget is not None else {}))
     print(f"stored in {path}\nuse it: alignbench run --pair {pair[0]}+{pair[1]} --train {dataset}:{split} "
-          "--image-layer best --text-layer best", file=sys.stderr)
+          f"--image-layer best --text-layer best{'' if args.budget is None else ' --budget ' + str(args.budget)}",
+          file=sys.stderr)
     return 0
 
 

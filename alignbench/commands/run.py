@@ -88,8 +88,9 @@ def _encoder_options(spec, args: argparse.Namespace):
 
     image, text = parse_layer(args.image_layer), parse_layer(args.text_layer)
     if BEST in (image, text):
+        budget = spec.budget if isinstance(spec.budget, int) else None  # 'max': every pair may be seen
         image, text, note = resolve_run_layers(spec.pair, spec.train, image, text, store_root=args.cache,
-                                               dtype=args.dtype)
+                                               dtype=args.dtype, budget=budget)
         if note not in _PRINTED:
             _PRINTED.add(note)
             print(note, file=sys.stderr)
