@@ -71,7 +71,8 @@ def build_specs(args: argparse.Namespace) -> list:
         datasets=args.datasets, evals=args.evals, train=args.train, val=args.val, executor="debug",
         tune_dir=getattr(args, "tune_dir", None),
     )  # fmt: skip
-    specs = [dataclasses.replace(s, encoder=_encoder_options(s, args)) for s in expand(cfg)]
+    printed: set[str] = set()  # each layer note once per command, not once per process
+    specs = [dataclasses.replace(s, encoder=_encoder_options(s, args, printed)) for s in expand(cfg)]
     checked = set()
     for s in specs:
         key = (s.method, tuple(sorted(s.method_options.items())), s.pair)
@@ -81,7 +82,7 @@ def build_specs(args: argparse.Namespace) -> list:
     return specs
 
 
-def _encoder_options(spec, args: argparse.Namespace):
+def _encoder_options(spec, args: argparse.Namespace, printed: set[str]):
     """The spec's layers and dtype; 'best' is resolved from the stored layer choice of its pair and train split."""
     from alignbench.config import EncoderOptions
     from alignbench.layer_choices import BEST, parse_layer, resolve_run_layers
@@ -91,13 +92,10 @@ def _encoder_options(spec, args: argparse.Namespace):
         budget = spec.budget if isinstance(spec.budget, int) else None  # 'max': every pair may be seen
         image, text, note = resolve_run_layers(spec.pair, spec.train, image, text, store_root=args.cache,
                                                dtype=args.dtype, budget=budget)
-        if note not in _PRINTED:
-            _PRINTED.add(note)
+        if note not in printed:
+            printed.add(note)
             print(note, file=sys.stderr)
     return EncoderOptions(image_layer=image, text_layer=text, dtype=args.dtype)
-
-
-_PRINTED: set[str] = set()
 
 
 def _check_task_dataset_kinds(tasks: str | None, datasets: str | None) -> None:
