@@ -287,3 +287,12 @@ def test_mlp_patch_scores_use_the_head_without_dropout(data):
     z = mlp_forward64(m.image_head, patches.reshape(B * P, d))
     want = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ classes.double().numpy().T
     np.testing.assert_allclose(m.patch_scores(imgs, classes).numpy(), want.reshape(B, P, -1), atol=1e-5)
+
+
+def test_ls_says_what_the_faithful_shut_gate_means(capsys):
+    """Issue 13: `alignbench ls methods` states the consequence of the faithful gate_init=0, and the way out."""
+    from alignbench.cli import main as cli
+
+    assert cli(["ls", "methods"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] == ["mlp"]]
+    assert "gate_init=0" in line and "linear map" in line and "gate_init=0.1" in line
