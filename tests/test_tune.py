@@ -107,10 +107,11 @@ def test_a_killed_tune_loses_no_trial(dirs, monkeypatch, capsys):
 
     import alignbench.studies as studies
 
-    name, method = "linear:max_epochs=400|recall|seeds=0", "linear:max_epochs=400"
+    # trials long enough to be caught running on a fast machine: no early stop before 2,000 epochs
+    name, method = "linear:max_epochs=2000:patience=2000|recall|seeds=0", "linear:max_epochs=2000:patience=2000"
     args = ["tune", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]), "--tune-dir",
             str(dirs["tune"]), "--no-progress", "--device", "cpu", "--budget", "40", "--methods", method,
-            "--trials", "3", "--no-prune"]
+            "--trials", "6", "--no-prune"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ALIGNBENCH_CACHE": str(dirs["cache"])}
     proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", *args], cwd=Path(__file__).resolve().parents[1],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -123,24 +124,27 @@ def test_a_killed_tune_loses_no_trial(dirs, monkeypatch, capsys):
             continue
         running = [t for t in trials if t.state.name == "RUNNING" and t.params]
         if running and any(t.state.name == "COMPLETE" for t in trials):
-            time.sleep(0.5)  # its heartbeat is written as the trial starts
+            time.sleep(0.2)  # its heartbeat is written as the trial starts
+            if _study(dirs, name).trials[running[0].number].state.name != "RUNNING":
+                continue  # it finished meanwhile (a fast machine): wait for the next trial
             os.killpg(proc.pid, signal.SIGKILL)
             killed = running[0]
     err = proc.communicate()[1].decode()
     assert killed is not None, f"the tune ended before a trial could be killed: {err[-2000:]}"
+    assert _study(dirs, name).trials[killed.number].state.name == "RUNNING"  # killed mid-trial
 
     # straight away: the killed trial may belong to a live process, so it counts as running elsewhere
-    assert _tune(dirs, "--methods", method, "--trials", "3", "--no-prune") == 0
+    assert _tune(dirs, "--methods", method, "--trials", "6", "--no-prune") == 0
     assert "still running elsewhere" in capsys.readouterr().err
     assert [t.state.name for t in _study(dirs, name).trials].count("RUNNING") == 1
 
     monkeypatch.setattr(studies, "GRACE_S", 1)  # instead of waiting minutes for the real grace period
     monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
     time.sleep(1.5)
-    assert _tune(dirs, "--methods", method, "--trials", "3", "--no-prune") == 0
+    assert _tune(dirs, "--methods", method, "--trials", "6", "--no-prune") == 0
     trials = _study(dirs, name).trials
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 3 and not [t for t in trials if t.state.name == "RUNNING"]
+    assert len(complete) == 6 and not [t for t in trials if t.state.name == "RUNNING"]
     assert trials[killed.number].state.name == "FAIL"
     retry = [t for t in complete if t.user_attrs.get("retry_of") == killed.number]
     assert len(retry) == 1 and retry[0].params == killed.params  # the killed trial ran again, same parameters
