@@ -4,8 +4,11 @@ A row averages runs that differ in the seed alone (``results.row_identity``);
 anything else that differs (a method setting, a layer, the dtype, the training
 or validation data) makes its own row, labelled with what differs from the
 default, e.g. ``pal [image-layer 9]`` or ``pal [K=128]``.  A setting counts as
-default when it has the value of runs that did not set it (so no method code,
-and no torch, is imported to learn defaults).
+default when it has the value of plain runs (no method option set, not tuned),
+or failing those of any run that did not set it (so no method code, and no
+torch, is imported to learn defaults).  A row whose runs set method options
+shows those alone: what they imply (``lr=…`` turns the range test off) is not
+a setting of its own, and a tuned study's choices never redefine the default.
 
 Cells are mean ± 95% interval (``alignbench.stats``): Student t over seeds;
 with one seed, a bootstrap over the stored per-query / per-image outcomes.
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 GROUP_PATHS = ("budget", "pair", "image.encoder", "text.encoder")  # shown as group columns, never in labels
 DERIVED = ("feature_keys",)  # identity paths that follow from others (cache keys of the layers, dtype, data): no label
 LEAVES = ("train", "val")  # split references: one label part ("train coco:train"), not one per field
+METHOD_PATH = "method.config."  # a method setting's identity path starts so
 ENCODER_DEFAULTS = ("image.layer", "text.layer")  # resolved per encoder (alignbench.identity)
 MIN_SEEDS_FOR_T = 3  # paired t over seeds from this many shared seeds on; fewer → paired bootstrap
 
@@ -103,6 +107,7 @@ def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
     """Row key → RowRuns, with each row's label set (unique among rows of the same method)."""
     rows: dict[str, RowRuns] = {}
     untyped: dict[tuple[str, str], Counter] = {}  # (method, path) → values of runs that did not set it
+    plain: dict[tuple[str, str], Counter] = {}  # the same, from runs that set no method option and were not tuned
     typed: dict[str, set[str]] = {}  # row key → paths its runs set explicitly
     for rec in records:
         flat = _flatten(row_identity(rec))
@@ -112,18 +117,23 @@ def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
         row.runs.setdefault(int(rec["spec"].get("seed", 0)), []).append(rec)
         set_here = _typed_paths(rec)
         typed.setdefault(key, set()).update(set_here)
+        is_plain = "tuned" not in flat and not any(p.startswith(METHOD_PATH) for p in set_here)
         for p, v in flat.items():
             if p not in set_here:
                 untyped.setdefault((method, p), Counter())[v] += 1
+                if is_plain:
+                    plain.setdefault((method, p), Counter())[v] += 1
     by_method: dict[str, list[RowRuns]] = {}
     for row in rows.values():
         by_method.setdefault(row.method, []).append(row)
     for method, members in by_method.items():
         paths = sorted(p for p in {p for r in members for p in r.flat} - set(GROUP_PATHS) if not p.startswith(DERIVED))
         varying = {p for p in paths if len({r.flat.get(p) for r in members}) > 1}
-        defaults = {p: c.most_common(1)[0][0] for (m, p), c in untyped.items() if m == method}
+        defaults = {p: plain.get((m, p), c).most_common(1)[0][0] for (m, p), c in untyped.items() if m == method}
         for r in members:
             shown = sorted((varying | typed[r.key]) & set(paths) & set(r.flat) - {"tuned"}, key=_label_order)
+            if any(p.startswith(METHOD_PATH) for p in typed[r.key]):  # the options it set, not what they imply
+                shown = [p for p in shown if not p.startswith(METHOD_PATH) or p in typed[r.key]]
             # a layer nobody typed is the encoder's default (the pair is a group column): not a label part
             shown = [p for p in shown if p not in ENCODER_DEFAULTS or p in typed[r.key]]
             if any(p not in defaults for p in shown):  # a setting no run left at its default: ask the method
@@ -139,7 +149,7 @@ def group_rows(records: Iterable[dict[str, Any]]) -> dict[str, RowRuns]:
 
 
 def _label_order(path: str) -> tuple[bool, str]:
-    return (not path.startswith("method.config."), path)  # method settings first: "pal [K=128; image-layer 9]"
+    return (not path.startswith(METHOD_PATH), path)  # method settings first: "pal [K=128; image-layer 9]"
 
 
 def _config_defaults(method: str) -> dict[str, str]:
@@ -174,8 +184,8 @@ def _part(path: str, value: Any) -> str:
     if isinstance(v, dict) and "dataset" in v:  # a split reference
         v = f"{v['dataset']}:{v.get('split')}" if v.get("split") else str(v["dataset"])
     text = v if isinstance(v, str) else ("default" if v is None else f"{v:g}" if isinstance(v, float) else json.dumps(v))
-    if path.startswith("method.config."):
-        return f"{path[len('method.config.'):]}={text}"
+    if path.startswith(METHOD_PATH):
+        return f"{path[len(METHOD_PATH):]}={text}"
     return f"{_PART_NAMES.get(path, path)} {text}"
 
 

@@ -5,7 +5,8 @@ paired difference A − B, its 95% interval and two-sided p-value — a paired t
 test over the seeds both rows share when there are ≥ 3, else a paired
 bootstrap over the same test queries (or images), as METHODS.md asks before a
 table may claim a difference.  Row labels are the table's (``pal``,
-``pal [K=128]``); an unknown one gets a "did you mean".
+``pal [K=128]``), or ``pal†`` for the tuned row of each group (its chosen
+settings differ per budget and pair); an unknown one gets a "did you mean".
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Iterable
 
 from alignbench.errors import ConfigError
 from alignbench.report import DECIMALS, UNIT_WORDS, build_table
+from alignbench.results import TUNED_MARK
 
 
 def split_labels(text: str) -> list[str]:
@@ -44,7 +46,7 @@ def compare_report(
     table = build_table(records, by=by, metrics=metrics, resampler=resampler)
     known = sorted({r.method for r in table.rows})
     for lab in labels:
-        if lab not in known:
+        if lab not in known and not any(_tuned_name(k) == lab for k in known):
             variants = [k for k in known if k.split(" [")[0] == lab.split(" [")[0]]  # 'csa' → 'csa [s_dim=64]'
             close = list(dict.fromkeys(variants + difflib.get_close_matches(lab, known, n=3, cutoff=0.4)))[:4]
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -55,7 +57,7 @@ def compare_report(
         groups.setdefault(r.group, {})[r.method] = r
     out = []
     for group, members in groups.items():
-        a, b = members.get(a_label), members.get(b_label)
+        a, b = (_pick(members, lab, group) for lab in labels)
         if a is None or b is None:
             continue
         for j, col in enumerate(table.columns):
@@ -79,6 +81,23 @@ def compare_report(
     note = (f"A = {a_label}, B = {b_label}; percent points. Paired t over ≥ 3 shared seeds, else a paired bootstrap over "
             "the same test queries (retrieval, classification) or images (segmentation); p two-sided.")  # fmt: skip
     return body + "\n\n" + note + "\n"
+
+
+def _tuned_name(label: str) -> str | None:
+    """'pal† [lr=0.01; tau_p=0.05]' → 'pal†' (a tuned row's settings differ per budget and pair); others → None."""
+    name = label.split(" [")[0]
+    return name if name.endswith(TUNED_MARK) else None
+
+
+def _pick(members: dict[str, Any], label: str, group: tuple) -> Any:
+    """The group's row with this label; a bare ``pal†`` is the group's one tuned pal row."""
+    if label in members:
+        return members[label]
+    named = [r for k, r in members.items() if _tuned_name(k) == label]
+    if len(named) > 1:
+        raise ConfigError(f"{label!r} names {len(named)} rows in {' '.join(map(str, group))}: "
+                          f"{', '.join(repr(r.method) for r in named)}; give one's full label")  # fmt: skip
+    return named[0] if named else None
 
 
 def _p(p: float) -> str:

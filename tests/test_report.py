@@ -260,6 +260,39 @@ def test_labels_of_resolved_records_show_only_what_differs_from_the_defaults(tmp
     ]  # fmt: skip
 
 
+def test_tuned_rows_never_redefine_the_default_and_show_only_the_settings_they_chose(tmp_path):
+    """Where tuned runs outnumber default runs, the default row is still the bare method name: a tuned run's
+    ``lr`` implies ``lr_range_test=false`` (not a label part of its own); ``--compare pal†,pal`` names the
+    tuned row of each group, whatever it chose there."""
+    one, two = ResultStore(tmp_path / "one"), ResultStore(tmp_path / "two")
+    for r in (r for r in _records() if r["spec"]["method"] == "pal" and r["budget"]["pairs"] == 1000):
+        base = _resolved(r)
+        base["resolved"]["method"]["config"]["lr_range_test"] = True
+        base["run_id"], base["fit_id"] = run_id_of(base["resolved"]), fit_id_of(base["resolved"])
+        for study, lr in (("pal|recall|seeds=0", 0.02), ("pal|val_loss|seeds=0", 0.005)):
+            tuned = _resolved(r, typed={"lr": lr, "tau_p": 0.1})
+            tuned["resolved"]["method"]["config"].update(lr=lr, tau_p=0.1, lr_range_test=False)
+            tuned["run_id"], tuned["fit_id"] = run_id_of(tuned["resolved"]), fit_id_of(tuned["resolved"])
+            tuned["spec"]["tuned"] = {"study": study, "trial": 3}
+            tuned["metrics"] = {k: {m: v + 1.0 for m, v in ms.items()} for k, ms in r["metrics"].items()}
+            for store in (two, one) if study.startswith("pal|recall") else (two,):
+                store.write(tuned)
+        one.write(base)
+        two.write(base)
+    labels = sorted(r.method for r in build_table(two.load_all(), by="budget").rows)
+    assert labels == ["pal", "pal† [lr=0.005; tau_p=0.1]", "pal† [lr=0.02; tau_p=0.1]"]
+    # two tuned rows in one group: the bare name is ambiguous and the error lists both
+    from alignbench.compare import compare_report
+    from alignbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="names 2 rows"):
+        compare_report(two.load_all(), ["pal†", "pal"])
+    out = compare_report(one.load_all(), ["pal†", "pal"])
+    assert "| 1k " in out and "+1.0" in out and "paired t (3 seeds)" in out
+    with pytest.raises(ConfigError, match="no row 'linear†'"):
+        compare_report(one.load_all(), ["linear†", "pal"])
+
+
 def test_compare_prints_paired_differences_with_ci_and_p(capsys):
     assert cli(["report", "--results", str(RESULTS), "--compare", "pal,pal [image-layer 9]"]) == 0
     out = capsys.readouterr().out
