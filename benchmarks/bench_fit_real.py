@@ -1,12 +1,13 @@
-"""Seconds per epoch of trained methods, and Procrustes' fit, on cached real features (default pair, Flickr8k).
+"""Seconds per epoch of trained methods, and Procrustes' fit, on cached real features (Flickr8k; default pair).
 
-Needs the default pair's Flickr8k train and dev features in the cache
+Needs the pair's Flickr8k train and dev features in the cache
 (``alignbench encode --datasets flickr8k --splits train,dev``).  The budget is
 subsampled as ``alignbench run`` does (seed 0); validation is the dev split.
 
     python benchmarks/bench_fit_real.py --budget 1000
     python benchmarks/bench_fit_real.py --budget 10000 --epochs 3
     python benchmarks/bench_fit_real.py --methods "linear,sail,sail:dtype=fp32" --epochs 4
+    python benchmarks/bench_fit_real.py --pair dinov2-s14+minilm-l6 --budget 10000 --epochs 3
 
 Every method runs in ONE process at the same batch size with a fixed lr (no LR
 range test) for ``--epochs`` epochs; an epoch is the time between two
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3, help="fixed lr (no LR range test: it is not an epoch)")
     p.add_argument("--repeat", type=int, default=3, help="Procrustes fits (median); 0 skips Procrustes")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pair", default=None, help="encoder pair (default: the default pair); its Flickr8k features cached")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -68,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     from alignbench.source import FeatureSource
 
     torch.set_num_threads(args.threads)
-    src = FeatureSource(DEFAULT_PAIR, progress=False)
+    pair = args.pair or DEFAULT_PAIR
+    src = FeatureSource(pair, progress=False)
     all_train, val = src.pairs("flickr8k", "train"), src.pairs("flickr8k", "dev")
     train = all_train.subset(subsample_indices(len(all_train), args.budget, 0))
-    print(f"# {DEFAULT_PAIR}, budget {args.budget}, dev {len(val)} pairs, torch threads {torch.get_num_threads()}, "
+    print(f"# {pair}, budget {args.budget}, dev {len(val)} pairs, torch threads {torch.get_num_threads()}, "
           f"CPU bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}", flush=True)
     rows, ref = [], None
     for spec in split_methods(args.methods):
