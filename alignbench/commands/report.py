@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results/runs", help="result folder (default: results/runs)")
     p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
     p.add_argument("--compare", default=None, metavar="A,B",
-                   help="paired difference of two rows per metric, with its 95%% CI and p-value (e.g. pal,linear)")
+                   help="paired difference of two rows per metric, with its 95%% CI and p-value (e.g. pal,linear; "
+                        "'pal†,linear†' names the tuned rows of each pair and budget)")
     p.add_argument("--plot", action="store_true", help="also draw metric-vs-budget curves (PNG + PDF)")
     p.add_argument("--plot-dir", default="results/figures", help="where --plot writes (default: results/figures)")
     p.add_argument("--include-stale", action="store_true",
