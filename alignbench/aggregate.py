@@ -90,7 +90,7 @@ def _typed_paths(record: dict[str, Any]) -> set[str]:
 
     spec = record.get("spec") or {}
     enc = spec.get("encoder") or {}
-    out = {f"method.config.{k}" for k in (spec.get("method_options") or {})}
+    out = {f"{METHOD_PATH}{k}" for k in (spec.get("method_options") or {})}
     if enc.get("image_layer") is not None:
         out.add("image.layer")
     if enc.get("text_layer") is not None:
