@@ -100,11 +100,13 @@ PRUNE_WARMUP_EPOCHS = 15
 PRUNE_STARTUP_TRIALS = 3
 
 
-def make_pruner(warmup: int = PRUNE_WARMUP_EPOCHS, startup: int = PRUNE_STARTUP_TRIALS) -> Any:
-    """The pruner every study uses (its settings are part of what a tuned table was made with)."""
+def make_pruner(warmup: int | None = None, startup: int | None = None) -> Any:
+    """The pruner every new study uses (its settings are part of what a tuned table was made with)."""
     import optuna
 
-    return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNE_STARTUP_TRIALS if startup is None else startup,
+        n_warmup_steps=PRUNE_WARMUP_EPOCHS if warmup is None else warmup)
 
 
 def open_study(path: Path, key: StudyKey, space: dict[str, str], *, seed: int):
@@ -138,6 +140,10 @@ def open_study(path: Path, key: StudyKey, space: dict[str, str], *, seed: int):
         study.set_user_attr("pruner", {"kind": "median", "warmup_epochs": PRUNE_WARMUP_EPOCHS,
                                        "startup_trials": PRUNE_STARTUP_TRIALS})
     else:
+        # a resumed study keeps the pruner it was made with, whatever today's default is
+        made = study.user_attrs.get("pruner") or {}
+        study.pruner = make_pruner(int(made.get("warmup_epochs", PRUNE_WARMUP_EPOCHS)),
+                                   int(made.get("startup_trials", PRUNE_STARTUP_TRIALS)))
         have = {k: study.user_attrs.get(k) for k in want}
         diff = [k for k in want if json.dumps(have[k], sort_keys=True) != json.dumps(want[k], sort_keys=True)]
         if diff:

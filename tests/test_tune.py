@@ -289,3 +289,22 @@ def test_each_method_declares_a_search_space_over_its_own_config(name):
         values = param.values if isinstance(param, Choice) else (param.low, param.high)
         for v in values:
             assert getattr(cls(**{key: v}).config, key) == v
+
+
+def test_a_resumed_study_keeps_the_pruner_it_was_made_with(tmp_path, monkeypatch):
+    """Changing the default pruner must not change how an existing study's remaining trials are pruned."""
+    import alignbench.studies as studies
+
+    key = studies.StudyKey(method="linear", pair=PAIR, budget=40)
+    path = studies.study_file(tmp_path, PAIR, 40)
+    made = studies.open_study(path, key, {"lr": "log 1e-4..1e-1"}, seed=0)
+    assert made.user_attrs["pruner"] == {"kind": "median", "warmup_epochs": studies.PRUNE_WARMUP_EPOCHS,
+                                         "startup_trials": studies.PRUNE_STARTUP_TRIALS}
+    monkeypatch.setattr(studies, "PRUNE_WARMUP_EPOCHS", studies.PRUNE_WARMUP_EPOCHS + 7)
+    monkeypatch.setattr(studies, "PRUNE_STARTUP_TRIALS", studies.PRUNE_STARTUP_TRIALS + 2)
+    resumed = studies.open_study(path, key, {"lr": "log 1e-4..1e-1"}, seed=0)
+    assert (resumed.pruner._n_warmup_steps, resumed.pruner._n_startup_trials) == (
+        made.user_attrs["pruner"]["warmup_epochs"], made.user_attrs["pruner"]["startup_trials"])
+    fresh = studies.open_study(studies.study_file(tmp_path / "other", PAIR, 40), key, {"lr": "log 1e-4..1e-1"}, seed=0)
+    assert (fresh.pruner._n_warmup_steps, fresh.pruner._n_startup_trials) == (
+        studies.PRUNE_WARMUP_EPOCHS, studies.PRUNE_STARTUP_TRIALS)
