@@ -95,7 +95,7 @@ def _check_file(storage: Any, path: Path, key: StudyKey) -> None:
 # Median pruning, no decision before epoch PRUNE_WARMUP_EPOCHS nor before PRUNE_STARTUP_TRIALS trials ended.
 # Chosen by replaying the recorded --no-prune linear study at 1k (benchmarks/replay_pruner.py): with a warm-up
 # of 5 the pruner stopped the study's best trial, because early val losses rank how fast a setting learns, not
-# where it ends (at 1k one epoch is one optimiser step).
+# where it ends (at 1k one epoch is one optimiser step).  Replays of more studies are in results/tuned/TABLE.md.
 PRUNE_WARMUP_EPOCHS = 15
 PRUNE_STARTUP_TRIALS = 3
 
