@@ -30,6 +30,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
 from alignbench.errors import BudgetError, ConfigError, FeatureError
@@ -259,6 +260,17 @@ def check_pairs(train: Pairs, val: Pairs | None = None, *, tokens: bool = False)
         for side, a, b in (("image", train.images.dim, val.images.dim), ("text", train.texts.dim, val.texts.dim)):
             if a != b:
                 raise FeatureError(f"validation {side} features are {b}-d but training ones are {a}-d")
+
+
+def validation_rows(n_val: int, max_pairs: int, seed: int) -> np.ndarray:
+    """The validation pairs a fit scores: all ``n_val``, or ``max_pairs`` of them drawn with ``seed + 1`` (sorted).
+
+    Why one helper: every method that caps its validation set must draw the same
+    subset for the same seed, so their validation losses compare.
+    """
+    if n_val <= max_pairs:
+        return np.arange(n_val)
+    return np.sort(np.random.default_rng(seed + 1).choice(n_val, max_pairs, replace=False))
 
 
 def check_dim(f: ImageFeatures | TextFeatures, expected: int | None, side: str, *, what: str = "dim") -> None:

@@ -24,7 +24,8 @@ from alignbench.cca_fit import (
 )
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
-from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
+from alignbench.methods.base import (Method, MethodConfig, check_dim, check_pairs, register_method,
+                                     validation_rows)
 from alignbench.search_space import Choice, FloatRange
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ class CCAConfig(MethodConfig):
 def val_arrays(val: Pairs, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Validation images (each ONCE), texts, and each text's image row; subsampled to ``max_pairs``."""
     info: dict[str, Any] = {"val_pairs": len(val)}
-    if len(val) > max_pairs:
-        idx = np.sort(np.random.default_rng(seed + 1).choice(len(val), max_pairs, replace=False))
+    idx = validation_rows(len(val), max_pairs, seed)
+    if len(idx) < len(val):
         val = val.subset(idx)
         info["val_pairs_used"] = max_pairs
     uniq, text_image = np.unique(val.image_index, return_inverse=True)

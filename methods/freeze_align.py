@@ -34,7 +34,8 @@ from torch import nn
 
 from alignbench.errors import ConfigError, FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
-from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
+from alignbench.methods.base import (Method, MethodConfig, check_dim, check_pairs, register_method,
+                                     validation_rows)
 from alignbench.methods.fusemix import LearnableTemperature
 from alignbench.methods.global_head import HeadConfig
 from alignbench.search_space import FloatRange
@@ -222,9 +223,8 @@ class FreezeAlign(Method):
         info: dict[str, Any] = {"n_train": len(train), "n_val": len(val) if val is not None else 0}
         val_loss = None
         if val is not None and len(val) >= 2:
-            vidx = np.arange(len(val))
-            if len(val) > c.val_max_pairs:
-                vidx = np.sort(np.random.default_rng(seed + 1).choice(len(val), c.val_max_pairs, replace=False))
+            vidx = validation_rows(len(val), c.val_max_pairs, seed)
+            if len(vidx) < len(val):
                 info["val_pairs_used"] = c.val_max_pairs
             val_loss = lambda: self._validation_loss(val, vidx)  # noqa: E731
 

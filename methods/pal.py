@@ -27,7 +27,8 @@ from alignbench.cap import DenseTokens, Workspace, cap_profiles, chunk_rows
 from alignbench.cap_kernels import compile_failed, kernel_backend
 from alignbench.errors import FeatureError
 from alignbench.features import ImageFeatures, Pairs, TextFeatures
-from alignbench.methods.base import Method, MethodConfig, check_dim, check_pairs, register_method
+from alignbench.methods.base import (Method, MethodConfig, check_dim, check_pairs, register_method,
+                                     validation_rows)
 from alignbench.pal_config import PALConfig
 from alignbench.search_space import Choice, FloatRange
 from alignbench.token_stream import place_training_tokens
@@ -193,9 +194,8 @@ class PAL(Method):
 
         val_loss = None
         if val is not None and len(val) >= 2:
-            vidx = np.arange(len(val))
-            if len(val) > cfg.val_max_pairs:
-                vidx = np.sort(np.random.default_rng(seed + 1).choice(len(val), cfg.val_max_pairs, replace=False))
+            vidx = validation_rows(len(val), cfg.val_max_pairs, seed)
+            if len(vidx) < len(val):
                 info["val_pairs_used"] = cfg.val_max_pairs
             info["val_pairs"] = len(val)
 

@@ -235,3 +235,14 @@ def test_mismatched_val_dims_are_a_feature_error(name, data):
     wide = Pairs(_widen(val.images), val.texts, val.image_index, val.text_index)
     with pytest.raises(FeatureError):
         make(name).fit(train, wide, seed=0)
+
+
+def test_validation_rows_are_all_pairs_or_one_seeded_subset_shared_by_every_method():
+    from alignbench.methods.base import validation_rows
+
+    assert validation_rows(5, 1000, seed=3).tolist() == [0, 1, 2, 3, 4]
+    rows = validation_rows(5000, 1000, seed=3)
+    # the draw every capped method made before this helper existed (stored validation losses depend on it)
+    expected = np.sort(np.random.default_rng(4).choice(5000, 1000, replace=False))
+    assert np.array_equal(rows, expected) and len(set(rows.tolist())) == 1000
+    assert not np.array_equal(rows, validation_rows(5000, 1000, seed=4))
