@@ -10,8 +10,9 @@ So each published table sits right under a marker naming the report command that
 :func:`check` runs each marked command in-process and compares the table it prints with the
 file's; :func:`update` rewrites the file's table.  CI runs the check
 (tests/test_published_tables.py); ``make tables`` (``python -m alignbench.published --update``)
-refreshes every file in :data:`PUBLISHED`.  Only the table's lines are compared: the prose
-around it, and the caption ``report`` prints under it, are the author's.
+refreshes every file in :data:`PUBLISHED`.  The caption ``report`` prints under the table (what
+the intervals, the bold and the † claim) is part of what is checked: it follows the table after
+one blank line.  The prose around them is the author's.
 """
 from __future__ import annotations
 
@@ -35,17 +36,22 @@ PUBLISHED = ("README.md", "results/README_table.md", "results/tuned/TABLE.md", "
 MARKER = re.compile(r"^<!-- (alignbench report .*?) -->\s*$")
 #: Report options that write files: a published table's command only prints.
 _WRITES = ("--out", "--plot", "--plot-dir")
+#: How the captions ``report`` prints begin (tables; ``--compare``): a paragraph so opening right
+#: under a marked table is its caption, anything else is the author's prose and never rewritten.
+CAPTION_OPENERS = ("Percent.", "A = ")
 
 
 @dataclass(frozen=True)
 class MarkedTable:
-    """One marked table: the command, and where its table lines sit in the file (``start:end``)."""
+    """One marked table: the command, where its table lines sit (``start:end``) and its caption (``end:caption_end``)."""
 
     path: Path
     command: str
     start: int
     end: int
     lines: tuple[str, ...]
+    caption_end: int
+    caption: tuple[str, ...]
 
     @property
     def where(self) -> str:
@@ -71,12 +77,18 @@ def find_tables(path: str | Path) -> list[MarkedTable]:
             end += 1
         if end == i + 1:
             raise ConfigError(f"{path}:{i + 1}: no table right under the marker for `{command}`")
-        out.append(MarkedTable(path, command, i + 1, end, tuple(lines[i + 1:end])))
+        cap_end = end
+        if end + 1 < len(lines) and lines[end] == "" and lines[end + 1].startswith(CAPTION_OPENERS):
+            cap_end = end + 1
+            while cap_end < len(lines) and lines[cap_end] != "":
+                cap_end += 1
+        out.append(MarkedTable(path, command, i + 1, end, tuple(lines[i + 1:end]), cap_end,
+                               tuple(lines[end + 1:cap_end])))
     return out
 
 
-def render(command: str, root: str | Path) -> list[str]:
-    """The table lines ``command`` prints, run in-process from ``root`` (its paths are relative to it)."""
+def render(command: str, root: str | Path) -> tuple[list[str], list[str]]:
+    """The table lines ``command`` prints, and its caption's, run in-process from ``root`` (paths relative to it)."""
     from alignbench.cli import main
 
     argv = shlex.split(command)[1:]  # drop "alignbench"
@@ -85,39 +97,47 @@ def render(command: str, root: str | Path) -> list[str]:
         rc = main(argv)
     if rc != 0:
         raise ConfigError(f"`{command}` exited with {rc}")
-    table, started = [], False
-    for line in buf.getvalue().split("\n"):
-        if line.startswith("|"):
-            table.append(line)
-            started = True
-        elif started:
-            break
-    if not table:
+    lines = buf.getvalue().split("\n")
+    first = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if first is None:
         raise ConfigError(f"`{command}` printed no table")
-    return table
+    end = first
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    caption = []
+    if end + 1 < len(lines) and lines[end] == "" and lines[end + 1].startswith(CAPTION_OPENERS):
+        cap_end = end + 1
+        while cap_end < len(lines) and lines[cap_end] != "":
+            cap_end += 1
+        caption = lines[end + 1:cap_end]
+    return lines[first:end], caption
 
 
 def check(path: str | Path, root: str | Path) -> list[str]:
-    """One message per marked table of ``path`` that differs from what its command prints now."""
+    """One message per marked table of ``path`` that differs from what its command prints now (table or caption)."""
     problems = []
     for t in find_tables(path):
-        fresh = render(t.command, root)
-        if list(t.lines) != fresh:
-            changed = sum(a != b for a, b in zip(t.lines, fresh)) + abs(len(t.lines) - len(fresh))
+        table, caption = render(t.command, root)
+        if list(t.lines) != table:
+            changed = sum(a != b for a, b in zip(t.lines, table)) + abs(len(t.lines) - len(table))
             problems.append(f"{t.where}: the table differs from `{t.command}` in {changed} line(s) "
-                            f"({len(t.lines)} published, {len(fresh)} printed); refresh with `make tables`")
+                            f"({len(t.lines)} published, {len(table)} printed); refresh with `make tables`")
+        if list(t.caption) != caption:
+            problems.append(f"{t.where}: the caption under the table differs from the one `{t.command}` prints"
+                            f"{'' if t.caption else ' (none published)'}; refresh with `make tables`")
     return problems
 
 
 def update(path: str | Path, root: str | Path) -> int:
-    """Rewrite every marked table of ``path`` with what its command prints; returns how many changed."""
+    """Rewrite every marked table of ``path`` (and its caption) with what its command prints; how many changed."""
     path = Path(path)
     lines = path.read_text(encoding="utf-8").split("\n")
     changed = 0
     for t in reversed(find_tables(path)):  # bottom-up: earlier line numbers stay valid
-        fresh = render(t.command, root)
-        if list(t.lines) != fresh:
-            lines[t.start:t.end] = fresh
+        table, caption = render(t.command, root)
+        if list(t.lines) != table or list(t.caption) != caption:
+            block = table + (["", *caption] if caption else [])
+            lines[t.start:t.caption_end] = block
             changed += 1
             log.info("%s: table rewritten from `%s`", t.where, t.command)
     if changed:

@@ -268,8 +268,7 @@ def caption(table: Table) -> str:
     if "none" in kinds:
         parts.append("A value without ± has one seed and no stored outcomes to resample.")
     if any(TUNED_MARK in r.method for r in table.rows):
-        parts.append(f"{TUNED_MARK} tuned on the validation split (alignbench tune: same trials and objective for "
-                     "every method; the label shows the chosen settings).")
+        parts.append(_tuned_caption(table))
     if any(r.fit_s is not None for r in table.rows):
         parts.append("fit s: median wall-clock seconds of one fit over the row's runs (runs that reused a stored fit "
                      "left out); machines and load differ between runs, so compare within a table only.")
@@ -279,6 +278,44 @@ def caption(table: Table) -> str:
         "queries or images; an entry that cannot be tested is not bold)."
     )
     return " ".join(parts)
+
+
+def search_budgets(table: Table) -> dict[tuple[Any, Any], list[str]]:
+    """(trials, objective) of the studies behind the table's tuned rows → the rows tuned so.
+
+    Why: a tuned comparison is fair only when every tuned row had the same search, and a
+    ``:tuned`` run takes the best trial of its study whatever the study's size (a study still
+    running, or one stopped early, has fewer trials); each result records the study's size.
+    """
+    out: dict[tuple[Any, Any], list[str]] = {}
+    for r in table.rows:
+        if TUNED_MARK not in r.method or r.runs is None:
+            continue
+        where = " ".join([*(g for g in r.group if g), r.method.split(" [")[0]])
+        for recs in r.runs.runs.values():
+            for rec in recs:
+                t = (rec.get("spec") or {}).get("tuned") or {}
+                rows = out.setdefault((t.get("n_trials"), t.get("objective")), [])
+                if where not in rows:
+                    rows.append(where)
+    return out
+
+
+def _tuned_caption(table: Table) -> str:
+    """The † sentence: the search every tuned row had, or which rows had another."""
+    budgets = search_budgets(table)
+    if len(budgets) == 1:
+        (trials, objective), = budgets
+        same = f"{trials} trials per study, objective {objective}, for every tuned row" if trials else \
+            "same trials and objective for every tuned row"
+        return f"{TUNED_MARK} tuned on the validation split (alignbench tune: {same}; the label shows the chosen settings)."
+    usual = max(budgets, key=lambda k: len(budgets[k]))
+    others = "; ".join(f"{', '.join(rows)}: {n if n is not None else '?'} trials, objective {o}"
+                       for (n, o), rows in budgets.items() if (n, o) != usual)
+    log.warning("tuned rows had different searches (%s trials, objective %s, except %s)", usual[0], usual[1], others)
+    return (f"{TUNED_MARK} tuned on the validation split (alignbench tune; the label shows the chosen settings). "
+            f"NOT the same search for every tuned row: {usual[0]} trials, objective {usual[1]}, except {others}; "
+            "compare those rows with care.")
 
 
 def summary_frame(records: list[dict[str, Any]], *, by: str = "budget", metrics: Iterable[str] | None = None) -> "pd.DataFrame":

@@ -41,3 +41,22 @@ def test_a_marker_without_a_table_or_with_a_command_that_writes_files_is_an_erro
     f.write_text("<!-- alignbench report --results results/default --plot -->\n| a |\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="only print it.*--plot"):
         find_tables(f)
+
+
+def test_a_stale_or_missing_caption_is_caught_and_update_writes_it_under_the_table(tmp_path):
+    """The caption says what the cells claim (intervals, one-seed bootstrap rows, the † search): it is checked too."""
+    original = (ROOT / "results/README_table.md").read_text(encoding="utf-8")
+    caption = next(line for line in original.split("\n") if line.startswith("Percent."))
+    f = tmp_path / "table.md"
+    f.write_text(original.replace(caption, caption.replace("Student t", "normal")), encoding="utf-8")
+    problems = check(f, ROOT)
+    assert len(problems) == 1 and "caption" in problems[0]
+    assert update(f, ROOT) == 1 and f.read_text(encoding="utf-8") == original
+    # a table published without its caption gets one; the author's prose under it is kept
+    marker = "<!-- alignbench report --results results/default --format markdown -->"
+    table = [line for line in original.split("\n") if line.startswith("|")][:10]
+    f.write_text("\n".join([marker, *table, "", "My own words.", ""]), encoding="utf-8")
+    assert "(none published)" in check(f, ROOT)[0]
+    update(f, ROOT)
+    text = f.read_text(encoding="utf-8").split("\n")
+    assert text[11] == "" and text[12].startswith("Percent.") and text[-2] == "My own words." and check(f, ROOT) == []

@@ -381,3 +381,26 @@ def test_plot_writes_png_and_pdf_with_the_tables_ci_bands(tmp_path, monkeypatch)
 
 def test_latex_escape():
     assert latex_escape("a_b & 50% #1 {x} I→T") == r"a\_b \& 50\% \#1 \{x\} I$\rightarrow$T"
+
+
+def test_the_caption_states_the_search_behind_tuned_rows_and_names_rows_that_had_another(tmp_path):
+    """The † sentence is a claim (same trials and objective for every tuned row): it is read from the results,
+    and a row whose study was smaller (still running, stopped early) or had another objective is named."""
+    from alignbench.report import search_budgets
+
+    store = ResultStore(tmp_path)
+    for r in (r for r in _records() if r["spec"]["method"] == "pal" and r["budget"]["pairs"] in (1000, 10000)):
+        tuned = _resolved(r, typed={"lr": 0.02})
+        tuned["resolved"]["method"]["config"].update(lr=0.02)
+        tuned["run_id"], tuned["fit_id"] = run_id_of(tuned["resolved"]), fit_id_of(tuned["resolved"])
+        n = 20 if r["budget"]["pairs"] == 1000 else 9
+        tuned["spec"]["tuned"] = {"study": "pal|recall|seeds=0", "trial": 3, "n_trials": n, "objective": "recall"}
+        store.write(tuned)
+    records = store.load_all()
+    one_budget = build_table([x for x in records if x["budget"]["pairs"] == 1000], by="budget")
+    assert "20 trials per study, objective recall, for every tuned row" in one_budget.caption
+    both = build_table(records, by="budget")
+    assert search_budgets(both) == {(20, "recall"): ["1k effnet-lite0+minilm-l6 pal†"],
+                                    (9, "recall"): ["10k effnet-lite0+minilm-l6 pal†", "10k dinov2-s14+minilm-l6 pal†"]}
+    assert "NOT the same search for every tuned row: 9 trials, objective recall, except 1k effnet-lite0+minilm-l6 " \
+           "pal†: 20 trials, objective recall" in both.caption
