@@ -227,6 +227,11 @@ def best_config(tune_dir: str | Path, key: StudyKey) -> TunedConfig:
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not done:
         raise ConfigError(f"study {key.name!r} in {path} has no finished trial yet{hint}")
+    running = sum(t.state.name == "RUNNING" for t in study.trials)
+    if running:
+        log.warning("study %r in %s is still running (%d trial(s) in progress, %d finished): :tuned takes the best "
+                    "finished trial, which may still change, and the table will say its study was smaller",
+                    key.name, path, running, finished(study))
     best = study.best_trial
     return TunedConfig(study=key.name, file=str(path), params=dict(best.params), value=float(best.value),
                        trial=best.number, objective=key.objective, n_trials=finished(study),

@@ -308,3 +308,19 @@ def test_a_resumed_study_keeps_the_pruner_it_was_made_with(tmp_path, monkeypatch
     fresh = studies.open_study(studies.study_file(tmp_path / "other", PAIR, 40), key, {"lr": "log 1e-4..1e-1"}, seed=0)
     assert (fresh.pruner._n_warmup_steps, fresh.pruner._n_startup_trials) == (
         studies.PRUNE_WARMUP_EPOCHS, studies.PRUNE_STARTUP_TRIALS)
+
+
+def test_tuned_from_a_study_still_running_warns_that_its_best_may_change(dirs, caplog):
+    import logging
+
+    from alignbench.studies import find_tuned
+
+    assert _tune(dirs, "--methods", "asif", "--trials", "2") == 0
+    with caplog.at_level(logging.WARNING, logger="alignbench.studies"):
+        find_tuned(dirs["tune"], "asif", {}, PAIR, 40)
+    assert not [r for r in caplog.records if "still running" in r.getMessage()]
+    _study(dirs, "asif|recall|seeds=0").ask()  # another process's trial, in progress
+    with caplog.at_level(logging.WARNING, logger="alignbench.studies"):
+        record = find_tuned(dirs["tune"], "asif", {}, PAIR, 40)
+    assert record.n_trials == 2
+    assert [r for r in caplog.records if "still running (1 trial(s) in progress, 2 finished)" in r.getMessage()]
