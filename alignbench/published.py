@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 #: Files with marked tables, relative to the repository root.
 PUBLISHED = ("README.md", "results/README_table.md", "results/tuned/TABLE.md", "results/parity/README.md")
 
-MARKER = re.compile(r"^<!-- (alignbench report .*?) -->\s*$")
+#: A marker names a command that only reads what is stored: ``report`` (tables, ``--compare``) or
+#: ``tune --status`` (the studies: trials, epochs and seconds spent, best configs).
+MARKER = re.compile(r"^<!-- (alignbench (?:report|tune --status)(?: .*?)?) -->\s*$")
 #: Report options that write files: a published table's command only prints.
 _WRITES = ("--out", "--plot", "--plot-dir")
 #: How the captions ``report`` prints begin (tables; ``--compare``): a paragraph so opening right

@@ -266,7 +266,12 @@ def find_tuned(tune_dir: str | Path, method: str, fixed: dict[str, Any], pair: s
 
 
 def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per study in ``tune_dir``: trials by state, best value and config."""
+    """One row per study in ``tune_dir``: trials by state, epochs and seconds spent, best value and config.
+
+    ``trial s`` sums the wall time of the finished trials (complete or pruned): what the study
+    cost, read from the study itself, whatever processes and sessions ran it (a trial that was
+    interrupted and re-run counts once, its re-run).
+    """
     import optuna
 
     rows = []
@@ -276,16 +281,26 @@ def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:
             study = optuna.load_study(study_name=s.study_name, storage=storage)
             states = [t.state.name for t in study.trials]
             epochs = sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials)
+            seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+                          if t.state.name in _FINISHED and t.datetime_start and t.datetime_complete)
             best = s.best_trial
             rows.append({
-                "file": path.name, "study": s.study_name, "pair": s.user_attrs.get("pair"),
+                "file": path.name, **_name_columns(s.study_name), "pair": s.user_attrs.get("pair"),
                 "budget": s.user_attrs.get("budget"), "complete": states.count("COMPLETE"),
                 "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
                 "running": states.count("RUNNING") + states.count("WAITING"), "epochs": epochs,
+                "trial s": round(seconds),
                 "best": None if best is None else round(float(best.value), 4),
                 "config": "" if best is None else " ".join(f"{k}={_short(v)}" for k, v in best.params.items()),
             })  # fmt: skip
     return rows
+
+
+def _name_columns(study_name: str) -> dict[str, str]:
+    """``pal:K=64|recall|seeds=0`` → method, objective and seeds columns (a ``|`` would split a Markdown cell)."""
+    method, _, rest = study_name.partition("|")
+    objective, _, seeds = rest.partition("|")
+    return {"method": method, "objective": objective, "seeds": seeds.removeprefix("seeds=")}
 
 
 def _short(v: Any) -> str:

@@ -66,7 +66,13 @@ def test_tune_searches_on_validation_halves_only_and_reports_status(dirs, no_tes
     assert "nothing to do" in capsys.readouterr().err and len(_study(dirs, "asif|recall|seeds=0").trials) == 3
     assert cli(["tune", "--status", "--tune-dir", str(dirs["tune"])]) == 0
     out = capsys.readouterr().out
-    assert "asif|recall|seeds=0" in out and "linear:max_epochs=30|recall|seeds=0" in out and "k=" in out
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    header, rows = rows[0], rows[1:]
+    assert header[:4] == ["file", "method", "objective", "seeds"] and "trial s" in header
+    assert sorted(r[1:4] for r in rows) == [["asif", "recall", "0"], ["linear:max_epochs=30", "recall", "0"]]
+    assert all(len(r) == len(header) for r in rows) and "k=" in out  # no cell holds a '|' (Markdown-safe)
+    lin_row = next(r for r in rows if r[1].startswith("linear"))
+    assert float(lin_row[header.index("trial s")]) > 0 and int(lin_row[header.index("epochs")]) >= 3
 
 
 def test_interrupted_tune_resumes_without_losing_a_trial(dirs, monkeypatch, capsys):
