@@ -40,7 +40,7 @@ MARKER = re.compile(r"^<!-- (alignbench (?:report|tune --status)(?: .*?)?) -->\s
 _WRITES = ("--out", "--plot", "--plot-dir")
 #: How the captions ``report`` prints begin (tables; ``--compare``): a paragraph so opening right
 #: under a marked table is its caption, anything else is the author's prose and never rewritten.
-CAPTION_OPENERS = ("Percent.", "A = ")
+CAPTION_OPENERS = ("Percent.", "A = ", "Seeds of each")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ EXAMPLES = [
     "alignbench report --metric i2t_R@1,segmentation/mIoU_fg --plot --plot-dir results/figures",
     "alignbench report --format csv --metric all --results results/runs",
     "alignbench report --compare pal,linear",
+    "alignbench report --coverage --by pair          # which default / tuned rows exist, with how many seeds",
 ]
 
 
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", default=None, metavar="A,B",
                    help="paired difference of two rows per metric, with its 95%% CI and p-value (e.g. pal,linear; "
                         "'pal†,linear†' names the tuned rows of each pair and budget)")
+    p.add_argument("--coverage", action="store_true",
+                   help="which rows the results hold: per method and group, the seeds of its default and tuned rows")
     p.add_argument("--plot", action="store_true", help="also draw metric-vs-budget curves (PNG + PDF)")
     p.add_argument("--plot-dir", default="results/figures", help="where --plot writes (default: results/figures)")
     p.add_argument("--include-stale", action="store_true",
@@ -44,7 +47,15 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.report import render
     records = _current_records(args)
     metrics = split_list(args.metrics) or None
-    if args.compare is not None:
+    if args.coverage and args.compare is not None:
+        from alignbench.errors import ConfigError
+
+        raise ConfigError("--coverage and --compare print different tables: pass one")
+    if args.coverage:
+        from alignbench.coverage import render_coverage
+
+        text = render_coverage(records, by=args.by)
+    elif args.compare is not None:
         from alignbench.compare import compare_report, split_labels
 
         text = compare_report(records, split_labels(args.compare), by=args.by, metrics=metrics)
