@@ -150,6 +150,7 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
     import torch
 
     from alignbench import feature_kinds, provenance
+    from alignbench.fit_checkpoint import checkpointing
     from alignbench.fits import fitted_for, save_fitted, state_path
     from alignbench.identity import make_method
     from alignbench.split_guard import check_disjoint
@@ -187,13 +188,15 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
         log.info("%s: fitting %s on %d pairs (%s)", run.run_id, run.method.label, len(train), run.pair)
         torch.manual_seed(run.seed)
         t = time.perf_counter()
-        method.fit(train, val, seed=run.seed)
-        timings["fit"] = time.perf_counter() - t
-        try:
-            save_fitted(method, run, results_dir)
-        except OSError as exc:  # the metrics are still right; only the reuse is lost
-            log.warning("%s: the fitted state could not be stored (%s); its next evaluation will refit", run.run_id, exc)
-            fit["state"] = None
+        with checkpointing(results_dir, run.fit_id):  # killed mid-fit: the same command resumes from the last save
+            method.fit(train, val, seed=run.seed)
+            timings["fit"] = time.perf_counter() - t
+            try:
+                save_fitted(method, run, results_dir)
+            except OSError as exc:  # the metrics are still right; only the reuse is lost
+                log.warning("%s: the fitted state could not be stored (%s); its next evaluation will refit",
+                            run.run_id, exc)
+                fit["state"] = None
     else:
         log.info("%s: evaluating the stored fit %s (no refit)", run.run_id, fit["state"])
         timings["fit"] = 0.0

@@ -24,7 +24,7 @@ import time
 import dataclasses
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -195,6 +195,7 @@ def train_contrastive(
     state: Callable[[], dict] | None = None,
     load_state: Callable[[dict], None] | None = None,
     desc: str = "train",
+    rngs: Sequence[np.random.Generator] = (),
 ) -> dict[str, Any]:
     """Train with AdamW + warmup/cosine + clipping, early stopping on ``val_loss``.
 
@@ -210,6 +211,10 @@ def train_contrastive(
     time_s, early_stopped, batch_size, steps_per_epoch, schedule, clip_mode,
     [lr_range_test], [note]}.
     Raises TrainingDivergedError on a non-finite loss or gradient.
+
+    Inside :func:`alignbench.fit_checkpoint.checkpointing` (``alignbench run``) the loop saves
+    what the next epoch needs and resumes from it when rerun; ``rngs`` are the caller's own
+    random generators that its ``step_loss`` draws from (FuseMix's mixup), saved with it.
     """
     config.check()
     if n_train < 1:
@@ -217,6 +222,10 @@ def train_contrastive(
 
         raise BudgetError(f"{desc}: no training pairs (budget 0); use a positive budget")
     t0 = time.perf_counter()
+    from alignbench import fit_checkpoint
+
+    ck = fit_checkpoint.current()
+    saved = ck.load(desc, n_train) if ck is not None else None
     groups, flat = _param_list(params)
     if not flat:
         raise ConfigError(f"{desc}: nothing to train (no parameters)")
@@ -232,7 +241,10 @@ def train_contrastive(
 
     lr = config.lr
     info["lr_source"] = "fixed"
-    if config.lr_range_test:
+    if saved is not None:  # the range test ran before the interruption: its outcome is in the checkpoint
+        lr = saved["lr"]
+        info.update(saved["lr_info"])
+    elif config.lr_range_test:
         from alignbench.lr_range import lr_range_test
 
         rt = lr_range_test(groups, step_loss, n_train, config=config, seed=seed, state=state, load_state=load_state)
@@ -240,6 +252,7 @@ def train_contrastive(
         if not rt["fallback"]:
             lr = rt["lr"]
         info["lr_source"] = "fallback" if rt["fallback"] else "range_test"
+    if "lr_range_test" in info:
         if isinstance(groups[0], dict):  # scale every group's lr by the same factor
             groups = [dict(g, lr=g.get("lr", config.lr) * lr / config.lr) for g in groups]
 
@@ -252,13 +265,23 @@ def train_contrastive(
     observer = _EPOCH_OBSERVER.get()
 
     best_val, best_epoch, best_state, bad = math.inf, 0, None, 0
-    step, epoch, train_loss, early = 0, 0, math.nan, False
+    step, epoch, train_loss, early, elapsed = 0, 0, math.nan, False, 0.0
+    if saved is not None:
+        load_state(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["schedule"])
+        best_val, best_epoch, best_state, bad = saved["best_val"], saved["best_epoch"], saved["best_state"], saved["bad"]
+        step, epoch, train_loss, elapsed = saved["step"], saved["epoch"], saved["train_loss"], saved["elapsed_s"]
+        rng.bit_generator.state = saved["batch_rng"]
+        fit_checkpoint.restore_rngs(list(rngs), saved["rngs"])
+        fit_checkpoint.restore_torch_rng(saved["torch_rng"])
+        info["resumed_after_epoch"] = epoch
     show = progress_enabled()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.max_epochs, desc=desc, unit="ep", disable=not show, leave=False)
+    bar = tqdm(total=config.max_epochs, initial=epoch, desc=desc, unit="ep", disable=not show, leave=False)
     try:
-        for epoch in range(1, config.max_epochs + 1):
+        for epoch in range(epoch + 1, config.max_epochs + 1):
             running, count = 0.0, 0
             for idx in epoch_batches(n_train, bs, rng):
                 opt.zero_grad(set_to_none=True)
@@ -302,6 +325,14 @@ def train_contrastive(
                 log.debug("%s epoch %d: train %.4f", desc, epoch, train_loss)
             bar.set_postfix(post)
             bar.update(1)
+            if ck is not None and ck.due() and epoch < config.max_epochs:
+                ck.save({"desc": desc, "n_train": n_train, "epoch": epoch, "step": step, "train_loss": train_loss,
+                         "best_val": best_val, "best_epoch": best_epoch, "bad": bad, "best_state": best_state,
+                         "model": state(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                         "batch_rng": rng.bit_generator.state, "rngs": fit_checkpoint.rng_states(list(rngs)),
+                         "torch_rng": fit_checkpoint.torch_rng_state(), "lr": lr,
+                         "lr_info": {k: info[k] for k in ("lr_source", "lr_range_test") if k in info},
+                         "elapsed_s": elapsed + time.perf_counter() - t0})
     finally:
         bar.close()
     if best_state is not None:
@@ -313,7 +344,7 @@ def train_contrastive(
         best_val_loss=best_val if val_loss is not None else None,
         final_train_loss=train_loss,
         lr=lr,
-        time_s=time.perf_counter() - t0,
+        time_s=elapsed + time.perf_counter() - t0,
         early_stopped=early,
         batch_size=bs,
         steps_per_epoch=steps_per_epoch,

@@ -146,6 +146,9 @@ class FuseMix(GlobalHeadMethod):
         super().fit(train, val, seed=seed)
         self.fit_info["temperature"] = float(self.tau().detach())
 
+    def training_rngs(self) -> list[np.random.Generator]:
+        return [self._mix_rng]
+
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         xm, ym, _, _ = latent_mixup(x, y, self._mix_rng, self.config.mix_alpha)
         return info_nce(self.image_head(xm), self.text_head(ym), self.temperature())

@@ -136,6 +136,7 @@ class GlobalHeadMethod(Method):
         info = train_contrastive(
             self.param_groups(), step_loss, len(train), val_loss=val_loss, config=cfg, seed=seed,
             state=self._state_tensors, load_state=self._load_tensors, desc=self.registry_name or type(self).__name__,
+            rngs=self.training_rngs(),
         )
         self._train_mode(False)
         self.fit_info = {**info, "n_train": len(train), "n_val": len(val) if val is not None else 0,
@@ -143,6 +144,10 @@ class GlobalHeadMethod(Method):
 
     def train_config(self, n_train: int) -> TrainConfig:
         return self.config.train_config()
+
+    def training_rngs(self) -> list[np.random.Generator]:
+        """Random generators of the method's own that ``batch_loss`` draws from (saved in mid-fit checkpoints)."""
+        return []
 
     def make_val_loss(self, val: Pairs, batch_size: int) -> Callable[[], float]:
         """The early-stopping criterion over ``val`` (inputs built once per fit): ``validation_loss``."""

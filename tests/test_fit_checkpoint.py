@@ -1,0 +1,142 @@
+"""Mid-fit checkpoints: a trained method's fit interrupted after some epochs resumes to exactly the same numbers."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from alignbench.cli import main as cli
+from alignbench.fit_checkpoint import checkpoint_path, checkpointing
+from alignbench.registry import METHODS
+from alignbench.training import observe_epochs
+from synthetic import make_pairs, split_pairs
+from tiny_data import PAIR
+
+TRAINED = ["linear", "fusemix", "structure", "mlp", "sail", "freeze-align", "pal"]
+EPOCHS = 6
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def data():
+    pairs = make_pairs(500, seed=1)
+    return split_pairs(pairs, 300, 100, 100, seed=1)
+
+
+def make(name: str, *, range_test: bool = False, **extra):
+    cls = METHODS.get(name)
+    overrides = {k: v for k, v in getattr(cls, "test_overrides", {}).items() if not (range_test and k == "lr")}
+    return cls(**{**overrides, "max_epochs": EPOCHS, "patience": 100, **extra})
+
+
+def _stop_at(epoch_to_stop: int):
+    def observer(epoch: int, loss: float) -> None:
+        if epoch == epoch_to_stop:
+            raise KeyboardInterrupt  # as a killed session or a SLURM preemption would end it
+    return observer
+
+
+def _same_fit(a, b, name: str) -> None:
+    for key in ("epochs", "steps", "best_epoch", "best_val_loss", "final_train_loss", "lr", "lr_source"):
+        assert a.fit_info[key] == b.fit_info[key], f"{name}: {key} {a.fit_info[key]} != {b.fit_info[key]}"
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if isinstance(sa[k], torch.Tensor):
+            assert torch.equal(sa[k], sb[k]), f"{name}: {k} differs after resuming"
+        else:
+            assert sa[k] == sb[k], k
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_an_interrupted_fit_resumes_to_exactly_the_uninterrupted_numbers(name, data, tmp_path):
+    """Killed after epoch 3's validation (the last save holds epoch 2): the rerun redoes epoch 3 on, with the same
+    parameters, optimiser moments, schedule, batch order and dropout/mixup draws, and ends bit-identical."""
+    train, val, _ = data
+    reference = make(name)
+    reference.fit(train, val, seed=0)
+
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, "fit-1", interval_s=0), \
+            observe_epochs(_stop_at(3)):
+        make(name).fit(train, val, seed=0)
+    assert checkpoint_path(tmp_path, "fit-1").is_file()  # kept: the fit did not end
+
+    torch.manual_seed(12345)  # a new process: other global RNG state until the checkpoint restores it
+    resumed = make(name)
+    with checkpointing(tmp_path, "fit-1", interval_s=0):
+        resumed.fit(train, val, seed=0)
+    assert resumed.fit_info["resumed_after_epoch"] == 2
+    assert not checkpoint_path(tmp_path, "fit-1").exists()  # the fit ended: nothing left behind
+    _same_fit(reference, resumed, name)
+
+
+def test_the_range_test_is_not_rerun_on_resume_and_its_lr_is_kept(data, tmp_path, monkeypatch):
+    import alignbench.lr_range as lr_range
+
+    train, val, _ = data
+    options = {"range_test": True}  # no lr given: the range test picks it
+    reference = make("linear", **options)
+    reference.fit(train, val, seed=0)
+    assert reference.fit_info["lr_source"] == "range_test"
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, "fit-2", interval_s=0), \
+            observe_epochs(_stop_at(4)):
+        make("linear", **options).fit(train, val, seed=0)
+    calls = []
+    real = lr_range.lr_range_test
+    monkeypatch.setattr(lr_range, "lr_range_test", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = make("linear", **options)
+    with checkpointing(tmp_path, "fit-2", interval_s=0):
+        resumed.fit(train, val, seed=0)
+    assert calls == [] and resumed.fit_info["lr_range_test"] == reference.fit_info["lr_range_test"]
+    _same_fit(reference, resumed, "linear")
+
+
+def test_a_checkpoint_that_does_not_load_or_belongs_to_another_fit_is_moved_aside(data, tmp_path, caplog):
+    train, val, _ = data
+    reference = make("linear")
+    reference.fit(train, val, seed=0)
+    path = checkpoint_path(tmp_path, "fit-3")
+    path.write_bytes(b"not a checkpoint")
+    m = make("linear")
+    with caplog.at_level(logging.WARNING), checkpointing(tmp_path, "fit-3", interval_s=0):
+        m.fit(train, val, seed=0)
+    assert "does not load" in caplog.text and "fitting from the start" in caplog.text
+    assert "resumed_after_epoch" not in m.fit_info
+    assert len(list(tmp_path.glob("fit-3.ckpt.pt.bad-*"))) == 1  # kept aside, never deleted
+    _same_fit(reference, m, "linear")
+    # another fit's checkpoint (e.g. a file renamed by hand) is not used either
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, "fit-4", interval_s=0), \
+            observe_epochs(_stop_at(3)):
+        make("linear").fit(train, val, seed=0)
+    checkpoint_path(tmp_path, "fit-4").rename(checkpoint_path(tmp_path, "fit-5"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), checkpointing(tmp_path, "fit-5", interval_s=0):
+        make("linear").fit(train, val, seed=0)
+    assert "belongs to another fit (fit-4" in caplog.text
+
+
+def test_alignbench_run_killed_mid_fit_resumes_when_rerun(dirs, tmp_path, monkeypatch, capsys):
+    """End to end: ``alignbench run`` interrupted in a fit keeps its checkpoint; the same command resumes it and
+    stores the same metrics as a run never interrupted, then removes the checkpoint."""
+    monkeypatch.setenv("ALIGNBENCH_CHECKPOINT_S", "0")
+    base = ["run", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]), "--no-progress",
+            "--device", "cpu", "--datasets", "flickr8k", "--methods", "linear:lr=0.003:max_epochs=8:patience=100",
+            "--budget", "60"]
+    assert cli(base + ["--results", str(tmp_path / "whole")]) == 0
+    interrupted = tmp_path / "interrupted"
+    with observe_epochs(_stop_at(5)):
+        assert cli(base + ["--results", str(interrupted)]) == 130  # "interrupted; finished work is kept"
+    assert len(list(interrupted.glob("*.ckpt.pt"))) == 1 and not list(interrupted.glob("*.json"))
+    capsys.readouterr()
+    assert cli(base + ["--results", str(interrupted)]) == 0
+    assert not list(interrupted.glob("*.ckpt.pt"))
+    (whole,) = [json.loads(p.read_text()) for p in (tmp_path / "whole").glob("*.json")]
+    (again,) = [json.loads(p.read_text()) for p in interrupted.glob("*.json")]
+    assert again["run_id"] == whole["run_id"] and again["metrics"] == whole["metrics"]
+    assert again["method"]["fit_info"]["resumed_after_epoch"] == 4
+    assert "resumed_after_epoch" not in whole["method"]["fit_info"]
+    for key in ("epochs", "best_epoch", "best_val_loss", "lr"):
+        assert again["method"]["fit_info"][key] == whole["method"]["fit_info"][key], key
