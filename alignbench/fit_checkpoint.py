@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import io
 import logging
 import os
 import time
@@ -77,13 +76,21 @@ class Checkpointer:
         """Write ``payload`` (with this fit's id) atomically; a failed write is logged, the fit goes on."""
         import torch
 
-        from alignbench.atomic import write_bytes_atomic
+        from alignbench.atomic import fsync_dir, temp_path_beside
 
-        buf = io.BytesIO()
-        torch.save({"format": FORMAT, "fit_id": self.fit_id, **payload}, buf)
-        try:
-            write_bytes_atomic(self.path, buf.getvalue())
+        tmp = None
+        try:  # straight to a file beside it (no in-memory copy: a large head's checkpoint is GBs), then renamed
+            tmp = temp_path_beside(self.path)
+            with open(tmp, "wb") as f:
+                torch.save({"format": FORMAT, "fit_id": self.fit_id, **payload}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
         except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             log.warning("checkpoint %s not written (%s); an interruption now would restart this fit", self.path, exc)
         self.last_save = time.monotonic()
 
