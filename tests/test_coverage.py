@@ -43,3 +43,5 @@ def test_coverage_is_a_report_option_and_not_with_compare(capsys):
     assert out.startswith("| method") and "Seeds of each method's faithful-default row" in out
     assert cli(["report", "--results", str(RESULTS), "--coverage", "--compare", "pal,asif"]) == 2
     assert "pass one" in capsys.readouterr().err
+    assert cli(["report", "--results", str(RESULTS), "--coverage", "--format", "latex"]) == 2
+    assert "--coverage prints a Markdown table" in capsys.readouterr().err

@@ -51,6 +51,10 @@ def main(args: argparse.Namespace) -> int:
         from alignbench.errors import ConfigError
 
         raise ConfigError("--coverage and --compare print different tables: pass one")
+    if args.coverage and args.format != "markdown":
+        from alignbench.errors import ConfigError
+
+        raise ConfigError(f"--coverage prints a Markdown table; drop --format {args.format}")
     if args.coverage:
         from alignbench.coverage import render_coverage
 
