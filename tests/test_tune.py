@@ -142,7 +142,7 @@ def test_a_killed_tune_loses_no_trial(dirs, monkeypatch, capsys):
     # straight away: the killed trial may belong to a live process, so it counts as running elsewhere
     # (a grace period of an hour: on a loaded machine the rerun's four trials outlast the real 180 s)
     monkeypatch.setattr(studies, "GRACE_S", 3600)
-    assert _tune(dirs, "--methods", method, "--trials", "6", "--no-prune") == 0
+    assert _tune(dirs, "--methods", method, "--trials", "6", "--no-prune", "--no-wait") == 0
     assert "still running elsewhere" in capsys.readouterr().err
     assert [t.state.name for t in _study(dirs, name).trials].count("RUNNING") == 1
 
@@ -330,3 +330,34 @@ def test_tuned_from_a_study_still_running_warns_that_its_best_may_change(dirs, c
         record = find_tuned(dirs["tune"], "asif", {}, PAIR, 40)
     assert record.n_trials == 2
     assert [r for r in caplog.records if "still running (1 trial(s) in progress, 2 finished)" in r.getMessage()]
+
+
+def test_tune_ends_only_when_its_study_is_complete_so_tuned_runs_see_every_trial(dirs, capsys, monkeypatch):
+    """Two processes share a study: the one that claims the last slot first used to end while the other's last
+    trial still ran, and a scripted ``tune && run M:tuned`` took the best of a smaller study. Now tune waits."""
+    import threading
+    import time
+
+    import alignbench.commands.tune as tune_cmd
+
+    monkeypatch.setattr(tune_cmd, "WAIT_POLL_S", 0.2)
+    assert _tune(dirs, "--methods", "asif", "--trials", "2") == 0
+    other = _study(dirs, "asif|recall|seeds=0").ask()  # a trial another (live) process is running
+
+    def the_other_process_finishes():
+        time.sleep(2.0)
+        _study(dirs, "asif|recall|seeds=0").tell(other.number, 0.0)
+
+    thread = threading.Thread(target=the_other_process_finishes)
+    capsys.readouterr()
+    t0 = time.monotonic()
+    thread.start()
+    assert _tune(dirs, "--methods", "asif", "--trials", "3") == 0
+    took = time.monotonic() - t0
+    thread.join()
+    assert took >= 2.0 and "waiting for 1 trial(s) running in another process" in capsys.readouterr().err
+    assert [t.state.name for t in _study(dirs, "asif|recall|seeds=0").trials] == ["COMPLETE"] * 3
+    # --no-wait: ends at once and says what is still running
+    _study(dirs, "asif|recall|seeds=0").ask()
+    assert _tune(dirs, "--methods", "asif", "--trials", "4", "--no-wait") == 0
+    assert "1 trial(s) still running elsewhere" in capsys.readouterr().err

@@ -13,6 +13,9 @@ import argparse
 import sys
 import time
 
+#: Seconds between two looks at a study whose last trials run in another process (``tune`` waits for them).
+WAIT_POLL_S = 15.0
+
 HELP = "tune methods' hyperparameters on the validation split (Optuna TPE, median pruning, SQLite studies)"
 EXAMPLES = [
     "alignbench tune --methods pal,linear,csa,asif --budget 1k,10k --trials 20 --seeds 0",
@@ -35,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recall: mean validation R@1 both ways (default); val_loss: validation InfoNCE (trained methods)")
     p.add_argument("--params", default=None, help="search only these parameters of each method's space, e.g. lr,tau_p")
     p.add_argument("--no-prune", action="store_true", help="no median pruning of trained methods' trials")
+    p.add_argument("--no-wait", action="store_true",
+                   help="end once every trial is finished or running, without waiting for the trials another process "
+                        "sharing the study still runs (by default tune ends when its study is complete, so "
+                        "`tune && run --methods M:tuned` uses the whole study)")
     p.add_argument("--train", default="flickr8k:train", help="training pairs DATASET:SPLIT (default: flickr8k:train)")
     p.add_argument("--val", default="flickr8k:dev", help="validation pairs DATASET:SPLIT, cut in two by image "
                    "(early stopping / objective; default: flickr8k:dev)")
@@ -145,7 +152,8 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
         t0 = time.perf_counter()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         _optimize(study, lock, args.trials,
-                  lambda trial: run_trial(trial, key.method, dict(key.fixed), space, data, key.objective, prune, device))
+                  lambda trial: run_trial(trial, key.method, dict(key.fixed), space, data, key.objective, prune, device),
+                  wait=not args.no_wait, label=label)
         best = study.best_trial if any(t.state.name == "COMPLETE" for t in study.trials) else None
         if finished(study) < args.trials:  # the rest are running in another process sharing the study
             print(f"{label}: {args.trials - finished(study)} trial(s) still running elsewhere (one of a killed tune "
@@ -155,25 +163,38 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
               f"{'' if best is None else best.params} ({path})", file=sys.stderr)
 
 
-def _optimize(study, lock, trials: int, objective) -> None:
-    """Run trials one at a time until ``trials`` are finished or running in any process sharing the study.
+def _optimize(study, lock, trials: int, objective, *, wait: bool = True, label: str = "") -> None:
+    """Run trials one at a time until ``trials`` are finished (or, ``wait=False``, finished or running) in any
+    process sharing the study.
 
     The next trial is claimed (created RUNNING) while holding the study's file
     lock, and the lock is let go as the trial starts, so two processes never
-    both take the last slot.
+    both take the last slot.  Waiting for the other processes' last trials also
+    catches one that dies meanwhile: once its heartbeat is stale it is re-queued
+    and run here.
     """
-    from alignbench.studies import claimed, reclaim_stale
+    from alignbench.studies import GRACE_S, claimed, finished, reclaim_stale
 
     def run(trial):
         lock.release()
         return objective(trial)
 
+    told = False
     while True:
         lock.acquire()
         try:
             reclaim_stale(study)
             if claimed(study) >= trials:
-                return
+                if not wait or finished(study) >= trials:
+                    return
+                if not told:
+                    print(f"{label}: waiting for {trials - finished(study)} trial(s) running in another process "
+                          f"(one whose process died is re-run here {GRACE_S} s after its last heartbeat; "
+                          "--no-wait ends now)", file=sys.stderr)
+                    told = True
+                lock.release()
+                time.sleep(WAIT_POLL_S)
+                continue
             study.optimize(run, n_trials=1)
         finally:
             if lock.is_locked:
