@@ -26,11 +26,12 @@ def coverage(records: list[dict[str, Any]], *, by: str = "budget") -> tuple[list
     for r in table.rows:
         if r.group not in groups:
             groups.append(r.group)
-        label = r.method.split(" [")[0]
-        tuned = label.endswith(TUNED_MARK)
-        if " [" in r.method and not tuned:
+        if r.runs is None:
+            continue
+        tuned = "tuned" in r.runs.flat
+        if not tuned and r.runs.label != r.runs.method:
             continue  # a variant (another setting), neither the default nor the tuned row
-        key = (label.removesuffix(TUNED_MARK), r.group, tuned)
+        key = (r.runs.method, r.group, tuned)
         seeds[key] = max(seeds.get(key, 0), r.seeds)
     built_in = {e.name for e in METHODS.entries() if not e.origin and e.module.startswith("alignbench.methods.")}
     names = sorted(built_in | {m for m, _, _ in seeds}, key=lambda m: (m == "random", m))

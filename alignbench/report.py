@@ -289,9 +289,9 @@ def search_budgets(table: Table) -> dict[tuple[Any, Any], list[str]]:
     """
     out: dict[tuple[Any, Any], list[str]] = {}
     for r in table.rows:
-        if TUNED_MARK not in r.method or r.runs is None:
+        if r.runs is None or "tuned" not in r.runs.flat:
             continue
-        where = " ".join([*(g for g in r.group if g), r.method.split(" [")[0]])
+        where = " ".join([*(g for g in r.group if g), f"{r.runs.method}{TUNED_MARK}"])
         for recs in r.runs.runs.values():
             for rec in recs:
                 t = (rec.get("spec") or {}).get("tuned") or {}
