@@ -74,16 +74,9 @@ def find_tables(path: str | Path) -> list[MarkedTable]:
         if written:
             raise ConfigError(f"{path}:{i + 1}: a published table's command must only print it, "
                               f"not write files ({', '.join(written)})")
-        end = i + 1
-        while end < len(lines) and lines[end].startswith("|"):
-            end += 1
+        end, cap_end = _block(lines, i + 1)
         if end == i + 1:
             raise ConfigError(f"{path}:{i + 1}: no table right under the marker for `{command}`")
-        cap_end = end
-        if end + 1 < len(lines) and lines[end] == "" and lines[end + 1].startswith(CAPTION_OPENERS):
-            cap_end = end + 1
-            while cap_end < len(lines) and lines[cap_end] != "":
-                cap_end += 1
         out.append(MarkedTable(path, command, i + 1, end, tuple(lines[i + 1:end]), cap_end,
                                tuple(lines[end + 1:cap_end])))
     return out
@@ -103,16 +96,24 @@ def render(command: str, root: str | Path) -> tuple[list[str], list[str]]:
     first = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
     if first is None:
         raise ConfigError(f"`{command}` printed no table")
+    end, cap_end = _block(lines, first)
+    return lines[first:end], lines[end + 1:cap_end]
+
+
+def _block(lines: list[str], first: int) -> tuple[int, int]:
+    """Where the table starting at ``first`` ends, and where the caption under it ends (= the table's end if none).
+
+    The caption is the paragraph one blank line under the table when it opens as ``report``'s captions do.
+    """
     end = first
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
-    caption = []
+    cap_end = end
     if end + 1 < len(lines) and lines[end] == "" and lines[end + 1].startswith(CAPTION_OPENERS):
         cap_end = end + 1
         while cap_end < len(lines) and lines[cap_end] != "":
             cap_end += 1
-        caption = lines[end + 1:cap_end]
-    return lines[first:end], caption
+    return end, cap_end
 
 
 def check(path: str | Path, root: str | Path) -> list[str]:
