@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="paired difference of two rows per metric, with its 95%% CI and p-value (e.g. pal,linear; "
                         "'pal†,linear†' names the tuned rows of each pair and budget)")
     p.add_argument("--coverage", action="store_true",
-                   help="which rows the results hold: per method and group, the seeds of its default and tuned rows")
+                   help="which rows the results hold: per method and group, the seeds of its default and tuned rows, "
+                        "then the run / tune commands that would fill the gaps")
     p.add_argument("--plot", action="store_true", help="also draw metric-vs-budget curves (PNG + PDF)")
     p.add_argument("--plot-dir", default="results/figures", help="where --plot writes (default: results/figures)")
     p.add_argument("--include-stale", action="store_true",
@@ -58,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     if args.coverage:
         from alignbench.coverage import render_coverage
 
-        text = render_coverage(records, by=args.by)
+        text = render_coverage(records, by=args.by, results=args.results)
     elif args.compare is not None:
         from alignbench.compare import compare_report, split_labels
 
