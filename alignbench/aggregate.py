@@ -40,6 +40,25 @@ MIN_SEEDS_FOR_T = 3  # paired t over seeds from this many shared seeds on; fewer
 
 
 # -- rows -----------------------------------------------------------------------------
+def untimed_resume(record: dict[str, Any]) -> bool:
+    """A fit resumed from a checkpoint that did not record the time spent before it (code before the fix)."""
+    fit_info = (record.get("method") or {}).get("fit_info") or {}
+    return fit_info.get("resumed_after_epoch") is not None and \
+        (record.get("timings") or {}).get("fit_earlier_s") is None
+
+
+def fit_time(record: dict[str, Any]) -> float | None:
+    """The wall seconds of a run's whole fit, or None where the run did not time one.
+
+    None for a run that reused a stored fit (no fitting), and for one resumed from a checkpoint
+    whose earlier time is unknown: its ``timings.fit`` counts only the last process's share.
+    """
+    t = (record.get("timings") or {}).get("fit")
+    if (record.get("fit") or {}).get("reused") or not isinstance(t, (int, float)) or untimed_resume(record):
+        return None
+    return float(t)
+
+
 @dataclass
 class RowRuns:
     """The runs of one row identity: seed → records (normally one per seed)."""
@@ -55,11 +74,8 @@ class RowRuns:
         return sorted(self.runs)
 
     def fit_seconds(self) -> float | None:
-        """Median wall time of the row's fits; runs that reused a stored fit (no fitting timed) are left out."""
-        times = sorted(
-            float(t) for recs in self.runs.values() for r in recs
-            if not (r.get("fit") or {}).get("reused") and isinstance(t := (r.get("timings") or {}).get("fit"), (int, float))
-        )  # fmt: skip
+        """Median wall time of the row's fits; runs whose whole fit was not timed (:func:`fit_time`) are left out."""
+        times = sorted(t for recs in self.runs.values() for r in recs if (t := fit_time(r)) is not None)
         if not times:
             return None
         mid = len(times) // 2

@@ -44,6 +44,14 @@ class Checkpointer:
     fit_id: str
     interval_s: float = DEFAULT_INTERVAL_S
     last_save: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
+    #: Wall seconds the fit ran in earlier processes, up to the checkpoint it resumed from (0: not
+    #: resumed; None: resumed from a checkpoint that did not record it).
+    earlier_s: float | None = 0.0
+
+    def wall_s(self) -> float | None:
+        """The fit's wall seconds so far, earlier processes included (None where their share is unknown)."""
+        return None if self.earlier_s is None else self.earlier_s + time.monotonic() - self.started
 
     def load(self, desc: str, n_train: int) -> dict[str, Any] | None:
         """The saved training state of this fit, or None (none yet, or unusable: moved aside)."""
@@ -62,6 +70,7 @@ class Checkpointer:
             why = f"it does not load ({type(exc).__name__}: {exc})"
         if why is None:
             log.info("%s: resuming from the checkpoint after epoch %d (%s)", desc, payload["epoch"], self.path.name)
+            self.earlier_s = payload.get("fit_wall_s")
             return payload
         aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(self.path, aside)
@@ -82,7 +91,7 @@ class Checkpointer:
         try:  # straight to a file beside it (no in-memory copy: a large head's checkpoint is GBs), then renamed
             tmp = temp_path_beside(self.path)
             with open(tmp, "wb") as f:
-                torch.save({"format": FORMAT, "fit_id": self.fit_id, **payload}, f)
+                torch.save({"format": FORMAT, "fit_id": self.fit_id, "fit_wall_s": self.wall_s(), **payload}, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)

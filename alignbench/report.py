@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from alignbench.aggregate import MIN_SEEDS_FOR_T, Cell, Resampler, RowRuns, cell, group_rows, mark_best
+from alignbench.aggregate import MIN_SEEDS_FOR_T, Cell, Resampler, RowRuns, cell, group_rows, mark_best, untimed_resume
 from alignbench.errors import ConfigError
 from alignbench.report_render import DECIMALS, latex_escape, to_latex, to_markdown  # noqa: F401  (re-exported)
 from alignbench.results import TUNED_MARK, eval_of_key
@@ -270,8 +270,12 @@ def caption(table: Table) -> str:
     if any(TUNED_MARK in r.method for r in table.rows):
         parts.append(_tuned_caption(table))
     if any(r.fit_s is not None for r in table.rows):
-        parts.append("fit s: median wall-clock seconds of one fit over the row's runs (runs that reused a stored fit "
-                     "left out); machines and load differ between runs, so compare within a table only.")
+        resumed = any(untimed_resume(rec) for r in table.rows if r.runs is not None
+                      for recs in r.runs.runs.values() for rec in recs)
+        left_out = "runs that reused a stored fit, or resumed one without timing its earlier part," if resumed else \
+            "runs that reused a stored fit"
+        parts.append(f"fit s: median wall-clock seconds of one fit over the row's runs ({left_out} left out); machines "
+                     "and load differ between runs, so compare within a table only.")
     parts.append(
         f"Bold: the best mean per column within each {_within(table)} and every entry not significantly worse "
         f"(p ≥ {ALPHA:g}; paired t over ≥ {MIN_SEEDS_FOR_T} shared seeds, else a paired bootstrap over the same test "

@@ -188,9 +188,12 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
         log.info("%s: fitting %s on %d pairs (%s)", run.run_id, run.method.label, len(train), run.pair)
         torch.manual_seed(run.seed)
         t = time.perf_counter()
-        with checkpointing(results_dir, run.fit_id):  # killed mid-fit: the same command resumes from the last save
+        with checkpointing(results_dir, run.fit_id) as ck:  # killed mid-fit: the same command resumes from the last save
             method.fit(train, val, seed=run.seed)
             timings["fit"] = time.perf_counter() - t
+            if ck.earlier_s != 0.0:  # resumed: the whole fit's time, and the share of the processes before
+                timings["fit_earlier_s"] = ck.earlier_s
+                timings["fit"] += ck.earlier_s or 0.0
             try:
                 save_fitted(method, run, results_dir)
             except OSError as exc:  # the metrics are still right; only the reuse is lost

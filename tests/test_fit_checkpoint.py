@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,7 +130,10 @@ def test_alignbench_run_killed_mid_fit_resumes_when_rerun(dirs, tmp_path, monkey
     interrupted = tmp_path / "interrupted"
     with observe_epochs(_stop_at(5)):
         assert cli(base + ["--results", str(interrupted)]) == 130  # "interrupted; finished work is kept"
-    assert len(list(interrupted.glob("*.ckpt.pt"))) == 1 and not list(interrupted.glob("*.json"))
+    (ckpt,) = interrupted.glob("*.ckpt.pt")
+    assert not list(interrupted.glob("*.json"))
+    earlier = torch.load(ckpt, weights_only=False)["fit_wall_s"]  # the fit's seconds up to its last save
+    assert earlier > 0
     capsys.readouterr()
     assert cli(base + ["--results", str(interrupted)]) == 0
     assert not list(interrupted.glob("*.ckpt.pt"))
@@ -138,5 +142,31 @@ def test_alignbench_run_killed_mid_fit_resumes_when_rerun(dirs, tmp_path, monkey
     assert again["run_id"] == whole["run_id"] and again["metrics"] == whole["metrics"]
     assert again["method"]["fit_info"]["resumed_after_epoch"] == 4
     assert "resumed_after_epoch" not in whole["method"]["fit_info"]
+    # the fit's time is the whole fit's: the share before the interruption is added and recorded
+    assert again["timings"]["fit_earlier_s"] == pytest.approx(earlier) and again["timings"]["fit"] > earlier
+    assert "fit_earlier_s" not in whole["timings"]
     for key in ("epochs", "best_epoch", "best_val_loss", "lr"):
         assert again["method"]["fit_info"][key] == whole["method"]["fit_info"][key], key
+
+
+def test_a_fit_resumed_without_its_earlier_time_is_left_out_of_fit_s_and_the_caption_says_so():
+    """Records written before checkpoints kept the fit's time count only the last process's share."""
+    from alignbench.aggregate import fit_time
+    from alignbench.report import build_table, caption
+    from alignbench.results import ResultStore
+
+    records = [r for r in ResultStore(Path(__file__).parent / "golden" / "results").load_all()
+               if r["spec"]["method"] == "pal" and r["budget"]["pairs"] == 1000]
+    assert len(records) == 3 and all(fit_time(r) is not None for r in records)
+    before = build_table(records)
+    assert "or resumed one without timing" not in caption(before)
+    r = records[0]
+    r["method"]["fit_info"]["resumed_after_epoch"] = 7  # resumed by old code: timings.fit is a part of the fit
+    assert fit_time(r) is None
+    r["timings"]["fit_earlier_s"] = 100.0  # resumed by code that records the earlier part: timed
+    assert fit_time(r) == r["timings"]["fit"]
+    del r["timings"]["fit_earlier_s"]
+    table = build_table(records)
+    others = sorted(float(x["timings"]["fit"]) for x in records[1:])
+    assert table.rows[0].fit_s == pytest.approx(sum(others) / 2)
+    assert "runs that reused a stored fit, or resumed one without timing its earlier part, left out" in caption(table)
