@@ -270,7 +270,8 @@ def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:
 
     ``trial s`` sums the wall time of the finished trials (complete or pruned): what the study
     cost, read from the study itself, whatever processes and sessions ran it (a trial that was
-    interrupted and re-run counts once, its re-run).
+    interrupted and re-run counts once: its re-run, plus the part of its first run that the re-run
+    resumed from a checkpoint, ``earlier_s``).
     """
     import optuna
 
@@ -281,7 +282,8 @@ def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:
             study = optuna.load_study(study_name=s.study_name, storage=storage)
             states = [t.state.name for t in study.trials]
             epochs = sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials)
-            seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+            seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() + float(t.user_attrs.get("earlier_s", 0))
+                          for t in study.trials
                           if t.state.name in _FINISHED and t.datetime_start and t.datetime_complete)
             best = s.best_trial
             rows.append({

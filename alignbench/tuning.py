@@ -15,9 +15,13 @@ embeddings on ``score`` at τ 0.05, minimised; trained methods only).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -122,12 +126,12 @@ def check_objective(method: str, objective: str) -> None:
 
 
 def run_trial(trial: Any, method: str, fixed: dict[str, Any], space: dict, data: TuneData, objective: str,
-              prune: bool, device: str = "cpu") -> float:
+              prune: bool, device: str = "cpu", checkpoints: Path | None = None) -> float:
     """``_run_trial``, with an error (not an interruption) recorded so a resumed study does not repeat it."""
     import optuna
 
     try:
-        return _run_trial(trial, method, fixed, space, data, objective, prune, device)
+        return _run_trial(trial, method, fixed, space, data, objective, prune, device, checkpoints)
     except optuna.TrialPruned:
         raise
     except Exception as exc:
@@ -136,13 +140,17 @@ def run_trial(trial: Any, method: str, fixed: dict[str, Any], space: dict, data:
 
 
 def _run_trial(trial: Any, method: str, fixed: dict[str, Any], space: dict, data: TuneData, objective: str,
-              prune: bool, device: str = "cpu") -> float:
+              prune: bool, device: str = "cpu", checkpoints: Path | None = None) -> float:
     """Fit the trial's config on every seed's training pairs and return the mean objective on ``score``.
 
     Trained methods report each epoch's early-stopping loss of the first seed
     to the study (the pruner's input; also recorded under ``--no-prune``; negated when the objective is maximised, since the pruner
     compares in the study's direction); the epochs spent go in the trial's
     ``epochs`` attribute.  A diverged fit ends the trial as pruned.
+
+    With ``checkpoints`` (the study file's path) each fit keeps a mid-fit checkpoint beside
+    it (:mod:`alignbench.fit_checkpoint`), so the re-run of a trial whose process was killed
+    resumes its fits where they were saved, with the losses its first run reported.
     """
     import optuna
 
@@ -155,27 +163,75 @@ def _run_trial(trial: Any, method: str, fixed: dict[str, Any], space: dict, data
     cls = METHODS.get(method)
     sign = -1.0 if OBJECTIVES[objective] == "maximize" else 1.0
     epochs = {"n": 0}
+    reported = _replay_interrupted_reports(trial)
     values = []
     for i, (seed, train) in enumerate(data.fits.items()):
+        last = {"epoch": 0}
 
-        def observe(epoch: int, val: float, first: bool = i == 0) -> None:
-            epochs["n"] += 1
+        def observe(epoch: int, val: float, first: bool = i == 0, last: dict = last) -> None:
+            epochs["n"] += epoch - last["epoch"]  # a resumed fit counts the epochs it did before the interruption
+            last["epoch"] = epoch
             if first:  # recorded with or without pruning: a --no-prune study keeps the curves a pruner would see
-                trial.report(sign * val, epoch)
+                if epoch not in reported:
+                    trial.report(sign * val, epoch)
                 if prune and trial.should_prune():
                     trial.set_user_attr("epochs", epochs["n"])
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         m = cls(**{**fixed, **params}).to(device)
-        try:
-            with observe_epochs(observe):
-                m.fit(train, data.stop, seed=seed)
-        except TrainingDivergedError as exc:
-            trial.set_user_attr("diverged", str(exc))
-            trial.set_user_attr("epochs", epochs["n"])
-            raise optuna.TrialPruned("diverged") from exc
+        with _trial_checkpoint(trial, checkpoints, method, fixed, params, seed):
+            try:
+                with observe_epochs(observe):
+                    m.fit(train, data.stop, seed=seed)
+            except TrainingDivergedError as exc:
+                trial.set_user_attr("diverged", str(exc))
+                trial.set_user_attr("epochs", epochs["n"])
+                raise optuna.TrialPruned("diverged") from exc
         values.append(score(m, data.score, objective))
         if "lr" in m.fit_info:
             trial.set_user_attr(f"lr_seed{seed}", m.fit_info["lr"])
     trial.set_user_attr("epochs", epochs["n"])
     return float(np.mean(values))
+
+
+def _replay_interrupted_reports(trial: Any) -> set[int]:
+    """A re-run of an interrupted trial reports the losses its first run reported; returns their epochs.
+
+    Why: its fits resume from their checkpoints, so the epochs before are not run again, yet the
+    pruner must see the whole curve (a resumed fit is bit-identical to an uninterrupted one).
+    """
+    first = trial.user_attrs.get("retry_of")
+    if first is None:
+        return set()
+    before = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == first), None)
+    values = dict(before.intermediate_values) if before is not None else {}
+    for epoch, value in sorted(values.items()):
+        trial.report(value, epoch)
+    return set(values)
+
+
+@contextlib.contextmanager
+def _trial_checkpoint(trial: Any, study_path: Path | None, method: str, fixed: dict[str, Any],
+                      params: dict[str, Any], seed: int) -> Iterator[None]:
+    """A mid-fit checkpoint for one fit of a trial, named by what the fit depends on (study, config, seed).
+
+    Kept only when the fit is interrupted (KeyboardInterrupt, a killed process); a fit that ends,
+    is pruned, diverges or fails removes it: that trial is not run again.
+    """
+    if study_path is None:
+        yield
+        return
+    from alignbench.fit_checkpoint import checkpointing
+
+    what = json.dumps({"study": trial.study.study_name, "method": method, "fixed": fixed, "params": params,
+                       "seed": seed}, sort_keys=True, default=str)
+    fit_id = f"{study_path.stem}-trial-{hashlib.sha256(what.encode()).hexdigest()[:12]}-s{seed}"
+    with checkpointing(study_path.parent, fit_id) as ck:
+        try:
+            yield
+        except Exception:
+            ck.remove()
+            raise
+        finally:
+            if ck.earlier_s != 0.0:  # resumed: the seconds its first run spent on this fit
+                trial.set_user_attr("earlier_s", float(trial.user_attrs.get("earlier_s", 0.0)) + (ck.earlier_s or 0.0))

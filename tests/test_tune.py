@@ -361,3 +361,57 @@ def test_tune_ends_only_when_its_study_is_complete_so_tuned_runs_see_every_trial
     _study(dirs, "asif|recall|seeds=0").ask()
     assert _tune(dirs, "--methods", "asif", "--trials", "4", "--no-wait") == 0
     assert "1 trial(s) still running elsewhere" in capsys.readouterr().err
+
+
+def test_a_killed_trial_resumes_its_fit_from_the_checkpoint_and_ends_as_an_uninterrupted_trial(dirs, monkeypatch,
+                                                                                             caplog):
+    """The re-run of an interrupted trial continues its fit from the last checkpoint: same value, same curve
+    (the epochs before the checkpoint replayed from the first run), same epochs; the time before is counted."""
+    from pathlib import Path
+
+    import alignbench.fit_checkpoint as fit_checkpoint
+
+    monkeypatch.setenv("ALIGNBENCH_CHECKPOINT_S", "0")  # a checkpoint after every epoch
+    method, name = "linear:max_epochs=12:patience=100", "linear:max_epochs=12:patience=100|recall|seeds=0"
+    args = ("--methods", method, "--trials", "2", "--no-prune")
+    reference_dirs = {**dirs, "tune": dirs["tune"].with_name("reference")}
+    assert _tune(reference_dirs, *args) == 0
+    reference = _study(reference_dirs, name).trials
+
+    real_save, saves = fit_checkpoint.Checkpointer.save, []
+
+    def save_then_die_in_the_second_trial(self, payload):
+        real_save(self, payload)
+        saves.append(payload["epoch"])
+        if len(saves) == 12 + 5:  # the first trial's saves, then some of the second's
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_checkpoint.Checkpointer, "save", save_then_die_in_the_second_trial)
+    assert _tune(dirs, *args) == 130
+    assert [t.state.name for t in _study(dirs, name).trials] == ["COMPLETE", "FAIL"]
+    assert len(list(Path(dirs["tune"]).glob("*.ckpt.pt"))) == 1  # the interrupted fit's; the finished one's is gone
+
+    monkeypatch.setattr(fit_checkpoint.Checkpointer, "save", real_save)
+    with caplog.at_level("INFO", logger="alignbench.fit_checkpoint"):
+        assert _tune(dirs, *args) == 0
+    trials = _study(dirs, name).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    retry = trials[2]
+    assert retry.user_attrs["retry_of"] == 1 and retry.params == reference[1].params
+    assert retry.value == reference[1].value  # bit-identical to the trial that was never interrupted
+    assert retry.intermediate_values == reference[1].intermediate_values  # the epochs before the checkpoint replayed, the rest run
+    assert retry.user_attrs["epochs"] == reference[1].user_attrs["epochs"] == 12
+    assert retry.user_attrs["earlier_s"] > 0
+    assert not list(Path(dirs["tune"]).glob("*.ckpt.pt"))
+    assert 1 < saves[-1] < 12 and f"resuming from the checkpoint after epoch {saves[-1]} " in caplog.text
+
+
+def test_a_pruned_or_failed_trial_leaves_no_checkpoint(dirs, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("ALIGNBENCH_CHECKPOINT_S", "0")
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
+    assert _tune(dirs, "--methods", "linear:max_epochs=6", "--trials", "3") == 0
+    states = [t.state.name for t in _study(dirs, "linear:max_epochs=6|recall|seeds=0").trials]
+    assert states == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert not list(Path(dirs["tune"]).glob("*.ckpt.pt"))

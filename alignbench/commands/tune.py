@@ -152,7 +152,8 @@ def _tune_pair_budget(args, tune_dir: str, pair: str, budget, entries: list, dev
         t0 = time.perf_counter()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         _optimize(study, lock, args.trials,
-                  lambda trial: run_trial(trial, key.method, dict(key.fixed), space, data, key.objective, prune, device),
+                  lambda trial: run_trial(trial, key.method, dict(key.fixed), space, data, key.objective, prune, device,
+                                          checkpoints=path),
                   wait=not args.no_wait, label=label)
         best = study.best_trial if any(t.state.name == "COMPLETE" for t in study.trials) else None
         if finished(study) < args.trials:  # the rest are running in another process sharing the study
