@@ -415,3 +415,37 @@ def test_a_pruned_or_failed_trial_leaves_no_checkpoint(dirs, monkeypatch):
     states = [t.state.name for t in _study(dirs, "linear:max_epochs=6|recall|seeds=0").trials]
     assert states == ["COMPLETE", "PRUNED", "COMPLETE"]
     assert not list(Path(dirs["tune"]).glob("*.ckpt.pt"))
+
+
+def test_sigterm_ends_a_tune_as_an_interrupt_its_trial_requeued_at_once_and_its_fit_checkpoint_kept(dirs):
+    """SIGTERM (kill, a SLURM time limit) mid-trial: exit 143 with a message, the trial FAIL (re-run by the next
+    tune straight away, no heartbeat grace period to wait for), its fit's checkpoint kept for that re-run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    name, method = "linear:max_epochs=100000:patience=100000|recall|seeds=0", "linear:max_epochs=100000:patience=100000"
+    args = ["tune", "--pair", PAIR, "--data-root", str(dirs["data"]), "--cache", str(dirs["cache"]), "--tune-dir",
+            str(dirs["tune"]), "--no-progress", "--device", "cpu", "--budget", "40", "--methods", method,
+            "--trials", "2", "--no-prune"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALIGNBENCH_CACHE": str(dirs["cache"]), "ALIGNBENCH_CHECKPOINT_S": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", *args], cwd=Path(__file__).resolve().parents[1],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            running = [t for t in _study(dirs, name).trials if t.state.name == "RUNNING" and len(t.intermediate_values) > 3]
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            continue
+        if running and list(Path(dirs["tune"]).glob("*.ckpt.pt")):
+            proc.send_signal(signal.SIGTERM)
+            break
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM); finished work is kept" in err
+    assert [t.state.name for t in _study(dirs, name).trials] == ["FAIL"]  # not left RUNNING
+    assert len(list(Path(dirs["tune"]).glob("*.ckpt.pt"))) == 1  # the re-run resumes from it
