@@ -276,6 +276,19 @@ def train_contrastive(
         fit_checkpoint.restore_rngs(list(rngs), saved["rngs"])
         fit_checkpoint.restore_torch_rng(saved["torch_rng"])
         info["resumed_after_epoch"] = epoch
+
+    def save_checkpoint(done: int) -> None:
+        """What the epoch after ``done`` needs (the loop's state as it is now)."""
+        ck.save({"desc": desc, "n_train": n_train, "epoch": done, "step": step, "train_loss": train_loss,
+                 "best_val": best_val, "best_epoch": best_epoch, "bad": bad, "best_state": best_state,
+                 "model": state(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                 "batch_rng": rng.bit_generator.state, "rngs": fit_checkpoint.rng_states(list(rngs)),
+                 "torch_rng": fit_checkpoint.torch_rng_state(), "lr": lr,
+                 "lr_info": {k: info[k] for k in ("lr_source", "lr_range_test") if k in info},
+                 "elapsed_s": elapsed + time.perf_counter() - t0})
+
+    if ck is not None and saved is None and "lr_range_test" in info and ck.due():
+        save_checkpoint(0)  # a range test as long as the interval (a large head's can take half an hour) is kept
     show = progress_enabled()
     from tqdm.auto import tqdm
 
@@ -326,13 +339,7 @@ def train_contrastive(
             bar.set_postfix(post)
             bar.update(1)
             if ck is not None and ck.due() and epoch < config.max_epochs:
-                ck.save({"desc": desc, "n_train": n_train, "epoch": epoch, "step": step, "train_loss": train_loss,
-                         "best_val": best_val, "best_epoch": best_epoch, "bad": bad, "best_state": best_state,
-                         "model": state(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-                         "batch_rng": rng.bit_generator.state, "rngs": fit_checkpoint.rng_states(list(rngs)),
-                         "torch_rng": fit_checkpoint.torch_rng_state(), "lr": lr,
-                         "lr_info": {k: info[k] for k in ("lr_source", "lr_range_test") if k in info},
-                         "elapsed_s": elapsed + time.perf_counter() - t0})
+                save_checkpoint(epoch)
     finally:
         bar.close()
     if best_state is not None:

@@ -95,6 +95,30 @@ def test_the_range_test_is_not_rerun_on_resume_and_its_lr_is_kept(data, tmp_path
     _same_fit(reference, resumed, "linear")
 
 
+@pytest.mark.parametrize("name", ["linear", "fusemix"])
+def test_a_fit_killed_in_its_first_epoch_keeps_the_range_test_it_ran(name, data, tmp_path, monkeypatch):
+    """A checkpoint is written right after the range test (when due), so a fit killed before its first epoch
+    ends does not rerun a range test that can take half an hour; it resumes from epoch 0, bit-identical."""
+    import alignbench.lr_range as lr_range
+
+    train, val, _ = data
+    reference = make(name, range_test=True)
+    reference.fit(train, val, seed=0)
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, "fit-6", interval_s=0), \
+            observe_epochs(_stop_at(1)):
+        make(name, range_test=True).fit(train, val, seed=0)
+    assert torch.load(checkpoint_path(tmp_path, "fit-6"), weights_only=False)["epoch"] == 0
+    calls = []
+    real = lr_range.lr_range_test
+    monkeypatch.setattr(lr_range, "lr_range_test", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(999)
+    resumed = make(name, range_test=True)
+    with checkpointing(tmp_path, "fit-6", interval_s=0):
+        resumed.fit(train, val, seed=0)
+    assert calls == [] and resumed.fit_info["resumed_after_epoch"] == 0
+    _same_fit(reference, resumed, name)
+
+
 def test_a_checkpoint_that_does_not_load_or_belongs_to_another_fit_is_moved_aside(data, tmp_path, caplog):
     train, val, _ = data
     reference = make("linear")
