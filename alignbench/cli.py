@@ -8,9 +8,9 @@ instantly; the CLI prints, library code logs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
-import contextlib
 import os
 import signal
 import sys

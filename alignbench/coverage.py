@@ -91,7 +91,8 @@ def fill_commands(records: list[dict[str, Any]], *, results: str) -> list[str]:
     target = sorted(seeds_used)
     built_in = sorted(e.name for e in METHODS.entries() if not e.origin and e.module.startswith("alignbench.methods."))
     searches = search_budgets(table)
-    trials, objective = max(searches, key=lambda k: len(searches[k])) if searches else (20, "recall")
+    trials, objective = max(searches, key=lambda k: len(searches[k])) if searches else (None, None)
+    trials, objective = trials or 20, objective or "recall"  # records from before studies recorded them
     seeds_text = ",".join(map(str, target))
     out = []
     for (pair, budget), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -107,7 +108,7 @@ def fill_commands(records: list[dict[str, Any]], *, results: str) -> list[str]:
                        f"--results {results}")
         if tunable and searches:  # a folder of tuned rows: its gaps include the tuned ones
             tune_dir = f" --tune-dir {tune_dirs[0]}" if tune_dirs and tune_dirs[0] != "results/tune" else ""
-            search = f" --trials {trials}" + (f" --objective {objective}" if objective and objective != "recall" else "")
+            search = f" --trials {trials}" + (f" --objective {objective}" if objective != "recall" else "")
             out.append(f"alignbench tune {common} --methods {','.join(tunable)}{search} --seeds 0{splits}{tune_dir} && "
                        f"alignbench run {common} --methods {','.join(m + ':tuned' for m in tunable)} --seeds {seeds_text}"
                        f"{splits}{evals}{tune_dir} --results {results}")
