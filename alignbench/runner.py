@@ -26,6 +26,7 @@ from alignbench.config import RunSpec, resolve_budget
 from alignbench.errors import AlignbenchError
 from alignbench.identity import EvalSpec, ResolvedRun, Resolver, parse_split_ref  # noqa: F401  (parse_split_ref re-exported)
 from alignbench.results import SCHEMA_VERSION, ResultStore
+from alignbench.run_lock import RunBusy, holding_fit
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,15 @@ def run_one(
     overwrite: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    wait_if_busy: bool = True,
 ) -> Path:
     """Run ``run`` and return the path of its result JSON (skipped if a valid current result exists).
 
     A RunSpec is resolved first (alignbench.identity); a failure at any phase,
-    resolution included, leaves ``<spec_key>.failed.json``.
+    resolution included, leaves ``<spec_key>.failed.json``.  While another
+    process runs the same fit in ``results_dir`` (alignbench.run_lock), this one
+    waits for it and then takes its result (``wait_if_busy=False``: raises
+    RunBusy instead); if that process died first, this one runs the fit.
     """
     from alignbench.store import FeatureStore
 
@@ -119,28 +124,31 @@ def run_one(
             run = Resolver(store=FeatureStore(store_root) if store_root is not None else None,
                            data_root=data_root).resolve(run)
         path = store.path_for(run)
-        if not overwrite:
-            if store.load(run) is not None:
-                log.info("%s: result exists, skipping (%s)", run.run_id, path)
-                return path
-            problem = store.problem(run)
-            if problem:
-                log.warning("%s: redoing it: %s", path, problem)
-        record = _execute(run, results_dir, store_root, data_root, device, progress, state)
+        with holding_fit(results_dir, run.fit_id, wait=wait_if_busy) as waited:
+            if not overwrite or waited:  # waited: the other process just wrote it, with this code
+                if store.load(run) is not None:
+                    log.info("%s: result exists, skipping (%s)", run.run_id, path)
+                    return path
+                problem = store.problem(run)
+                if problem:
+                    log.warning("%s: redoing it: %s", path, problem)
+            record = _execute(run, results_dir, store_root, data_root, device, progress, state)
+            record.update(
+                schema_version=SCHEMA_VERSION,
+                status="ok",
+                run_id=run.run_id,
+                fit_id=run.fit_id,
+                spec_key=spec.spec_key if spec is not None else None,
+                started_at=started,
+                finished_at=_now(),
+            )
+            record["timings"]["total"] = time.perf_counter() - t0
+            out = store.write(_ordered(record))  # inside the lock: a waiter finds the result when it gets in
+    except RunBusy:
+        raise  # not a failure of the run: another process is running it
     except Exception as exc:  # Ctrl-C (KeyboardInterrupt) is not a failure of the run: no record
         _write_failure(store, spec, exc, started, state["phase"], run)
         raise
-    record.update(
-        schema_version=SCHEMA_VERSION,
-        status="ok",
-        run_id=run.run_id,
-        fit_id=run.fit_id,
-        spec_key=spec.spec_key if spec is not None else None,
-        started_at=started,
-        finished_at=_now(),
-    )
-    record["timings"]["total"] = time.perf_counter() - t0
-    out = store.write(_ordered(record))
     log.info("%s: done in %.1f s → %s", run.run_id, record["timings"]["total"], out)
     return out
 

@@ -127,10 +127,9 @@ def resolve_specs(specs: list, args: argparse.Namespace) -> list:
 
 def main(args: argparse.Namespace) -> int:
     from alignbench.devices import parse_device, warn_if_slow_dtype
-    from alignbench.errors import AlignbenchError, TrainingDivergedError
     from alignbench.planning import plan_runs
     from alignbench.results import ResultStore
-    from alignbench.runner import run_one
+    from alignbench.run_lock import holding_fit
 
     device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
     specs = build_specs(args)
@@ -145,36 +144,61 @@ def main(args: argparse.Namespace) -> int:
     for run in todo:
         if run.run_id in p.why:
             print(f"redoing {run}: {p.why[run.run_id]}", file=sys.stderr)
-    failed = []
+    failed: list = []
     t_all = time.perf_counter()
     took: dict[tuple, list[float]] = {}
+    busy = []  # runs whose fit another process is running now: taken up after the others
     for i, run in enumerate(todo, 1):
         label = f"[{i}/{len(todo)}] {run}"
         print(f"{label}: running", file=sys.stderr)
-        t = time.perf_counter()
-        try:
-            path = run_one(run, results_dir=args.results, store_root=args.cache, data_root=args.data_root,
-                           overwrite=True, device=device, progress=not args.no_progress)
-        except TrainingDivergedError as exc:
-            failed.append((run, exc))
-            print(f"{label}: FAILED ({exc})", file=sys.stderr)
-            continue
-        except AlignbenchError:
-            raise  # a user/data error would repeat for every run: stop and say it once
-        except Exception as exc:
-            failed.append((run, exc))
-            record = ResultStore(args.results).failed_path_for(run.spec)
-            where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
-            print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
-            continue
-        took.setdefault(_kind(run), []).append(time.perf_counter() - t)
-        print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}{_eta(took, todo[i:])}",
-              file=sys.stderr)
+        if not _attempt(run, label, args, device, took, failed, todo[i:]):
+            busy.append((label, run))
+            print(f"{label}: another process is running its fit; back to it after the others", file=sys.stderr)
+    while busy:
+        label, run = busy.pop(0)
+        print(f"{label}: waiting for the other process that runs its fit", file=sys.stderr)
+        with holding_fit(args.results, run.fit_id, wait=True):
+            pass
+        stored = ResultStore(args.results)
+        if stored.load(run) is not None:
+            print(f"{label}: done by another process {_timings(stored.path_for(run))}", file=sys.stderr)
+        elif not _attempt(run, label, args, device, took, failed, []):  # that process ended without it
+            busy.append((label, run))
     if todo:
         print(f"finished {len(todo) - len(failed)}/{len(todo)} run(s) in {time.perf_counter() - t_all:.1f} s",
               file=sys.stderr)
     _print_summary(todo + done, args.results)
     return 1 if failed else 0
+
+
+def _attempt(run, label: str, args: argparse.Namespace, device: str, took: dict, failed: list, left: list) -> bool:
+    """Run ``run`` here, printing how it went; False when another process is running its fit now."""
+    from alignbench.errors import AlignbenchError, TrainingDivergedError
+    from alignbench.results import ResultStore
+    from alignbench.run_lock import RunBusy
+    from alignbench.runner import run_one
+
+    t = time.perf_counter()
+    try:
+        path = run_one(run, results_dir=args.results, store_root=args.cache, data_root=args.data_root,
+                       overwrite=True, device=device, progress=not args.no_progress, wait_if_busy=False)
+    except RunBusy:
+        return False
+    except TrainingDivergedError as exc:
+        failed.append((run, exc))
+        print(f"{label}: FAILED ({exc})", file=sys.stderr)
+        return True
+    except AlignbenchError:
+        raise  # a user/data error would repeat for every run: stop and say it once
+    except Exception as exc:
+        failed.append((run, exc))
+        record = ResultStore(args.results).failed_path_for(run.spec)
+        where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
+        print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
+        return True
+    took.setdefault(_kind(run), []).append(time.perf_counter() - t)
+    print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}{_eta(took, left)}", file=sys.stderr)
+    return True
 
 
 def _kind(run) -> tuple:
