@@ -53,7 +53,7 @@ def run(methods: str | Sequence[str], *, budget: Any = "10k", pair: str | Sequen
     from alignbench.datasets.cards import use
     from alignbench.devices import parse_device
     from alignbench.planning import plan_runs
-    from alignbench.runner import run_one
+    from alignbench.runner import now_iso, run_one
 
     use(dataset_files, data_root)
     args = argparse.Namespace(
@@ -70,12 +70,13 @@ def run(methods: str | Sequence[str], *, budget: Any = "10k", pair: str | Sequen
     specs = run_cmd.build_specs(args)
     runs = run_cmd.resolve_specs(specs, args)  # budgets, overlapping splits: refused before any work
     choice = parse_device(device)
+    since = now_iso()  # what another process stores from now on is not redone by overwrite=True
     todo = plan_runs(runs, results, overwrite=overwrite).todo
     failed: dict[str, str] = {}
     for run in todo:
         try:
-            run_one(run, results_dir=results, store_root=cache, data_root=data_root, overwrite=True,
-                    device=str(choice), progress=progress)
+            run_one(run, results_dir=results, store_root=cache, data_root=data_root, overwrite=overwrite,
+                    fresh_since=since, device=str(choice), progress=progress)
         except AlignbenchError:
             raise  # bad input repeats for every run: say it once, as the CLI does
         except Exception as exc:  # noqa: BLE001 - kept as a failed row, like the CLI's FAILED line

@@ -102,6 +102,7 @@ def run_one(
     device: str = "cpu",
     progress: bool = True,
     wait_if_busy: bool = True,
+    fresh_since: str | None = None,
 ) -> Path:
     """Run ``run`` and return the path of its result JSON (skipped if a valid current result exists).
 
@@ -110,12 +111,14 @@ def run_one(
     process runs the same fit in ``results_dir`` (alignbench.run_lock), this one
     waits for it and then takes its result (``wait_if_busy=False``: raises
     RunBusy instead); if that process died first, this one runs the fit.
+    ``overwrite`` redoes a stored result unless it started at or after
+    ``fresh_since`` (an ISO time: a concurrent command's work, not to redo).
     """
     from alignbench.store import FeatureStore
 
     store = ResultStore(results_dir)
     spec = run.spec if isinstance(run, ResolvedRun) else run
-    started = _now()
+    started = now_iso()
     t0 = time.perf_counter()
     state = {"phase": "resolve"}
     try:
@@ -125,13 +128,13 @@ def run_one(
                            data_root=data_root).resolve(run)
         path = store.path_for(run)
         with holding_fit(results_dir, run.fit_id, wait=wait_if_busy) as waited:
-            if not overwrite or waited:  # waited: the other process just wrote it, with this code
-                if store.load(run) is not None:
-                    log.info("%s: result exists, skipping (%s)", run.run_id, path)
-                    return path
-                problem = store.problem(run)
-                if problem:
-                    log.warning("%s: redoing it: %s", path, problem)
+            stored = store.load(run)  # read inside the lock: another process may have just written it
+            if stored is not None and (not overwrite or waited or _started_since(stored, fresh_since)):
+                log.info("%s: result exists, skipping (%s)", run.run_id, path)
+                return path
+            problem = store.problem(run) if stored is None else None
+            if problem:
+                log.info("%s: redoing it: %s", path, problem)
             record = _execute(run, results_dir, store_root, data_root, device, progress, state)
             record.update(
                 schema_version=SCHEMA_VERSION,
@@ -140,7 +143,7 @@ def run_one(
                 fit_id=run.fit_id,
                 spec_key=spec.spec_key if spec is not None else None,
                 started_at=started,
-                finished_at=_now(),
+                finished_at=now_iso(),
             )
             record["timings"]["total"] = time.perf_counter() - t0
             out = store.write(_ordered(record))  # inside the lock: a waiter finds the result when it gets in
@@ -151,6 +154,13 @@ def run_one(
         raise
     log.info("%s: done in %.1f s → %s", run.run_id, record["timings"]["total"], out)
     return out
+
+
+def _started_since(record: dict[str, Any], since: str | None) -> bool:
+    """Whether ``record``'s run started at or after ``since`` (ISO times in UTC, as ``_now`` writes them)."""
+    if since is None or not record.get("started_at"):
+        return False
+    return datetime.fromisoformat(record["started_at"]) >= datetime.fromisoformat(since)
 
 
 def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, progress: bool,
@@ -280,7 +290,7 @@ def _write_failure(store: ResultStore, spec: RunSpec, exc: Exception, started: s
         },
         "phase": phase,
         "started_at": started,
-        "failed_at": _now(),
+        "failed_at": now_iso(),
         "provenance": {"hostname": provenance.collect()["hostname"], "pid": os.getpid()},
     }
     try:
@@ -302,7 +312,8 @@ def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     return {**{k: record[k] for k in _ORDER if k in record}, **{k: v for k, v in record.items() if k not in _ORDER}}
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """Now, UTC, to the second: how results record started_at and finished_at."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 

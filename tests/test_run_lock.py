@@ -135,3 +135,38 @@ def test_run_one_waits_for_the_other_process_or_raises_when_asked_not_to(dirs, t
     helper.join()
     assert time.monotonic() - t >= 0.4
     assert path.read_bytes() == theirs.read_bytes()
+
+
+def test_a_run_another_command_stores_after_this_one_planned_is_not_redone(dirs, tmp_path, capsys, monkeypatch):
+    theirs = _elsewhere(dirs, tmp_path, 1)
+    time.sleep(1.1)  # started_at is to the second: theirs started before this command
+    r1 = _resolved(dirs, 1)
+    store = ResultStore(dirs["results"])
+    import alignbench.planning as planning
+
+    real_plan = planning.plan_runs
+
+    def plan_then_the_other_command_finishes_seed_1(*a, **kw):
+        plan = real_plan(*a, **kw)
+        store.root.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(theirs, store.path_for(r1))
+        return plan
+
+    monkeypatch.setattr(planning, "plan_runs", plan_then_the_other_command_finishes_seed_1)
+    assert _cli_run(dirs, "0,1") == 0
+    err = capsys.readouterr().err
+    assert "2 run(s): 2 to do" in err and "seed 1: done by another process" in err
+    assert store.path_for(r1).read_bytes() == theirs.read_bytes()
+
+
+def test_overwrite_redoes_older_results_but_not_what_a_concurrent_command_wrote(dirs):
+    from alignbench.runner import now_iso
+
+    r0 = _resolved(dirs, 0)
+    kw = dict(results_dir=dirs["results"], store_root=dirs["cache"], data_root=dirs["data"], progress=False)
+    path = run_one(r0, **kw)
+    first = path.read_bytes()
+    # a command that started before this result was written leaves it alone, even with overwrite
+    assert run_one(r0, **kw, overwrite=True, fresh_since="2000-01-01T00:00:00+00:00").read_bytes() == first
+    time.sleep(1.1)  # started_at is to the second
+    assert run_one(r0, **kw, overwrite=True, fresh_since=now_iso()).read_bytes() != first  # older: redone

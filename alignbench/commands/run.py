@@ -131,6 +131,9 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.results import ResultStore
     from alignbench.run_lock import holding_fit
 
+    from alignbench.runner import now_iso
+
+    args.started_at = now_iso()  # results another command writes from now on are not redone by --overwrite
     device = parse_device(args.device).resolved  # preflight already resolved it; a no-op then
     specs = build_specs(args)
     runs = resolve_specs(specs, args)
@@ -176,12 +179,13 @@ def _attempt(run, label: str, args: argparse.Namespace, device: str, took: dict,
     from alignbench.errors import AlignbenchError, TrainingDivergedError
     from alignbench.results import ResultStore
     from alignbench.run_lock import RunBusy
-    from alignbench.runner import run_one
+    from alignbench.runner import now_iso, run_one
 
-    t = time.perf_counter()
+    t, t_iso = time.perf_counter(), now_iso()
     try:
         path = run_one(run, results_dir=args.results, store_root=args.cache, data_root=args.data_root,
-                       overwrite=True, device=device, progress=not args.no_progress, wait_if_busy=False)
+                       overwrite=args.overwrite, fresh_since=args.started_at, device=device,
+                       progress=not args.no_progress, wait_if_busy=False)
     except RunBusy:
         return False
     except TrainingDivergedError as exc:
@@ -196,9 +200,23 @@ def _attempt(run, label: str, args: argparse.Namespace, device: str, took: dict,
         where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
         print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
         return True
+    if _started_before(path, t_iso):  # stored meanwhile by another command: nothing was run here
+        print(f"{label}: done by another process {_timings(path)}", file=sys.stderr)
+        return True
     took.setdefault(_kind(run), []).append(time.perf_counter() - t)
     print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}{_eta(took, left)}", file=sys.stderr)
     return True
+
+
+def _started_before(path, iso: str) -> bool:
+    import json
+    from datetime import datetime
+
+    try:
+        started = json.loads(open(path, encoding="utf-8").read())["started_at"]
+        return datetime.fromisoformat(started) < datetime.fromisoformat(iso)
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
 
 
 def _kind(run) -> tuple:
