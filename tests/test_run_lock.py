@@ -6,6 +6,7 @@ dies, a subprocess.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def test_a_busy_run_is_taken_up_after_the_others_and_its_result_is_the_other_pro
     assert "waiting for the other process" in err and "done by another process" in err
     assert store.path_for(r0).read_bytes() == theirs.read_bytes()  # not fitted again here
     assert store.load(r1) is not None and store.load(r0) is not None
+    assert not list(dirs["results"].glob(".*.lock"))  # no lock files left behind
 
 
 def test_when_the_other_process_dies_without_the_result_this_one_runs_it(dirs, tmp_path, capsys):
@@ -111,6 +113,7 @@ def test_when_the_other_process_dies_without_the_result_this_one_runs_it(dirs, t
     assert "[1/2]" in err and err.count(": done in") == 2
     assert store.load(r0) is not None and store.load(r1) is not None
     assert store.path_for(r1).stat().st_mtime_ns <= store.path_for(r0).stat().st_mtime_ns  # seed 0 came last
+    assert not list(dirs["results"].glob(".*.lock"))
 
 
 def test_run_one_waits_for_the_other_process_or_raises_when_asked_not_to(dirs, tmp_path):
@@ -170,3 +173,43 @@ def test_overwrite_redoes_older_results_but_not_what_a_concurrent_command_wrote(
     assert run_one(r0, **kw, overwrite=True, fresh_since="2000-01-01T00:00:00+00:00").read_bytes() == first
     time.sleep(1.1)  # started_at is to the second
     assert run_one(r0, **kw, overwrite=True, fresh_since=now_iso()).read_bytes() != first  # older: redone
+
+
+def test_a_waiter_whose_lock_file_was_removed_locks_the_new_one(tmp_path, caplog):
+    """The holder removes the file before letting go; a waiter blocked on the old file must not think it holds the lock."""
+    from alignbench.run_lock import holding_fit
+
+    inside = threading.Event()
+    leave = threading.Event()
+    order = []
+
+    def first():
+        with holding_fit(tmp_path, "f", wait=False):
+            inside.set()
+            assert leave.wait(60)
+            order.append("first out")
+
+    def second():
+        with holding_fit(tmp_path, "f", wait=True) as waited:
+            order.append(("second in", waited))
+            try:  # the lock second holds must be the one at the path: a third process is refused
+                with holding_fit(tmp_path, "f", wait=False):
+                    order.append("a third process got in too")
+            except RunBusy:
+                order.append("a third process is refused")
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert inside.wait(30)
+    b = threading.Thread(target=second)
+    with caplog.at_level(logging.INFO, logger="alignbench.run_lock"):
+        b.start()
+        deadline = time.monotonic() + 60
+        while "waiting for it" not in caplog.text:  # second found it busy and now blocks on first's file
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        leave.set()
+    a.join(), b.join()
+    assert order == ["first out", ("second in", True), "a third process is refused"]
+    assert not (tmp_path / ".f.lock").exists()
