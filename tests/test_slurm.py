@@ -217,6 +217,9 @@ def test_preempted_run_is_requeued_and_finishes(world):
         return r.stdout.strip().startswith("PENDING")
 
     _wait_until(requeued, 120, "the job to be requeued")
+    # slurmd revokes the first launch's credential at the requeue, to the second: a relaunch within that same second
+    # is refused ("Job credential revoked") and the job FAILS, so let a second boundary pass first.
+    time.sleep(2)
     # SLURM holds a requeued job ~2 minutes before it is eligible again; skip that wait in the test.
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     r = cli(args + ["--wait"], world["env"], timeout=400)
