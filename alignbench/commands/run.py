@@ -130,7 +130,6 @@ def main(args: argparse.Namespace) -> int:
     from alignbench.planning import plan_runs
     from alignbench.results import ResultStore
     from alignbench.run_lock import holding_fit
-
     from alignbench.runner import now_iso
 
     args.started_at = now_iso()  # results another command writes from now on are not redone by --overwrite
