@@ -129,7 +129,7 @@ def run_one(
         path = store.path_for(run)
         with holding_fit(results_dir, run.fit_id, wait=wait_if_busy) as waited:
             stored = store.load(run)  # read inside the lock: another process may have just written it
-            if stored is not None and (not overwrite or waited or started_since(stored, fresh_since)):
+            if stored is not None and (not overwrite or waited or _started_since(stored, fresh_since)):
                 log.info("%s: result exists, skipping (%s)", run.run_id, path)
                 return path
             problem = store.problem(run) if stored is None else None
@@ -156,7 +156,7 @@ def run_one(
     return out
 
 
-def started_since(record: dict[str, Any], since: str | None) -> bool:
+def _started_since(record: dict[str, Any], since: str | None) -> bool:
     """Whether ``record``'s run started at or after ``since`` (ISO times in UTC, as ``_now`` writes them)."""
     if since is None or not record.get("started_at"):
         return False
