@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -92,7 +93,23 @@ def plan(specs: Iterable[RunSpec | ResolvedRun], results_dir: str | Path = "resu
 
 
 # -- execution ------------------------------------------------------------------------
-def run_one(
+@dataclass(frozen=True)
+class RunOutcome:
+    """Where a run's result is, and whether this call ran it (False: it was stored, here or by another process)."""
+
+    path: Path
+    ran: bool
+
+
+def run_one(run: RunSpec | ResolvedRun, **options: Any) -> Path:
+    """Run ``run`` and return the path of its result JSON (skipped if a valid current result exists).
+
+    The options are ``run_or_take``'s; this is it for callers that need only the path.
+    """
+    return run_or_take(run, **options).path
+
+
+def run_or_take(
     run: RunSpec | ResolvedRun,
     *,
     results_dir: str | Path = "results/runs",
@@ -103,8 +120,8 @@ def run_one(
     progress: bool = True,
     wait_if_busy: bool = True,
     fresh_since: str | None = None,
-) -> Path:
-    """Run ``run`` and return the path of its result JSON (skipped if a valid current result exists).
+) -> RunOutcome:
+    """Run ``run`` unless a valid current result exists; say which happened.
 
     A RunSpec is resolved first (alignbench.identity); a failure at any phase,
     resolution included, leaves ``<spec_key>.failed.json``.  While another
@@ -131,7 +148,7 @@ def run_one(
             stored = store.load(run)  # read inside the lock: another process may have just written it
             if stored is not None and (not overwrite or waited or _started_since(stored, fresh_since)):
                 log.info("%s: result exists, skipping (%s)", run.run_id, path)
-                return path
+                return RunOutcome(path, ran=False)
             problem = store.problem(run) if stored is None else None
             if problem:
                 log.info("%s: redoing it: %s", path, problem)
@@ -153,7 +170,7 @@ def run_one(
         _write_failure(store, spec, exc, started, state["phase"], run)
         raise
     log.info("%s: done in %.1f s → %s", run.run_id, record["timings"]["total"], out)
-    return out
+    return RunOutcome(out, ran=True)
 
 
 def _started_since(record: dict[str, Any], since: str | None) -> bool:

@@ -128,8 +128,6 @@ def resolve_specs(specs: list, args: argparse.Namespace) -> list:
 def main(args: argparse.Namespace) -> int:
     from alignbench.devices import parse_device, warn_if_slow_dtype
     from alignbench.planning import plan_runs
-    from alignbench.results import ResultStore
-    from alignbench.run_lock import holding_fit
     from alignbench.runner import now_iso
 
     args.started_at = now_iso()  # results another command writes from now on are not redone by --overwrite
@@ -156,16 +154,9 @@ def main(args: argparse.Namespace) -> int:
         if not _attempt(run, label, args, device, took, failed, todo[i:]):
             busy.append((label, run))
             print(f"{label}: another process is running its fit; back to it after the others", file=sys.stderr)
-    while busy:
-        label, run = busy.pop(0)
+    for label, run in busy:  # now wait for the other process, then take its result (or run it, if it died first)
         print(f"{label}: waiting for the other process that runs its fit", file=sys.stderr)
-        with holding_fit(args.results, run.fit_id, wait=True):
-            pass
-        stored = ResultStore(args.results)
-        if stored.load(run) is not None:
-            print(f"{label}: done by another process {_timings(stored.path_for(run))}", file=sys.stderr)
-        elif not _attempt(run, label, args, device, took, failed, []):  # that process ended without it
-            busy.append((label, run))
+        _attempt(run, label, args, device, took, failed, [], wait=True)
     if todo:
         print(f"finished {len(todo) - len(failed)}/{len(todo)} run(s) in {time.perf_counter() - t_all:.1f} s",
               file=sys.stderr)
@@ -173,18 +164,22 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _attempt(run, label: str, args: argparse.Namespace, device: str, took: dict, failed: list, left: list) -> bool:
-    """Run ``run`` here, printing how it went; False when another process is running its fit now."""
+def _attempt(run, label: str, args: argparse.Namespace, device: str, took: dict, failed: list, left: list,
+             wait: bool = False) -> bool:
+    """Run ``run`` here (or take what another process stored), printing how it went.
+
+    False when another process is running its fit now and ``wait`` is off.
+    """
     from alignbench.errors import AlignbenchError, TrainingDivergedError
     from alignbench.results import ResultStore
     from alignbench.run_lock import RunBusy
-    from alignbench.runner import now_iso, run_one
+    from alignbench.runner import run_or_take
 
-    t, t_iso = time.perf_counter(), now_iso()
+    t = time.perf_counter()
     try:
-        path = run_one(run, results_dir=args.results, store_root=args.cache, data_root=args.data_root,
-                       overwrite=args.overwrite, fresh_since=args.started_at, device=device,
-                       progress=not args.no_progress, wait_if_busy=False)
+        outcome = run_or_take(run, results_dir=args.results, store_root=args.cache, data_root=args.data_root,
+                              overwrite=args.overwrite, fresh_since=args.started_at, device=device,
+                              progress=not args.no_progress, wait_if_busy=wait)
     except RunBusy:
         return False
     except TrainingDivergedError as exc:
@@ -199,23 +194,13 @@ def _attempt(run, label: str, args: argparse.Namespace, device: str, took: dict,
         where = f"traceback in {record}" if record.exists() else "its failure record could not be written"
         print(f"{label}: FAILED ({type(exc).__name__}: {exc}); {where}", file=sys.stderr)
         return True
-    if _started_before(path, t_iso):  # stored meanwhile by another command: nothing was run here
+    path = outcome.path
+    if not outcome.ran:  # stored meanwhile by another command: nothing was run here
         print(f"{label}: done by another process {_timings(path)}", file=sys.stderr)
         return True
     took.setdefault(_kind(run), []).append(time.perf_counter() - t)
     print(f"{label}: done in {time.perf_counter() - t:.1f} s {_timings(path)}{_eta(took, left)}", file=sys.stderr)
     return True
-
-
-def _started_before(path, iso: str) -> bool:
-    import json
-    from datetime import datetime
-
-    try:
-        started = json.loads(open(path, encoding="utf-8").read())["started_at"]
-        return datetime.fromisoformat(started) < datetime.fromisoformat(iso)
-    except (OSError, KeyError, ValueError, TypeError):
-        return False
 
 
 def _kind(run) -> tuple:
