@@ -187,7 +187,10 @@ def test_failing_run_shows_traceback_and_log_while_others_finish(world):
 
 def test_run_over_its_time_limit_is_reported(world):
     results = world["root"] / "timeout"
-    prof = _profile(world["root"], "p-timeout", timeout_min=1, slurm_signal_delay_s=30, max_num_timeout=0, pack=1)
+    # SLURM may send the --signal up to 60 s before the time asked ("resolution of event handling", sbatch(1)):
+    # with a 1-minute limit it once came 1 s into the job, before the run had started (nothing to report as
+    # a time limit). 2 minutes, signal 30 s early: it comes 30-90 s in, while the run trains.
+    prof = _profile(world["root"], "p-timeout", timeout_min=2, slurm_signal_delay_s=30, max_num_timeout=0, pack=1)
     args = _slurm(results, prof, methods="linear:max_epochs=1000000,patience=1000000,batch_size=4",
                   budgets="20", seeds="0")
     t0 = time.time()
