@@ -55,11 +55,12 @@ def compare_report(
     groups: dict[tuple, dict[str, Any]] = {}
     for r in table.rows:
         groups.setdefault(r.group, {})[r.method] = r
-    out = []
+    out, mixed = [], set()
     for group, members in groups.items():
         a, b = (_pick(members, lab, group) for lab in labels)
         if a is None or b is None:
             continue
+        mixed |= feature_bits_differ([a.runs, b.runs])
         for j, col in enumerate(table.columns):
             ca, cb = a.cells[j], b.cells[j]
             if ca is None or cb is None:
@@ -80,7 +81,26 @@ def compare_report(
     body = tabulate([list(r.values()) for r in out], headers=list(out[0]), tablefmt="pipe", disable_numparse=True)
     note = (f"A = {a_label}, B = {b_label}; percent points. Paired t over ≥ 3 shared seeds, else a paired bootstrap over "
             "the same test queries (retrieval, classification) or images (segmentation); p two-sided.")  # fmt: skip
+    if mixed:
+        note += (f" Warning: these runs read different bits of the same cached features ({', '.join(sorted(mixed))}), "
+                 "encoded on different machines or versions; a difference between A and B then includes the "
+                 "encodings' (re-run both on one feature cache).")  # fmt: skip
     return body + "\n\n" + note + "\n"
+
+
+def feature_bits_differ(row_runs: Iterable[Any]) -> set[str]:
+    """Cache entries (paths) that the given rows' runs read with different content digests.
+
+    Runs stored before results recorded digests say nothing and are left out.
+    """
+    seen: dict[str, set[str]] = {}
+    for rr in row_runs:
+        for recs in rr.runs.values():
+            for rec in recs:
+                for f in rec.get("features") or []:
+                    if f.get("digest") and f.get("path"):
+                        seen.setdefault(f["path"], set()).add(f["digest"])
+    return {path for path, digests in seen.items() if len(digests) > 1}
 
 
 def _tuned_name(label: str) -> str | None:

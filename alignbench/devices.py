@@ -114,17 +114,34 @@ def parse_device(text: str | None) -> DeviceChoice:
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (empty where ``/proc/cpuinfo`` does not exist)."""
+def _cpuinfo_field(names: tuple[str, ...]) -> str | None:
+    """The first ``/proc/cpuinfo`` line's value whose field is one of ``names`` (None where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(names):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty where ``/proc/cpuinfo`` does not exist)."""
+    return frozenset((_cpuinfo_field(("flags", "Features")) or "").split())
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``, else :func:`platform.processor`; None when neither says).
+
+    Recorded with every result: encoders and LAPACK pick kernels by CPU, so two
+    CPUs may give features and fits that differ in their last bits.
+    """
+    import platform
+
+    return _cpuinfo_field(("model name", "Hardware", "cpu model")) or platform.processor() or None
 
 
 def cpu_bf16_flags() -> tuple[str, ...]:
@@ -184,5 +201,5 @@ def matmul_dtype(requested: str, device: Any) -> tuple[str, str]:
     return "fp32", f"auto: this CPU has no native bf16 ({' / '.join(BF16_CPU_FLAGS)})"
 
 
-__all__ = ["BF16_CPU_FLAGS", "MATMUL_DTYPES", "matmul_dtype", "DEVICE_CHOICES", "DeviceChoice", "check_device_text", "is_cpu", "is_cuda", "cpu_bf16_flags", "cpu_flags",
+__all__ = ["BF16_CPU_FLAGS", "MATMUL_DTYPES", "matmul_dtype", "DEVICE_CHOICES", "DeviceChoice", "check_device_text", "is_cpu", "is_cuda", "cpu_bf16_flags", "cpu_flags", "cpu_model",
            "cpu_has_fast_bf16", "cuda_device_count", "parse_device", "warn_if_slow_dtype"]

@@ -1,4 +1,4 @@
-"""Where a result came from: package versions, git revision, host, device, dtype.
+"""Where a result came from: package versions, git revision, host, CPU, device, dtype.
 
 Every result JSON carries this block so a number in a table can be traced to
 the code and software stack that produced it (DESIGN.md: "every result
@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from alignbench.devices import is_cuda
+from alignbench.devices import cpu_bf16_flags, cpu_model, is_cuda
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,25 @@ def device_info(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU a run computed on: its model, the kernel level PyTorch dispatches to, its native bf16 flags.
+
+    Why: the same code on the same features gives the same bits on one machine,
+    but another CPU's kernels may move the last bits of features and fits, and
+    with them a query's rank at a tie (README: "Reproducing these numbers").
+    """
+    info: dict[str, Any] = {"model": None, "capability": None, "bf16": []}
+    try:
+        info["model"] = cpu_model()
+        info["bf16"] = list(cpu_bf16_flags())
+        import torch
+
+        info["capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception as exc:  # provenance must never fail a run
+        log.debug("cpu info unavailable: %s", exc)
+    return info
+
+
 def collect(device: str = "cpu", dtype: str = "fp32") -> dict[str, Any]:
     """The provenance block stored in every result."""
     return {
@@ -87,6 +106,7 @@ def collect(device: str = "cpu", dtype: str = "fp32") -> dict[str, Any]:
         "git": git_revision(),
         **device_info(device),
         "dtype": dtype,
+        "cpu": cpu_info(),
         "hostname": socket.gethostname(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -166,7 +166,7 @@ def _runs_html(records: list[dict[str, Any]], stale: dict[str, str]) -> str:
         shown = {
             "spec": spec, "method": r.get("method"), "budget": r.get("budget"), "data": r.get("data"),
             "metrics": r.get("metrics"), "timings": r.get("timings"),
-            "provenance": {k: prov.get(k) for k in ("git", "packages", "device", "dtype", "hostname", "python",
+            "provenance": {k: prov.get(k) for k in ("git", "packages", "device", "dtype", "cpu", "hostname", "python",
                                                     "platform") if k in prov},
             "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
         }  # fmt: skip

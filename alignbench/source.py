@@ -86,7 +86,7 @@ class FeatureSource:
         meta = getattr(feats[0] if isinstance(feats, tuple) else feats, "meta", {}) or {}
         self.reads.append({"kind": meta.get("kind"), "dataset": meta.get("dataset"), "split": meta.get("split"),
                            "encoder": meta.get("encoder"), "path": self._cache_relative(meta.get("path")),
-                           "action": self.store.last_action})
+                           "digest": meta.get("digest"), "action": self.store.last_action})
         return feats
 
     def _cache_relative(self, path: str | None) -> str | None:

@@ -9,6 +9,7 @@ ALIGNBENCH_UPDATE_GOLDEN=1 to rewrite them after an intended format change.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -308,6 +309,26 @@ def test_compare_prints_paired_differences_with_ci_and_p(capsys):
     assert "did you mean 'csa [latent_dim=64]'" in capsys.readouterr().err
     assert cli(["report", "--results", str(RESULTS), "--compare", "pal"]) == 2
     assert cli(["report", "--results", str(RESULTS), "--compare", "pal,pal"]) == 2
+
+
+def test_compare_warns_when_the_rows_read_different_bits_of_the_same_features(tmp_path, capsys):
+    """Results record each feature entry's content digest; runs that read one entry with different bits (encoded
+    on another machine) are named by ``--compare``: their difference includes the encodings'."""
+    res = tmp_path / "results"
+    shutil.copytree(RESULTS, res)
+    files = sorted(res.glob("pal-*.json"))
+    for i, f in enumerate(files):
+        rec = json.loads(f.read_text())
+        rec["features"] = [{"kind": "texts", "path": "minilm-l6/flickr8k-test-L5-fp32-x", "digest": "a" * 32}]
+        f.write_text(json.dumps(rec))
+    assert cli(["report", "--results", str(res), "--compare", "pal,pal [image-layer 9]"]) == 0
+    assert "Warning" not in capsys.readouterr().out
+    rec = json.loads(files[-1].read_text())
+    rec["features"][0]["digest"] = "b" * 32
+    files[-1].write_text(json.dumps(rec))
+    assert cli(["report", "--results", str(res), "--compare", "pal,pal [image-layer 9]"]) == 0
+    out = capsys.readouterr().out
+    assert "Warning: these runs read different bits of the same cached features (minilm-l6/flickr8k-test-L5-fp32-x)" in out
 
 
 def test_caption_names_the_interval_and_its_unit_and_never_sd():

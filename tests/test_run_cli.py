@@ -8,6 +8,7 @@ summary table and ``alignbench report`` — runs for real in seconds.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -43,6 +44,9 @@ def test_run_then_report_end_to_end(dirs, capsys):
     assert set(rec["metrics"]) == {"retrieval/flickr8k", "classification/cifar10", "segmentation/camvid"}
     assert rec["budget"]["available"] == 18 * 5
     assert rec["provenance"]["packages"]["torch"] and "dtype" in rec["provenance"]
+    # the CPU it ran on and the bits of every feature entry it read: a rerun elsewhere can tell what moved
+    assert rec["provenance"]["cpu"]["capability"] and isinstance(rec["provenance"]["cpu"]["bf16"], list)
+    assert rec["features"] and all(re.fullmatch(r"[0-9a-f]{32}", f["digest"]) for f in rec["features"])
     assert {"encode", "fit", "eval", "total"} <= set(rec["timings"])
     for key, metrics in rec["metrics"].items():
         assert all(0.0 <= v <= 100.0 for k, v in metrics.items()), key

@@ -95,6 +95,21 @@ def seal(meta: dict) -> dict:
     return meta
 
 
+def content_digest(meta: dict) -> str | None:
+    """One xxh3-128 over an entry's file checksums: equal digests, bit-equal features.
+
+    Unlike ``meta.json``'s own checksum it leaves out when and how fast the entry
+    was written, so two encodings that gave the same bits share it.  None for
+    entries whose files carry no xxh3 (legacy entries not yet upgraded).
+    """
+    import xxhash
+
+    files = meta.get("files") or {}
+    if not files or not all(HASH in f for f in files.values()):
+        return None
+    return xxhash.xxh3_128_hexdigest("\n".join(f"{n}={files[n][HASH]}" for n in sorted(files)).encode())
+
+
 def read_meta(path: Path) -> dict:
     """The entry's meta.json, checked against its own checksum (legacy metas have none)."""
     import xxhash

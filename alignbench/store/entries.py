@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from alignbench.features import ImageFeatures, TextFeatures
+from alignbench.store.checksums import content_digest
 
 
 @dataclass
@@ -48,7 +49,7 @@ def load_features(path: Path, meta: dict) -> ImageFeatures | TextFeatures:
         return np.load(path / name, mmap_mode="r") if name in files else None
 
     info = {"path": str(path), "key": meta["key"], "encoder": meta["encoder"], "dataset": meta["dataset"],
-            "split": meta["split"], "kind": meta["kind"]}
+            "split": meta["split"], "kind": meta["kind"], "digest": content_digest(meta)}
     if meta["kind"] == "images":
         fn = None
         if "final_norm.npz" in files:
