@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,8 +212,45 @@ def tune_command(key: StudyKey) -> str:
             f"--seeds {','.join(map(str, key.seeds))} --objective {key.objective}")
 
 
-def best_config(tune_dir: str | Path, key: StudyKey) -> TunedConfig:
-    """The best finished trial of ``key``'s study; ConfigError naming the tune command when there is none."""
+# ``:tuned`` on a study another process is still tuning waits for its trials: every WAIT_POLL_S it looks again,
+# and once none runs it looks once more after SETTLE_S (a tune process is between two trials for a moment).
+WAIT_POLL_S = 15.0
+SETTLE_S = 10.0
+
+
+def live_trials(storage: Any, study: Any) -> int:
+    """RUNNING trials whose process is alive (a heartbeat within GRACE_S, or none written yet)."""
+    stale = set(storage._get_stale_trial_ids(study._study_id))  # optuna's own staleness rule (fail_stale_trials')
+    return sum(t.state.name == "RUNNING" and t._trial_id not in stale for t in study.trials)
+
+
+def _await_live_trials(storage: Any, study: Any, path: Path, wait: bool) -> int:
+    """Wait while other processes run trials of ``study`` (``wait``); the live trials left (0 after waiting)."""
+    told, seen = False, None
+    while True:
+        live = live_trials(storage, study)
+        if not live and told:
+            time.sleep(SETTLE_S)
+            live = live_trials(storage, study)
+        if not live or not wait:
+            return live
+        if not told:
+            log.warning("study %r in %s: %d trial(s) running in another process (alignbench tune); waiting for them, "
+                        "so that :tuned takes the best of the whole study (--tuned-now takes the best finished "
+                        "trial now)", study.study_name, path, live)
+            told = True
+        if seen != (done := finished(study)):
+            log.info("study %r: %d trial(s) finished, %d running", study.study_name, done, live)
+            seen = done
+        time.sleep(WAIT_POLL_S)
+
+
+def best_config(tune_dir: str | Path, key: StudyKey, *, wait: bool = True) -> TunedConfig:
+    """The best finished trial of ``key``'s study; ConfigError naming the tune command when there is none.
+
+    Trials another live process is running are waited for (``wait``), else
+    the best finished one is taken with a warning that it may still change.
+    """
     import optuna
 
     path = study_file(tune_dir, key.pair, key.budget)
@@ -224,14 +262,18 @@ def best_config(tune_dir: str | Path, key: StudyKey) -> TunedConfig:
     if key.name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise ConfigError(f"no tuning study {key.name!r} in {path}{hint}")
     study = optuna.load_study(study_name=key.name, storage=storage)
+    live = _await_live_trials(storage, study, path, wait)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not done:
         raise ConfigError(f"study {key.name!r} in {path} has no finished trial yet{hint}")
-    running = sum(t.state.name == "RUNNING" for t in study.trials)
-    if running:
+    if live:
         log.warning("study %r in %s is still running (%d trial(s) in progress, %d finished): :tuned takes the best "
                     "finished trial, which may still change, and the table will say its study was smaller",
-                    key.name, path, running, finished(study))
+                    key.name, path, live, finished(study))
+    if dead := sum(t.state.name == "RUNNING" for t in study.trials) - live:
+        log.warning("study %r in %s has %d trial(s) whose tune process died; :tuned takes the best of the %d "
+                    "finished (the tune command re-runs them: %s)", key.name, path, dead, finished(study),
+                    tune_command(key))
     best = study.best_trial
     return TunedConfig(study=key.name, file=str(path), params=dict(best.params), value=float(best.value),
                        trial=best.number, objective=key.objective, n_trials=finished(study),
@@ -239,7 +281,7 @@ def best_config(tune_dir: str | Path, key: StudyKey) -> TunedConfig:
 
 
 def find_tuned(tune_dir: str | Path, method: str, fixed: dict[str, Any], pair: str, budget: int | str,
-               objective: str = "recall") -> TunedConfig:
+               objective: str = "recall", *, wait: bool = True) -> TunedConfig:
     """The best config for ``method:fixed`` at (pair, budget): from its study (any seeds; the most trials wins).
 
     ConfigError saying which ``alignbench tune`` command makes the study when there is none.
@@ -262,7 +304,7 @@ def find_tuned(tune_dir: str | Path, method: str, fixed: dict[str, Any], pair: s
         raise ConfigError(f"{method}:tuned has no tuning study for pair {pair} budget {budget} in {tune_dir}; "
                           f"make it with: {tune_command(key)}")
     _, _, seeds = max(candidates)
-    return best_config(tune_dir, StudyKey(method, pair, budget, objective, seeds, fixed_t))
+    return best_config(tune_dir, StudyKey(method, pair, budget, objective, seeds, fixed_t), wait=wait)
 
 
 def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:

@@ -74,6 +74,7 @@ class SweepConfig:
     text_layer: int | None = None
     dtype: str = "fp32"
     tune_dir: str = "results/tune"  # where ``:tuned`` methods find their studies (alignbench tune)
+    tuned_wait: bool = True  # ``:tuned`` waits for trials another process is running; False takes the best finished now
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -186,6 +187,10 @@ def build_config(file_values: dict[str, Any] | None = None, **overrides: Any) ->
         from alignbench.devices import check_device_text
 
         cfg.device = check_device_text(merged["device"])
+    if "tuned_wait" in merged:
+        if not isinstance(merged["tuned_wait"], bool):
+            raise ConfigError(f"tuned_wait must be true or false, got {merged['tuned_wait']!r}")
+        cfg.tuned_wait = merged["tuned_wait"]
     if "val" in merged:
         v = merged["val"]
         cfg.val = None if v in (None, "", "none", "None", "null") else str(v)
@@ -243,7 +248,7 @@ def _tuned(cfg: SweepConfig, method: str, opts: dict, pair: str, budget: int | s
     """The best config of the (pair, budget) study of ``method`` with options ``opts`` (optuna loaded only here)."""
     from alignbench.studies import find_tuned
 
-    record = find_tuned(cfg.tune_dir, method, opts, pair, budget).record()
+    record = find_tuned(cfg.tune_dir, method, opts, pair, budget, wait=cfg.tuned_wait).record()
     record["fixed"] = dict(opts)
     return record
 

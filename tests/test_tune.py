@@ -228,6 +228,10 @@ def test_tuned_runs_use_the_best_dev_config_and_get_their_own_marked_rows(dirs, 
     assert {k: t["method"]["config"][k] for k in best.params} == best.params
     assert cli(run + ["--methods", "asif", "--tuned"]) == 0  # --tuned = every method as METHOD:tuned
     assert "0 to do, 1 already done" in capsys.readouterr().err
+    # a trial running in another process: --tuned-now takes the best finished trial at once (no waiting)
+    _study(dirs, "asif|recall|seeds=0").ask()
+    assert cli(run + ["--methods", "asif", "--tuned", "--tuned-now"]) == 0
+    assert "0 to do, 1 already done" in capsys.readouterr().err
 
 
 # A child `alignbench tune` whose first trial waits until the other child is inside its first trial too,
@@ -327,9 +331,53 @@ def test_tuned_from_a_study_still_running_warns_that_its_best_may_change(dirs, c
     assert not [r for r in caplog.records if "still running" in r.getMessage()]
     _study(dirs, "asif|recall|seeds=0").ask()  # another process's trial, in progress
     with caplog.at_level(logging.WARNING, logger="alignbench.studies"):
-        record = find_tuned(dirs["tune"], "asif", {}, PAIR, 40)
+        record = find_tuned(dirs["tune"], "asif", {}, PAIR, 40, wait=False)  # run --tuned-now
     assert record.n_trials == 2
     assert [r for r in caplog.records if "still running (1 trial(s) in progress, 2 finished)" in r.getMessage()]
+
+
+def test_tuned_waits_for_the_trials_another_process_is_running_and_takes_the_whole_studys_best(dirs, caplog,
+                                                                                                monkeypatch):
+    """``run M:tuned`` beside a live ``tune`` waits for its trials (the best may be among them); a trial whose
+    process died (stale heartbeat) is not waited for: the best of the finished ones, with a warning naming it."""
+    import logging
+    import threading
+    import time
+
+    from alignbench import studies
+
+    monkeypatch.setattr(studies, "WAIT_POLL_S", 0.2)
+    monkeypatch.setattr(studies, "SETTLE_S", 0.2)
+    assert _tune(dirs, "--methods", "asif", "--trials", "2") == 0
+    name = "asif|recall|seeds=0"
+    other = _study(dirs, name).ask()  # a live process's trial (no heartbeat written yet counts as alive)
+
+    def the_other_process_finishes_with_the_best_value():
+        time.sleep(1.5)
+        _study(dirs, name).tell(other.number, 100.0)  # percent: above any real trial
+
+    thread = threading.Thread(target=the_other_process_finishes_with_the_best_value)
+    t0 = time.monotonic()
+    thread.start()
+    with caplog.at_level(logging.WARNING, logger="alignbench.studies"):
+        record = studies.find_tuned(dirs["tune"], "asif", {}, PAIR, 40)
+    thread.join()
+    assert time.monotonic() - t0 >= 1.5
+    assert (record.trial, record.value, record.n_trials) == (other.number, 100.0, 3)
+    assert [r for r in caplog.records if "1 trial(s) running in another process" in r.getMessage()]
+    # a trial whose process died: not waited for
+    caplog.clear()
+    monkeypatch.setattr(studies, "GRACE_S", 1)
+    path = studies.study_file(dirs["tune"], PAIR, 40)
+    storage = studies._storage(path)
+    study = optuna.load_study(study_name=name, storage=storage)
+    dead = study.ask()
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)
+    with caplog.at_level(logging.WARNING, logger="alignbench.studies"):
+        record = studies.find_tuned(dirs["tune"], "asif", {}, PAIR, 40)
+    assert record.n_trials == 3 and _study(dirs, name).trials[dead.number].state.name == "RUNNING"
+    assert [r for r in caplog.records if "1 trial(s) whose tune process died" in r.getMessage()]
 
 
 def test_tune_ends_only_when_its_study_is_complete_so_tuned_runs_see_every_trial(dirs, capsys, monkeypatch):

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tuned", action="store_true",
                    help="run every method with the best config of its (pair, budget) study (as METHOD:tuned)")
     p.add_argument("--tune-dir", default=None, help="study files for :tuned methods (default: results/tune)")
+    p.add_argument("--tuned-now", action="store_true",
+                   help="for a :tuned study another process is still tuning, take its best finished trial now "
+                        "(default: wait for its running trials)")
     p.add_argument("--overwrite", action="store_true", help="redo runs whose result already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -69,7 +72,7 @@ def build_specs(args: argparse.Namespace) -> list:
     cfg = build_config(
         methods=methods, pairs=args.pair, budgets=args.budget, seeds=args.seeds, tasks=args.tasks,
         datasets=args.datasets, evals=args.evals, train=args.train, val=args.val, executor="debug",
-        tune_dir=getattr(args, "tune_dir", None),
+        tune_dir=getattr(args, "tune_dir", None), tuned_wait=False if getattr(args, "tuned_now", False) else None,
     )  # fmt: skip
     printed: set[str] = set()  # each layer note once per command, not once per process
     specs = [dataclasses.replace(s, encoder=_encoder_options(s, args, printed)) for s in expand(cfg)]
