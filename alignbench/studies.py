@@ -220,8 +220,15 @@ SETTLE_S = 10.0
 
 def live_trials(storage: Any, study: Any) -> int:
     """RUNNING trials whose process is alive (a heartbeat within GRACE_S, or none written yet)."""
-    stale = set(storage._get_stale_trial_ids(study._study_id))  # optuna's own staleness rule (fail_stale_trials')
-    return sum(t.state.name == "RUNNING" and t._trial_id not in stale for t in study.trials)
+    try:  # optuna's own staleness rule (what fail_stale_trials uses), without failing anything
+        stale = set(storage._get_stale_trial_ids(study._study_id))
+        return sum(t.state.name == "RUNNING" and t._trial_id not in stale for t in study.trials)
+    except AttributeError:  # another optuna: no way to tell a dead trial, so count every RUNNING one
+        import optuna
+
+        log.warning("optuna %s does not expose trial heartbeats: every running trial counts as alive",
+                    optuna.__version__)
+        return sum(t.state.name == "RUNNING" for t in study.trials)
 
 
 def _await_live_trials(storage: Any, study: Any, path: Path, wait: bool) -> int:
