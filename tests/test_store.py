@@ -5,6 +5,7 @@ Runs on the tiny random encoders and small datasets written here, so it is fast.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import signal
@@ -224,7 +225,7 @@ def test_decode_mode_follows_the_model_device():
         resolve_decode("fork", "cpu")
 
 
-def test_checksums_hashed_while_writing_equal_the_files(store, caps):
+def test_checksums_hashed_while_writing_equal_the_files(store, caps, tmp_path):
     """The token file's xxh3 is computed as its rows stream in; it must be the file's own hash
     (a resumed encode re-reads its files instead: test_interrupted_encode_resumes verifies one)."""
     import xxhash
@@ -234,6 +235,17 @@ def test_checksums_hashed_while_writing_equal_the_files(store, caps):
     meta = json.loads((path / "meta.json").read_text())
     for name in ("pooled.npy", "tokens.npy"):
         assert meta["files"][name]["xxh3_128"] == xxhash.xxh3_128_hexdigest((path / name).read_bytes())
+    # the content digest results record: the same bits encoded again elsewhere give the same digest (meta.json's
+    # own checksum also covers when and how fast it was written); the CPU that encoded is in the meta
+    from alignbench.store.checksums import content_digest
+
+    again = FeatureStore(tmp_path / "elsewhere", checkpoint_seconds=0).image_features(
+        "tiny-vit", caps, "train", progress=False, batch_size=4)
+    other = json.loads((Path(again.meta["path"]) / "meta.json").read_text())
+    assert f.meta["digest"] == content_digest(meta) == content_digest(other) == again.meta["digest"]
+    assert re.fullmatch(r"[0-9a-f]{32}", f.meta["digest"]) and meta["cpu"]["capability"]
+    other["files"]["pooled.npy"]["xxh3_128"] = "0" * 32
+    assert content_digest(other) != f.meta["digest"]
 
 
 def test_entry_layout_and_meta(store, caps):

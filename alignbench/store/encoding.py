@@ -89,12 +89,14 @@ class EntryWriter:
         files = {f.name: file_record(f, hashed.get(f.name)) for f in sorted(tmp.iterdir())
                  if f.name not in ("progress.json", "meta.json") and not f.name.endswith(".tmp")}
         from alignbench import __version__
+        from alignbench.provenance import cpu_info
 
         meta = seal({
             "format": FORMAT, "key": key, "key_hash": hash_json(key), "kind": req.kind,
             "encoder": safe_name(req.encoder_name), "encoder_name": req.encoder_name, "dataset": req.dataset,
             "split": req.split, "count": len(items), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "encode_seconds": round(time.time() - t0, 3), "device": str(getattr(req.encoder, "device", "cpu")),
+            "cpu": cpu_info(),  # another CPU's kernels may give other last bits (README: reproducing)
             "alignbench": __version__, **extra,
         })
         (tmp / "progress.json").unlink(missing_ok=True)
