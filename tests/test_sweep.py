@@ -70,6 +70,17 @@ def test_unknown_sweep_file_key_is_named(tmp_path):
         load_sweep_file(f)
 
 
+def test_tuned_wait_in_a_sweep_file_is_a_boolean(tmp_path):
+    """A sweep's ``:tuned`` methods wait for a study's live trials unless ``tuned-wait: false``."""
+    f = tmp_path / "s.yaml"
+    f.write_text("methods: [cca]\ntuned-wait: false\n")
+    assert build_config(load_sweep_file(f)).tuned_wait is False
+    assert build_config(methods="cca").tuned_wait is True
+    f.write_text("methods: [cca]\ntuned-wait: later\n")
+    with pytest.raises(ConfigError, match="tuned_wait must be true or false, got 'later'"):
+        build_config(load_sweep_file(f))
+
+
 @pytest.mark.parametrize("field,value,suggestion", [
     ("methods", "ccaa,asif", "cca"),
     ("pairs", "tiny-vitt+tiny-text", "tiny-vit"),
