@@ -212,8 +212,9 @@ def tune_command(key: StudyKey) -> str:
             f"--seeds {','.join(map(str, key.seeds))} --objective {key.objective}")
 
 
-# ``:tuned`` on a study another process is still tuning waits for its trials: every WAIT_POLL_S it looks again,
-# and once none runs it looks once more after SETTLE_S (a tune process is between two trials for a moment).
+# Waiting on trials another process runs (``tune`` for its study's last trials, ``:tuned`` for a study still being
+# tuned) looks again every WAIT_POLL_S; once none runs, ``:tuned`` looks once more after SETTLE_S (a tune
+# process is between two trials for a moment).
 WAIT_POLL_S = 15.0
 SETTLE_S = 10.0
 

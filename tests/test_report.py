@@ -317,7 +317,7 @@ def test_compare_warns_when_the_rows_read_different_bits_of_the_same_features(tm
     res = tmp_path / "results"
     shutil.copytree(RESULTS, res)
     files = sorted(res.glob("pal-*.json"))
-    for i, f in enumerate(files):
+    for f in files:
         rec = json.loads(f.read_text())
         rec["features"] = [{"kind": "texts", "path": "minilm-l6/flickr8k-test-L5-fp32-x", "digest": "a" * 32}]
         f.write_text(json.dumps(rec))

@@ -5,9 +5,9 @@ Runs on the tiny random encoders and small datasets written here, so it is fast.
 from __future__ import annotations
 
 import json
-import re
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys

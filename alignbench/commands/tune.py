@@ -13,8 +13,7 @@ import argparse
 import sys
 import time
 
-#: Seconds between two looks at a study whose last trials run in another process (``tune`` waits for them).
-WAIT_POLL_S = 15.0
+from alignbench.studies import WAIT_POLL_S  # seconds between two looks at trials another process runs
 
 HELP = "tune methods' hyperparameters on the validation split (Optuna TPE, median pruning, SQLite studies)"
 EXAMPLES = [
