@@ -79,6 +79,7 @@ def lr_range_test(
     state: Callable[[], dict] | None = None,
     load_state: Callable[[dict], None] | None = None,
     max_samples: int = 5000,
+    desc: str = "train",
 ) -> dict[str, Any]:
     """The reference LR range test (METHODS.md, "Shared contrastive trainer"), run once per fit.
 
@@ -106,6 +107,9 @@ def lr_range_test(
     ratios = [g.get("lr", config.lr) / config.lr if isinstance(g, dict) else 1.0 for g in groups] or [1.0]
     losses: list[float] = []
     best, stop = math.inf, "completed"
+    from alignbench.progress import Heartbeat
+
+    beat = Heartbeat(log)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -128,6 +132,7 @@ def lr_range_test(
                 loss.backward()
                 _clip(flat, config)
                 opt.step()
+                beat(lambda: f"{desc}: LR range test step {i + 1} of {len(lrs)} (lr {lr:.3g}, loss {value:.4g})")
     finally:
         load_state(saved)
         opt.zero_grad(set_to_none=True)

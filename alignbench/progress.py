@@ -7,11 +7,16 @@ flags of its own.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+from typing import Callable, Iterator
+
+#: Seconds between the INFO lines a long loop logs where no bar shows it (``Heartbeat``).
+HEARTBEAT_S = 300.0
 
 _OVERRIDE: ContextVar[bool | None] = ContextVar("alignbench_progress", default=None)
 
@@ -51,4 +56,25 @@ def format_eta(seconds: float) -> str:
     return f"~{seconds / 3600:.1f} h"
 
 
-__all__ = ["format_eta", "progress_enabled", "progress_scope", "progress_silenced"]
+class Heartbeat:
+    """Where no bar shows (``--no-progress``, output to a file), an INFO line at most every ``HEARTBEAT_S``.
+
+    Why: a fit of a large head runs for hours (its range test alone half an hour) and, without a
+    bar, its log said nothing between "fitting" and the end.  ``message`` is built only when a
+    line is due, so a loop may call this every step.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float | None = None) -> None:
+        self._log = logger
+        self._on = not progress_enabled()
+        self._interval = HEARTBEAT_S if interval_s is None else interval_s
+        self._last = time.monotonic()
+
+    def __call__(self, message: Callable[[], str]) -> None:
+        now = time.monotonic()
+        if self._on and now - self._last >= self._interval:
+            self._log.info("%s", message())
+            self._last = now
+
+
+__all__ = ["HEARTBEAT_S", "Heartbeat", "format_eta", "progress_enabled", "progress_scope", "progress_silenced"]

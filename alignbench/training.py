@@ -247,7 +247,8 @@ def train_contrastive(
     elif config.lr_range_test:
         from alignbench.lr_range import lr_range_test
 
-        rt = lr_range_test(groups, step_loss, n_train, config=config, seed=seed, state=state, load_state=load_state)
+        rt = lr_range_test(groups, step_loss, n_train, config=config, seed=seed, state=state, load_state=load_state,
+                           desc=desc)
         info["lr_range_test"] = rt
         if not rt["fallback"]:
             lr = rt["lr"]
@@ -291,6 +292,16 @@ def train_contrastive(
         save_checkpoint(0)  # a range test as long as the interval (a large head's can take half an hour) is kept
     show = progress_enabled()
     from tqdm.auto import tqdm
+
+    from alignbench.progress import Heartbeat
+
+    beat = Heartbeat(log)
+
+    def where() -> str:
+        val = "" if val_loss is None else (f", best val {best_val:.4g} at epoch {best_epoch}"
+                                           f" ({bad} of {config.patience} without improvement)")
+        return (f"{desc}: epoch {epoch} of at most {config.max_epochs}, train loss {train_loss:.4g}{val},"
+                f" {elapsed + time.perf_counter() - t0:.0f} s")
 
     bar = tqdm(total=config.max_epochs, initial=epoch, desc=desc, unit="ep", disable=not show, leave=False)
     try:
@@ -338,6 +349,7 @@ def train_contrastive(
                 log.debug("%s epoch %d: train %.4f", desc, epoch, train_loss)
             bar.set_postfix(post)
             bar.update(1)
+            beat(where)
             if ck is not None and ck.due() and epoch < config.max_epochs:
                 save_checkpoint(epoch)
     finally:

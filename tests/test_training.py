@@ -1,6 +1,7 @@
 """The shared contrastive trainer: loss, schedule, batching, early stopping, divergence, LR range test."""
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from alignbench.errors import BudgetError, ConfigError, TrainingDivergedError
+from alignbench.progress import progress_scope
 from alignbench.training import (
     TrainConfig,
     _schedule,
@@ -110,6 +112,26 @@ def test_training_reduces_loss_and_is_deterministic():
         assert key in info1
     w3, _, _ = _fit(seed=1, lr=0.05, max_epochs=15, batch_size=16)
     assert not torch.equal(w1.weight, w3.weight)  # seed changes batch order
+
+
+def test_without_bars_a_fit_logs_where_it_is(monkeypatch, caplog):
+    """--no-progress (or a log file): the range test and the epochs still say how far they are."""
+    monkeypatch.setattr("alignbench.progress.HEARTBEAT_S", 0.0)  # a line at every step / epoch
+    with progress_scope(False), caplog.at_level(logging.INFO, logger="alignbench"):
+        _fit(lr=0.05, max_epochs=3, batch_size=32, patience=7, lr_range_test=True)
+    text = caplog.text
+    assert "train: LR range test step 1 of 100 (lr 1e-07, loss " in text
+    assert "train: epoch 1 of at most 3, train loss " in text
+    assert "train: epoch 3 of at most 3, train loss " in text and " of 7 without improvement)" in text
+    caplog.clear()
+    with progress_scope(True), caplog.at_level(logging.INFO, logger="alignbench"):  # a bar shows it: no lines
+        _fit(lr=0.05, max_epochs=3, batch_size=32, lr_range_test=True)
+    assert "LR range test step" not in caplog.text and "of at most" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr("alignbench.progress.HEARTBEAT_S", 3600.0)  # the default cadence: nothing in a short fit
+    with progress_scope(False), caplog.at_level(logging.INFO, logger="alignbench"):
+        _fit(lr=0.05, max_epochs=3, batch_size=32, lr_range_test=True)
+    assert "of at most" not in caplog.text and "LR range test: steepest" in caplog.text
 
 
 def test_budget_smaller_than_batch_size_uses_one_batch_per_epoch():
