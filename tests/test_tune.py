@@ -10,6 +10,10 @@ from tiny_data import PAIR, make_tiny_data
 
 import optuna  # a dependency of alignbench (pyproject): a missing optuna must fail, not skip
 
+# Tests stand in for another tune process with ``study.ask()`` on a heartbeat storage, which optuna
+# warns is meant for ``Study.optimize``; alignbench itself never asks outside ``optimize``.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+
 
 @pytest.fixture
 def dirs(tmp_path, tiny_root, monkeypatch):
