@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from alignbench.progress import Heartbeat
 from alignbench.training import (
     REFERENCE_BATCH,
     TrainConfig,
@@ -107,8 +108,6 @@ def lr_range_test(
     ratios = [g.get("lr", config.lr) / config.lr if isinstance(g, dict) else 1.0 for g in groups] or [1.0]
     losses: list[float] = []
     best, stop = math.inf, "completed"
-    from alignbench.progress import Heartbeat
-
     beat = Heartbeat(log)
     try:
         with torch.random.fork_rng(devices=[]):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from alignbench.errors import ConfigError, TrainingDivergedError
-from alignbench.progress import progress_enabled
+from alignbench.progress import Heartbeat, progress_enabled
 from alignbench.train_settings import (  # re-exported: methods import the settings from here
     CLIP_MODES, REFERENCE_BATCH, REFERENCE_TRAINER, SCHEDULES, TrainConfig, TrainerSettings, trainer_deviations)
 
@@ -292,8 +292,6 @@ def train_contrastive(
         save_checkpoint(0)  # a range test as long as the interval (a large head's can take half an hour) is kept
     show = progress_enabled()
     from tqdm.auto import tqdm
-
-    from alignbench.progress import Heartbeat
 
     beat = Heartbeat(log)
 
