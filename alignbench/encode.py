@@ -159,14 +159,31 @@ class TextChunk:
     lengths: np.ndarray  # (B,) int64 token counts
 
 
-def _progress(total: int, initial: int, unit: str, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+class _EncodeProgress:
+    """A bar where bars show (a TTY, not ``--no-progress``); otherwise an INFO line every ``HEARTBEAT_S``.
 
-    from alignbench.progress import progress_silenced
+    Why: the bars used to draw into log files too (a run's log held a thousand bar redraws), and
+    the trainer's rule is already "bar on a TTY, heartbeat elsewhere"; encoding now follows it.
+    """
 
-    enabled = enabled and not progress_silenced()  # a command's --no-progress reaches these bars too
-    return tqdm(total=total, initial=initial, unit=unit, unit_scale=True, desc=desc, disable=not enabled,
-                dynamic_ncols=True, smoothing=0.1)
+    def __init__(self, total: int, initial: int, unit: str, desc: str, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        from alignbench.progress import Heartbeat, progress_enabled
+
+        self.done, self.total, self.unit, self.desc = initial, total, unit, desc
+        show = enabled and progress_enabled()  # a command's --no-progress reaches these bars too
+        self.bar = tqdm(total=total, initial=initial, unit=unit, unit_scale=True, desc=desc, disable=not show,
+                        dynamic_ncols=True, smoothing=0.1)
+        self.heartbeat = Heartbeat(log)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        self.heartbeat(lambda: f"encoding {self.desc}: {self.done} of {self.total} {self.unit}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def iter_image_batches(
@@ -198,7 +215,7 @@ def iter_image_batches(
     cls = _ThreadDecoder if mode == "threads" else _WorkerDecoder
     decoder = cls(encoder.transform, images, start, bs, num_workers, device=device)
     row = start
-    bar = _progress(n, start, "img", desc, progress)
+    bar = _EncodeProgress(n, start, "img", desc, progress)
     try:
         with torch.inference_mode():
             if row < n:
@@ -341,7 +358,7 @@ def iter_text_chunks(
 
     bs = batch_size or DEFAULT_BATCH_SIZE
     n = len(texts)
-    bar = _progress(n, start, "txt", desc, progress)
+    bar = _EncodeProgress(n, start, "txt", desc, progress)
     try:
         with torch.inference_mode():
             for c0 in range(start, n, chunk_size):

@@ -373,6 +373,28 @@ def test_unreadable_image_names_the_file(store, caps, tmp_path):
     assert not store.entries()
 
 
+def test_encoding_draws_a_bar_only_where_bars_show_and_logs_where_it_is_elsewhere(store, caps, capsys, caplog,
+                                                                                   monkeypatch):
+    """Into a log file (no TTY) encoding logs a line every HEARTBEAT_S instead of a thousand bar redraws."""
+    from alignbench.progress import progress_scope
+
+    monkeypatch.setattr("alignbench.progress.HEARTBEAT_S", 0.0)  # a line at every batch
+    with progress_scope(False), caplog.at_level(logging.INFO, logger="alignbench"):
+        store.image_features("tiny-vit", caps, "train", batch_size=5)
+        store.text_features("tiny-text", caps, "train", batch_size=4)
+    n_texts = len(caps.captions("train"))
+    assert "encoding tiny-vit" in caplog.text and ": 12 of 12 img" in caplog.text
+    assert f": {n_texts} of {n_texts} txt" in caplog.text
+    err = capsys.readouterr().err
+    assert "img/s" not in err and "s/img" not in err and "|" not in err, err
+    caplog.clear()
+    with progress_scope(True), caplog.at_level(logging.INFO, logger="alignbench"):  # a bar shows it: no lines
+        store.image_features("tiny-vit", caps, "test", batch_size=5)
+    assert "encoding tiny-vit" not in caplog.text
+    err = capsys.readouterr().err
+    assert "img/s" in err or "s/img" in err, err
+
+
 def test_text_features_ragged_offsets(store, caps):
     f = store.text_features("tiny-text", caps, "train", progress=False, batch_size=4)
     texts = caps.captions("train")
