@@ -8,7 +8,7 @@ Why a hand-written backward: the B×T×K similarity tensor is the only large
 thing in PAL (4096 images × 257 tokens × 512 anchors = 2.1 GB in fp32), and
 written as plain autograd ops every elementwise step (divide, max, exp, sum,
 multiply, …) stores another tensor of that size and streams it through main
-memory, which made an epoch ≈ 3× the cost of the matmuls alone.  Here:
+memory, which made an epoch cost several times the matmuls alone.  Here:
 
 * the forward writes each chunk of similarities straight into one saved buffer
   and does the softmax-weighted sum while the chunk is still in cache; only
@@ -22,7 +22,7 @@ memory, which made an epoch ≈ 3× the cost of the matmuls alone.  Here:
   once (they are fetched again in the backward rather than kept);
 * the three elementwise steps (normalise tokens; softmax-weighted sum; the
   gradient coefficients) are plain functions that ``torch.compile`` fuses into
-  one loop each (≈2–3× faster than eager ops on CPU; optional, with an eager
+  one loop each (faster than eager ops on CPU, benchmarks/bench_pal.py; optional, with an eager
   fallback), and the saved-similarity buffer can be reused across steps
   (:class:`Workspace`) so it is not page-faulted in again every step;
 * on the CPU the two exponential passes run in C++ with ATen's cheaper ``exp_u20``

@@ -181,8 +181,8 @@ def matmul_dtype(requested: str, device: Any) -> tuple[str, str]:
 
     ``auto``: bf16 (fp32 accumulation inside the matmul, fp32 master weights
     outside it) where the hardware has native bf16 matmuls — AMX or AVX-512
-    bf16 on a CPU (5.3x fp32 at PAL's shapes with AMX), any bf16-capable GPU —
-    else fp32 (emulated bf16 is ~5x SLOWER than fp32).  An explicit
+    bf16 on a CPU, any bf16-capable GPU — else fp32 (emulated bf16 is several
+    times SLOWER than fp32; benchmarks/bench_pal.py prints both).  An explicit
     ``fp32``/``bf16`` is kept as asked.
     """
     if requested not in MATMUL_DTYPES:

@@ -66,10 +66,9 @@ def default_threads() -> int:
 def resolve_decode(decode: str, device: Any) -> str:
     """``auto`` → ``threads`` when the model computes on the CPU, else ``processes``.
 
-    Measured on 2 cores with effnet-lite0 (benchmarks/bench_encode.py): worker
-    processes decoding beside the forward pass made each forward ~5% slower
-    (cache and scheduling contention) on top of their own CPU time, 0.84× the
-    bare model loop; threads decoding between forwards, 0.90–0.92×.
+    On a CPU, worker processes decoding beside the forward pass slow each forward
+    (cache and scheduling contention) on top of their own CPU time, so threads
+    decoding between forwards come out ahead (benchmarks/bench_encode.py measures both).
     """
     from alignbench.errors import ConfigError
 

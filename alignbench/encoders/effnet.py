@@ -200,7 +200,7 @@ class EfficientNetLite(ImageEncoder):
 
     # -- backends ------------------------------------------------------------------
     def torch_module(self):
-        """The PyTorch path (channels_last: ~1.7× faster than contiguous on CPU)."""
+        """The PyTorch path (channels_last: faster than contiguous on CPU)."""
         import torch
 
         if self._torch is None:

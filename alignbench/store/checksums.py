@@ -50,9 +50,9 @@ def new_hasher() -> Any:
 def hash_file(path: Path, *, legacy: bool = False) -> tuple[str, str | None]:
     """(xxh3-128, sha256 if ``legacy``) of the whole file, in one sequential pass.
 
-    Hashes straight from a memory map: no copy into a buffer (3× faster than
-    ``readinto`` from the page cache here), and ``MAP_POPULATE`` reads a cold file
-    in large requests (2× faster than faulting it in page by page).
+    Hashes straight from a memory map: no copy into a buffer (faster than
+    ``readinto`` from the page cache), and ``MAP_POPULATE`` reads a cold file
+    in large requests (faster than faulting it in page by page).
     """
     h = new_hasher()
     sha = hashlib.sha256() if legacy else None

@@ -44,7 +44,7 @@ class EncodeSettings:
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """``np.isfinite(a).all()``; for float16 via the exponent bits (numpy's float16 math is ~10× slower)."""
+    """``np.isfinite(a).all()``; for float16 via the exponent bits (numpy's float16 math is many times slower)."""
     if a.dtype == np.float16:
         return not bool(np.any((a.view(np.uint16) & 0x7C00) == 0x7C00))
     return bool(np.isfinite(a).all())
