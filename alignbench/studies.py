@@ -332,9 +332,7 @@ def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:
             study = optuna.load_study(study_name=s.study_name, storage=storage)
             states = [t.state.name for t in study.trials]
             epochs = sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials)
-            seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() + float(t.user_attrs.get("earlier_s", 0))
-                          for t in study.trials
-                          if t.state.name in _FINISHED and t.datetime_start and t.datetime_complete)
+            seconds = sum(trial_seconds(t) for t in study.trials if t.state.name in _FINISHED)
             best = s.best_trial
             rows.append({
                 "file": path.name, **_name_columns(s.study_name), "pair": s.user_attrs.get("pair"),
@@ -346,6 +344,26 @@ def status_rows(tune_dir: str | Path) -> list[dict[str, Any]]:
                 "config": "" if best is None else " ".join(f"{k}={_short(v)}" for k, v in best.params.items()),
             })  # fmt: skip
     return rows
+
+
+def trial_seconds(trial: Any) -> float:
+    """Wall time of a finished trial, plus what a re-run resumed from its interrupted first run's checkpoint."""
+    if not (trial.datetime_start and trial.datetime_complete):
+        return 0.0
+    return (trial.datetime_complete - trial.datetime_start).total_seconds() + float(trial.user_attrs.get("earlier_s", 0))
+
+
+def log_finished_trial(study: Any, trial: Any) -> None:
+    """Optuna callback: one log line per finished trial.
+
+    Why: ``alignbench tune`` quiets optuna's own INFO lines (they would break the progress bar), so
+    without this a ``-v --no-progress`` log of a day-long study says nothing between its first and last line.
+    """
+    value = "" if trial.value is None else f" {trial.value:.4g}"
+    epochs = f", {trial.user_attrs['epochs']} epoch(s)" if trial.user_attrs.get("epochs") else ""  # 0: closed form
+    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    log.info("%s: trial %d %s%s in %.0f s%s: %s", study.study_name, trial.number, trial.state.name.lower(), value,
+             trial_seconds(trial), epochs, params)
 
 
 def _name_columns(study_name: str) -> dict[str, str]:

@@ -1,6 +1,8 @@
 """``alignbench tune`` end to end on the tiny encoders: validation only, resumable studies, clear errors."""
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 
 import pytest
@@ -53,8 +55,15 @@ def _study(dirs, name, budget=40):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
 
 
-def test_tune_searches_on_validation_halves_only_and_reports_status(dirs, no_test_split, capsys):
-    assert _tune(dirs, "--methods", "linear:max_epochs=30,asif", "--trials", "3") == 0
+def test_tune_searches_on_validation_halves_only_and_reports_status(dirs, no_test_split, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="alignbench.studies"):
+        assert _tune(dirs, "--methods", "linear:max_epochs=30,asif", "--trials", "3") == 0
+    finished_lines = [r.getMessage() for r in caplog.records if ": trial " in r.getMessage()]
+    assert len(finished_lines) == 6  # a -v log names each finished trial as it ends
+    assert re.fullmatch(r"linear:max_epochs=30\|recall\|seeds=0: trial 0 (complete [0-9.e+-]+|pruned) in \d+ s, "
+                        r"\d+ epoch\(s\): lr=\S+ weight_decay=\S+", finished_lines[0]), finished_lines[0]
+    assert re.fullmatch(r"asif\|recall\|seeds=0: trial 2 complete [0-9.e+-]+ in \d+ s: k=\S+ p=\S+ center=\S+",
+                        finished_lines[-1]), finished_lines[-1]
     assert {s for _, _, s in no_test_split} == {"train", "dev"}
     lin = _study(dirs, "linear:max_epochs=30|recall|seeds=0")
     done = [t for t in lin.trials if t.state.name in ("COMPLETE", "PRUNED")]

@@ -173,7 +173,7 @@ def _optimize(study, lock, trials: int, objective, *, wait: bool = True, label: 
     catches one that dies meanwhile: once its heartbeat is stale it is re-queued
     and run here.
     """
-    from alignbench.studies import GRACE_S, claimed, finished, reclaim_stale
+    from alignbench.studies import GRACE_S, claimed, finished, log_finished_trial, reclaim_stale
 
     def run(trial):
         lock.release()
@@ -195,7 +195,7 @@ def _optimize(study, lock, trials: int, objective, *, wait: bool = True, label: 
                 lock.release()
                 time.sleep(WAIT_POLL_S)
                 continue
-            study.optimize(run, n_trials=1)
+            study.optimize(run, n_trials=1, callbacks=[log_finished_trial])
         finally:
             if lock.is_locked:
                 lock.release()
