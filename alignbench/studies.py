@@ -360,10 +360,21 @@ def log_finished_trial(study: Any, trial: Any) -> None:
     without this a ``-v --no-progress`` log of a day-long study says nothing between its first and last line.
     """
     value = "" if trial.value is None else f" {trial.value:.4g}"
+    if trial.state.name == "PRUNED":  # optuna stores the last report as its value: a signed val loss, not the objective
+        value = _pruned_at(study, trial)
     epochs = f", {trial.user_attrs['epochs']} epoch(s)" if trial.user_attrs.get("epochs") else ""  # 0: closed form
     params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     log.info("%s: trial %d %s%s in %.0f s%s: %s", study.study_name, trial.number, trial.state.name.lower(), value,
              trial_seconds(trial), epochs, params)
+
+
+def _pruned_at(study: Any, trial: Any) -> str:
+    """`` at epoch 15 (dev val loss 6.11)``: the last loss the pruner saw, unsigned (reports are negated to maximise)."""
+    if not trial.intermediate_values:
+        return ""  # diverged before its first report
+    epoch, reported = max(trial.intermediate_values.items())
+    val = -reported if study.direction.name == "MAXIMIZE" else reported
+    return f" at epoch {epoch} (dev val loss {val:.4g})"
 
 
 def _name_columns(study_name: str) -> dict[str, str]:

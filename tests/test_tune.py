@@ -60,7 +60,7 @@ def test_tune_searches_on_validation_halves_only_and_reports_status(dirs, no_tes
         assert _tune(dirs, "--methods", "linear:max_epochs=30,asif", "--trials", "3") == 0
     finished_lines = [r.getMessage() for r in caplog.records if ": trial " in r.getMessage()]
     assert len(finished_lines) == 6  # a -v log names each finished trial as it ends
-    assert re.fullmatch(r"linear:max_epochs=30\|recall\|seeds=0: trial 0 (complete [0-9.e+-]+|pruned) in \d+ s, "
+    assert re.fullmatch(r"linear:max_epochs=30\|recall\|seeds=0: trial 0 (complete [0-9.e+-]+|pruned at epoch \d+ \(dev val loss [0-9.e+-]+\)) in \d+ s, "
                         r"\d+ epoch\(s\): lr=\S+ weight_decay=\S+", finished_lines[0]), finished_lines[0]
     assert re.fullmatch(r"asif\|recall\|seeds=0: trial 2 complete [0-9.e+-]+ in \d+ s: k=\S+ p=\S+ center=\S+",
                         finished_lines[-1]), finished_lines[-1]
@@ -510,3 +510,24 @@ def test_sigterm_ends_a_tune_as_an_interrupt_its_trial_requeued_at_once_and_its_
     assert "terminated (SIGTERM); finished work is kept" in err
     assert [t.state.name for t in _study(dirs, name).trials] == ["FAIL"]  # not left RUNNING
     assert len(list(Path(dirs["tune"]).glob("*.ckpt.pt"))) == 1  # the re-run resumes from it
+
+
+@pytest.mark.parametrize("direction, reported, shown", [("maximize", -6.113, "6.113"), ("minimize", 6.113, "6.113")])
+def test_a_pruned_trial_is_logged_with_its_last_val_loss_not_as_a_score(caplog, direction, reported, shown):
+    """Optuna keeps a pruned trial's last report as its value: a (negated) val loss that must not read as R@1."""
+    from alignbench.studies import log_finished_trial
+
+    study = optuna.create_study(study_name="structure|recall|seeds=0", direction=direction)
+    pruned = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"lam": 0.205},
+                                       distributions={"lam": optuna.distributions.FloatDistribution(0.01, 10)},
+                                       intermediate_values={14: reported - 1, 15: reported}, value=reported,
+                                       user_attrs={"epochs": 15})
+    diverged = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={})
+    study.add_trials([pruned, diverged])
+    with caplog.at_level(logging.INFO, logger="alignbench.studies"):
+        for trial in study.trials:
+            log_finished_trial(study, trial)
+    first, second = (r.getMessage() for r in caplog.records if r.name == "alignbench.studies")
+    assert re.fullmatch(rf"structure\|recall\|seeds=0: trial 0 pruned at epoch 15 \(dev val loss {shown}\) "
+                        r"in \d+ s, 15 epoch\(s\): lam=0.205", first), first
+    assert re.fullmatch(r"structure\|recall\|seeds=0: trial 1 pruned in \d+ s: ", second), second
