@@ -370,8 +370,10 @@ def log_finished_trial(study: Any, trial: Any) -> None:
 
 def _pruned_at(study: Any, trial: Any) -> str:
     """`` at epoch 15 (dev val loss 6.11)``: the last loss the pruner saw, unsigned (reports are negated to maximise)."""
+    if "diverged" in trial.user_attrs:
+        return " (training diverged)"
     if not trial.intermediate_values:
-        return ""  # diverged before its first report
+        return ""
     epoch, reported = max(trial.intermediate_values.items())
     val = -reported if study.direction.name == "MAXIMIZE" else reported
     return f" at epoch {epoch} (dev val loss {val:.4g})"

@@ -522,7 +522,8 @@ def test_a_pruned_trial_is_logged_with_its_last_val_loss_not_as_a_score(caplog, 
                                        distributions={"lam": optuna.distributions.FloatDistribution(0.01, 10)},
                                        intermediate_values={14: reported - 1, 15: reported}, value=reported,
                                        user_attrs={"epochs": 15})
-    diverged = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={})
+    diverged = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
+                                         intermediate_values={1: reported}, user_attrs={"diverged": "loss nan"})
     study.add_trials([pruned, diverged])
     with caplog.at_level(logging.INFO, logger="alignbench.studies"):
         for trial in study.trials:
@@ -530,4 +531,4 @@ def test_a_pruned_trial_is_logged_with_its_last_val_loss_not_as_a_score(caplog, 
     first, second = (r.getMessage() for r in caplog.records if r.name == "alignbench.studies")
     assert re.fullmatch(rf"structure\|recall\|seeds=0: trial 0 pruned at epoch 15 \(dev val loss {shown}\) "
                         r"in \d+ s, 15 epoch\(s\): lam=0.205", first), first
-    assert re.fullmatch(r"structure\|recall\|seeds=0: trial 1 pruned in \d+ s: ", second), second
+    assert re.fullmatch(r"structure\|recall\|seeds=0: trial 1 pruned \(training diverged\) in \d+ s: ", second), second
