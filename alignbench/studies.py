@@ -369,7 +369,10 @@ def log_finished_trial(study: Any, trial: Any) -> None:
 
 
 def _pruned_at(study: Any, trial: Any) -> str:
-    """`` at epoch 15 (dev val loss 6.11)``: the last loss the pruner saw, unsigned (reports are negated to maximise)."""
+    """`` at epoch 15 (dev val loss 6.11)``: the last loss the pruner saw.
+
+    tuning.py reports the val loss negated when the study maximises, so the sign comes from the study's direction.
+    """
     if "diverged" in trial.user_attrs:
         return " (training diverged)"
     if not trial.intermediate_values:

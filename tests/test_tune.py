@@ -60,7 +60,8 @@ def test_tune_searches_on_validation_halves_only_and_reports_status(dirs, no_tes
         assert _tune(dirs, "--methods", "linear:max_epochs=30,asif", "--trials", "3") == 0
     finished_lines = [r.getMessage() for r in caplog.records if ": trial " in r.getMessage()]
     assert len(finished_lines) == 6  # a -v log names each finished trial as it ends
-    assert re.fullmatch(r"linear:max_epochs=30\|recall\|seeds=0: trial 0 (complete [0-9.e+-]+|pruned at epoch \d+ \(dev val loss [0-9.e+-]+\)) in \d+ s, "
+    assert re.fullmatch(r"linear:max_epochs=30\|recall\|seeds=0: trial 0 "
+                        r"(complete [0-9.e+-]+|pruned at epoch \d+ \(dev val loss [0-9.e+-]+\)) in \d+ s, "
                         r"\d+ epoch\(s\): lr=\S+ weight_decay=\S+", finished_lines[0]), finished_lines[0]
     assert re.fullmatch(r"asif\|recall\|seeds=0: trial 2 complete [0-9.e+-]+ in \d+ s: k=\S+ p=\S+ center=\S+",
                         finished_lines[-1]), finished_lines[-1]
