@@ -6,7 +6,7 @@ than a session or a SLURM time limit, and a fit restarted from scratch never end
 (:func:`alignbench.training.train_contrastive`) save everything the next epoch depends on —
 parameters, optimiser and schedule, the best state so far, early-stopping counters, every
 random generator (torch's, the batch order's, a method's own such as FuseMix's mixup), the LR
-range test's outcome — at most every ``interval_s`` seconds, into
+range test's outcome (or, while it runs, the sweep so far) — at most every ``interval_s`` seconds, into
 ``<results>/<fit_id>.ckpt.pt``.  Rerunning the same command resumes there, and the fit ends
 with the same numbers as one that was never interrupted (tests/test_fit_checkpoint.py).
 The file is removed once the fitted state is stored.  A checkpoint that does not load, or
@@ -69,7 +69,9 @@ class Checkpointer:
         except Exception as exc:  # noqa: BLE001 - a truncated or foreign file must not stop the fit
             why = f"it does not load ({type(exc).__name__}: {exc})"
         if why is None:
-            log.info("%s: resuming from the checkpoint after epoch %d (%s)", desc, payload["epoch"], self.path.name)
+            where = (f"step {payload['step']} of its LR range test" if payload.get("phase")
+                     else f"epoch {payload['epoch']}")
+            log.info("%s: resuming from the checkpoint after %s (%s)", desc, where, self.path.name)
             self.earlier_s = payload.get("fit_wall_s")
             return payload
         aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")

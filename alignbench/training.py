@@ -226,6 +226,9 @@ def train_contrastive(
 
     ck = fit_checkpoint.current()
     saved = ck.load(desc, n_train) if ck is not None else None
+    sweep = None  # a range test interrupted mid-sweep: it resumes, then training starts from epoch 0
+    if saved is not None and saved.get("phase") is not None:
+        sweep, saved = saved, None
     groups, flat = _param_list(params)
     if not flat:
         raise ConfigError(f"{desc}: nothing to train (no parameters)")
@@ -245,10 +248,19 @@ def train_contrastive(
         lr = saved["lr"]
         info.update(saved["lr_info"])
     elif config.lr_range_test:
-        from alignbench.lr_range import lr_range_test
+        from alignbench.lr_range import PHASE, SweepCheckpoint, lr_range_test
 
+        checkpoint = None
+        if ck is not None:
+            if sweep is not None:
+                fit_checkpoint.restore_rngs(list(rngs), sweep["rngs"])  # a method's own draws in step_loss
+                info["lr_range_test_resumed_after_step"] = sweep["step"]
+            before = 0.0 if sweep is None else sweep["elapsed_s"]
+            checkpoint = SweepCheckpoint(ck.due, lambda progress: ck.save(
+                {"phase": PHASE, "desc": desc, "n_train": n_train, "rngs": fit_checkpoint.rng_states(list(rngs)),
+                 "elapsed_s": before + time.perf_counter() - t0, **progress}), sweep)
         rt = lr_range_test(groups, step_loss, n_train, config=config, seed=seed, state=state, load_state=load_state,
-                           desc=desc)
+                           desc=desc, checkpoint=checkpoint)
         info["lr_range_test"] = rt
         if not rt["fallback"]:
             lr = rt["lr"]
@@ -288,7 +300,9 @@ def train_contrastive(
                  "lr_info": {k: info[k] for k in ("lr_source", "lr_range_test") if k in info},
                  "elapsed_s": elapsed + time.perf_counter() - t0})
 
-    if ck is not None and saved is None and "lr_range_test" in info and ck.due():
+    if sweep is not None:
+        elapsed = sweep["elapsed_s"]  # the range test's time in earlier processes
+    if ck is not None and saved is None and "lr_range_test" in info and (ck.due() or ck.path.is_file()):
         save_checkpoint(0)  # a range test as long as the interval (a large head's can take half an hour) is kept
     show = progress_enabled()
     from tqdm.auto import tqdm

@@ -119,6 +119,71 @@ def test_a_fit_killed_in_its_first_epoch_keeps_the_range_test_it_ran(name, data,
     _same_fit(reference, resumed, name)
 
 
+def _adamw_interrupted_at(real, step_index: int):
+    """lr_range's optimiser factory whose optimiser raises KeyboardInterrupt instead of taking step ``step_index``."""
+    def factory(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        real_step, calls = opt.step, iter(range(10**6))
+
+        def step(*a, **k):
+            if next(calls) == step_index:
+                raise KeyboardInterrupt  # a session ending in the middle of the sweep
+            return real_step(*a, **k)
+        opt.step = step
+        return opt
+    return factory
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_a_fit_killed_in_its_lr_range_test_resumes_the_sweep_to_the_same_numbers(name, data, tmp_path, monkeypatch,
+                                                                                    caplog):
+    """Killed in the range test's step 31: the last save holds the sweep after 30 steps; the rerun continues it
+    there (not from step 1), with the same parameters, moments, batches and dropout/mixup draws, and the whole
+    fit ends bit-identical, curve included."""
+    import alignbench.lr_range as lr_range
+
+    train, val, _ = data
+    reference = make(name, range_test=True)
+    reference.fit(train, val, seed=0)
+    assert reference.fit_info["lr_range_test"]["stop"] == "completed" or \
+        len(reference.fit_info["lr_range_test"]["curve"]["losses"]) > 31
+    real = lr_range.adamw
+    monkeypatch.setattr(lr_range, "adamw", _adamw_interrupted_at(real, 30))
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, "fit-7", interval_s=0):
+        make(name, range_test=True).fit(train, val, seed=0)
+    payload = torch.load(checkpoint_path(tmp_path, "fit-7"), weights_only=False)
+    assert (payload["phase"], payload["step"], len(payload["losses"])) == ("lr_range_test", 30, 30)
+    monkeypatch.setattr(lr_range, "adamw", real)
+    torch.manual_seed(4321)  # a new process
+    resumed = make(name, range_test=True)
+    with caplog.at_level(logging.INFO), checkpointing(tmp_path, "fit-7", interval_s=0):
+        resumed.fit(train, val, seed=0)
+    assert "after step 30 of its LR range test" in caplog.text
+    assert resumed.fit_info["lr_range_test_resumed_after_step"] == 30
+    assert "resumed_after_epoch" not in resumed.fit_info
+    assert resumed.fit_info["lr_range_test"] == reference.fit_info["lr_range_test"]
+    assert not checkpoint_path(tmp_path, "fit-7").exists()
+    _same_fit(reference, resumed, name)
+
+
+def test_a_fit_killed_right_after_a_resumed_range_test_does_not_redo_any_of_it(data, tmp_path, monkeypatch):
+    """The sweep's own checkpoint is replaced by an epoch-0 one as soon as the range test ends, whatever the
+    interval, so a kill in the first epoch does not send the rerun back into the sweep."""
+    import alignbench.lr_range as lr_range
+
+    train, val, _ = data
+    real = lr_range.adamw
+    monkeypatch.setattr(lr_range, "adamw", _adamw_interrupted_at(real, 30))
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, "fit-8", interval_s=0):
+        make("linear", range_test=True).fit(train, val, seed=0)
+    monkeypatch.setattr(lr_range, "adamw", real)
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, "fit-8", interval_s=3600), \
+            observe_epochs(_stop_at(1)):
+        make("linear", range_test=True).fit(train, val, seed=0)
+    payload = torch.load(checkpoint_path(tmp_path, "fit-8"), weights_only=False)
+    assert "phase" not in payload and payload["epoch"] == 0
+
+
 def test_a_checkpoint_that_does_not_load_or_belongs_to_another_fit_is_moved_aside(data, tmp_path, caplog):
     train, val, _ = data
     reference = make("linear")
