@@ -9,6 +9,8 @@ random generator (torch's, the batch order's, a method's own such as FuseMix's m
 range test's outcome (or, while it runs, the sweep so far) — at most every ``interval_s`` seconds, into
 ``<results>/<fit_id>.ckpt.pt``.  Rerunning the same command resumes there, and the fit ends
 with the same numbers as one that was never interrupted (tests/test_fit_checkpoint.py).
+A fit resumed on another machine (the checkpoint copied with the results folder) lists each
+machine with its share of the seconds (:meth:`Checkpointer.machines`): its wall time mixes them.
 The file is removed once the fitted state is stored.  A checkpoint that does not load, or
 belongs to another fit, is moved aside (never deleted) and the fit starts over.
 """
@@ -18,6 +20,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,14 @@ FORMAT = 1
 #: Seconds between two saves: a save writes the parameters three times over (weights, Adam's
 #: two moments) plus the best state, so it is rationed by time, not done every epoch.
 DEFAULT_INTERVAL_S = 300.0
+
+
+def this_machine() -> dict[str, Any]:
+    """The machine this process fits on, as a resumed fit's record lists it (host, CPU model, torch threads)."""
+    from alignbench.provenance import cpu_info, device_info
+
+    return {"hostname": socket.gethostname(), "cpu": cpu_info()["model"],
+            "torch_threads": device_info().get("torch_threads")}
 
 
 def checkpoint_path(results_dir: str | os.PathLike, fit_id: str) -> Path:
@@ -48,10 +59,18 @@ class Checkpointer:
     #: Wall seconds the fit ran in earlier processes, up to the checkpoint it resumed from (0: not
     #: resumed; None: resumed from a checkpoint that did not record it).
     earlier_s: float | None = 0.0
+    #: The machines of those earlier processes, each with its share of ``earlier_s`` (:func:`this_machine`).
+    earlier_machines: list[dict[str, Any]] = field(default_factory=list)
 
-    def wall_s(self) -> float | None:
+    def machines(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Where the fit has run so far: the earlier processes' machines, then this one, each with its seconds."""
+        here = (time.monotonic() if now is None else now) - self.started
+        return [*self.earlier_machines, {**this_machine(), "wall_s": here}]
+
+    def wall_s(self, now: float | None = None) -> float | None:
         """The fit's wall seconds so far, earlier processes included (None where their share is unknown)."""
-        return None if self.earlier_s is None else self.earlier_s + time.monotonic() - self.started
+        here = (time.monotonic() if now is None else now) - self.started
+        return None if self.earlier_s is None else self.earlier_s + here
 
     def load(self, desc: str, n_train: int) -> dict[str, Any] | None:
         """The saved training state of this fit, or None (none yet, or unusable: moved aside)."""
@@ -73,6 +92,8 @@ class Checkpointer:
                      else f"epoch {payload['epoch']}")
             log.info("%s: resuming from the checkpoint after %s (%s)", desc, where, self.path.name)
             self.earlier_s = payload.get("fit_wall_s")
+            self.earlier_machines = list(payload.get("machines") or
+                                         [{"hostname": None, "cpu": None, "wall_s": self.earlier_s}])
             return payload
         aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(self.path, aside)
@@ -93,7 +114,9 @@ class Checkpointer:
         try:  # straight to a file beside it (no in-memory copy: a large head's checkpoint is GBs), then renamed
             tmp = temp_path_beside(self.path)
             with open(tmp, "wb") as f:
-                torch.save({"format": FORMAT, "fit_id": self.fit_id, "fit_wall_s": self.wall_s(), **payload}, f)
+                now = time.monotonic()
+                torch.save({"format": FORMAT, "fit_id": self.fit_id, "fit_wall_s": self.wall_s(now),
+                            "machines": self.machines(now), **payload}, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)

@@ -229,6 +229,7 @@ def _execute(run: ResolvedRun, results_dir, store_root, data_root, device: str, 
             if ck.earlier_s != 0.0:  # resumed: the whole fit's time, and the share of the processes before
                 timings["fit_earlier_s"] = ck.earlier_s
                 timings["fit"] += ck.earlier_s or 0.0
+                fit["machines"] = ck.machines()  # the seconds of each process; another CPU's are not comparable
             try:
                 save_fitted(method, run, results_dir)
             except OSError as exc:  # the metrics are still right; only the reuse is lost

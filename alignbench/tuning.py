@@ -235,3 +235,4 @@ def _trial_checkpoint(trial: Any, study_path: Path | None, method: str, fixed: d
         finally:
             if ck.earlier_s != 0.0:  # resumed: the seconds its first run spent on this fit
                 trial.set_user_attr("earlier_s", float(trial.user_attrs.get("earlier_s", 0.0)) + (ck.earlier_s or 0.0))
+                trial.set_user_attr("machines", [*trial.user_attrs.get("machines", []), *ck.machines()])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alignbench.cli import main as cli
+import alignbench.fit_checkpoint as fit_checkpoint
 from alignbench.fit_checkpoint import checkpoint_path, checkpointing
 from alignbench.registry import METHODS
 from alignbench.training import observe_epochs
@@ -217,7 +218,9 @@ def test_alignbench_run_killed_mid_fit_resumes_when_rerun(dirs, tmp_path, monkey
             "--budget", "60"]
     assert cli(base + ["--results", str(tmp_path / "whole")]) == 0
     interrupted = tmp_path / "interrupted"
-    with observe_epochs(_stop_at(5)):
+    elsewhere = {"hostname": "elsewhere", "cpu": "another CPU", "torch_threads": 2}
+    with observe_epochs(_stop_at(5)), monkeypatch.context() as m:  # killed on one machine, resumed on this one
+        m.setattr(fit_checkpoint, "this_machine", lambda: dict(elsewhere))
         assert cli(base + ["--results", str(interrupted)]) == 130  # "interrupted; finished work is kept"
     (ckpt,) = interrupted.glob("*.ckpt.pt")
     assert not list(interrupted.glob("*.json"))
@@ -234,6 +237,12 @@ def test_alignbench_run_killed_mid_fit_resumes_when_rerun(dirs, tmp_path, monkey
     # the fit's time is the whole fit's: the share before the interruption is added and recorded
     assert again["timings"]["fit_earlier_s"] == pytest.approx(earlier) and again["timings"]["fit"] > earlier
     assert "fit_earlier_s" not in whole["timings"]
+    # ... and names the machines it ran on, with their shares: another CPU's seconds are not this one's
+    first, second = again["fit"]["machines"]
+    assert {k: first[k] for k in elsewhere} == elsewhere and first["wall_s"] == pytest.approx(earlier)
+    assert second == {**fit_checkpoint.this_machine(), "wall_s": second["wall_s"]}
+    assert first["wall_s"] + second["wall_s"] == pytest.approx(again["timings"]["fit"], abs=0.5)
+    assert "machines" not in whole["fit"]
     for key in ("epochs", "best_epoch", "best_val_loss", "lr"):
         assert again["method"]["fit_info"][key] == whole["method"]["fit_info"][key], key
 

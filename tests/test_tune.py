@@ -449,11 +449,15 @@ def test_a_killed_trial_resumes_its_fit_from_the_checkpoint_and_ends_as_an_unint
             raise KeyboardInterrupt
 
     monkeypatch.setattr(fit_checkpoint.Checkpointer, "save", save_then_die_in_the_second_trial)
+    elsewhere = {"hostname": "elsewhere", "cpu": "another CPU", "torch_threads": 2}
+    monkeypatch.setattr(fit_checkpoint, "this_machine", lambda: dict(elsewhere))  # the first run's machine
     assert _tune(dirs, *args) == 130
     assert [t.state.name for t in _study(dirs, name).trials] == ["COMPLETE", "FAIL"]
     assert len(list(Path(dirs["tune"]).glob("*.ckpt.pt"))) == 1  # the interrupted fit's; the finished one's is gone
 
     monkeypatch.setattr(fit_checkpoint.Checkpointer, "save", real_save)
+    monkeypatch.setattr(fit_checkpoint, "this_machine", lambda: {"hostname": "here", "cpu": "this CPU",
+                                                                 "torch_threads": 1})
     with caplog.at_level("INFO", logger="alignbench.fit_checkpoint"):
         assert _tune(dirs, *args) == 0
     trials = _study(dirs, name).trials
@@ -464,6 +468,11 @@ def test_a_killed_trial_resumes_its_fit_from_the_checkpoint_and_ends_as_an_unint
     assert retry.intermediate_values == reference[1].intermediate_values  # the epochs before the checkpoint replayed, the rest run
     assert retry.user_attrs["epochs"] == reference[1].user_attrs["epochs"] == 12
     assert retry.user_attrs["earlier_s"] > 0
+    # resumed on "another machine": the trial lists both, with their shares of the seconds
+    first, second = retry.user_attrs["machines"]
+    assert {k: first[k] for k in elsewhere} == elsewhere and second["hostname"] == "here"
+    assert first["wall_s"] == pytest.approx(retry.user_attrs["earlier_s"]) and second["wall_s"] > 0
+    assert "machines" not in trials[0].user_attrs  # never interrupted: nothing to list
     assert not list(Path(dirs["tune"]).glob("*.ckpt.pt"))
     assert 1 < saves[-1] < 12 and f"resuming from the checkpoint after epoch {saves[-1]} " in caplog.text
 
