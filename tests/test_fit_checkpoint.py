@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignbench.cli import main as cli
 import alignbench.fit_checkpoint as fit_checkpoint
+from alignbench.cli import main as cli
 from alignbench.fit_checkpoint import checkpoint_path, checkpointing
 from alignbench.registry import METHODS
 from alignbench.training import observe_epochs
