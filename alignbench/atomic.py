@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from alignbench.interrupts import shield
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp's 0600 would hide shared files
@@ -46,6 +48,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
+@shield  # begun, a write ends: an interrupt is raised after it (alignbench.interrupts)
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int = FILE_MODE) -> Path:
     """Write ``data`` to ``path`` atomically and durably; on any error the old file is untouched."""
     path = Path(path)

@@ -8,17 +8,14 @@ instantly; the CLI prints, library code logs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
-import signal
 import sys
-import threading
-from typing import Iterator
 
 from alignbench import __version__
 from alignbench.errors import AlignbenchError
+from alignbench.interrupts import Terminated, signals_as_interrupts
 
 COMMANDS = ("run", "report", "sweep", "tune", "encode", "layers", "ls", "data", "analyze")
 
@@ -62,33 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the command is, so it ends as an interrupt does (what finished is kept)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a SLURM time limit or preemption, a session's end) ends the command as Ctrl-C does.
-
-    Why: killed by the default SIGTERM action, a tune leaves its trial RUNNING until the heartbeat's
-    grace period ends, and nothing says what happened; as an interrupt the trial is failed and
-    re-queued at once, a fit keeps its checkpoint, and the exit says so.  Only where SIGTERM has its
-    default action and in the main thread (a host application's own handler is left alone).
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -109,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         check(args.command, args)  # every value and path, before any data is read or fitted
         from alignbench.progress import progress_scope
 
-        with _sigterm_as_interrupt(), progress_scope(False if getattr(args, "no_progress", False) else None):
+        with signals_as_interrupts(), progress_scope(False if getattr(args, "no_progress", False) else None):
             rc = int(args._main(args) or 0)  # progress_scope: every bar, training too
         sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
         return rc

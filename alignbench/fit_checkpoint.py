@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from alignbench.interrupts import shielded
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".ckpt.pt"
@@ -106,6 +108,10 @@ class Checkpointer:
 
     def save(self, payload: dict[str, Any]) -> None:
         """Write ``payload`` (with this fit's id) atomically; a failed write is logged, the fit goes on."""
+        with shielded():  # an interrupt inside torch.save's zip writer would surface as the writer's own error
+            self._save(payload)
+
+    def _save(self, payload: dict[str, Any]) -> None:
         import torch
 
         from alignbench.atomic import fsync_dir, temp_path_beside

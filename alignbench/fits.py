@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from alignbench.errors import AlignbenchError
+from alignbench.interrupts import shield
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def state_path(results_dir: str | os.PathLike, fit_id: str) -> Path:
     return Path(results_dir) / f"{fit_id}{STATE_SUFFIX}"
 
 
+@shield  # an interrupt inside torch.save's zip writer would surface as its own error: a "failed" run
 def save_fitted(method: Any, run: Any, results_dir: str | os.PathLike) -> Path:
     """Write ``method``'s fitted state for ``run`` (a ResolvedRun) atomically; returns the path."""
     import torch

@@ -11,6 +11,7 @@ space); opening it for anything else is an error rather than a silent mix.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -69,6 +70,25 @@ HEARTBEAT_S = 60
 GRACE_S = 180
 
 
+@functools.cache
+def _shielded_storage_class() -> type:
+    """optuna's RDBStorage with every method run under ``interrupts.shielded()``.
+
+    Why: a Ctrl-C or SIGTERM raised mid-commit leaves the SQLite lock held, and the
+    interrupted trial's own FAIL write then waits out the busy timeout.
+    """
+    import inspect
+
+    import optuna
+
+    from alignbench.interrupts import shield
+
+    base = optuna.storages.RDBStorage
+    methods = {name: shield(fn) for name, fn in vars(base).items()
+               if inspect.isfunction(fn) and (name == "__init__" or not name.startswith("__"))}
+    return type("ShieldedRDBStorage", (base,), {**methods, "__module__": __name__})
+
+
 def _storage(path: Path):
     import warnings
 
@@ -76,7 +96,7 @@ def _storage(path: Path):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental
-    return optuna.storages.RDBStorage(
+    return _shielded_storage_class()(
         f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 120}},
         heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,  # a killed process's RUNNING trial turns FAIL, then is re-queued
     )
