@@ -11,6 +11,16 @@ import torch
 from alignbench.interrupts import Terminated, shielded, signals_as_interrupts
 
 
+@pytest.fixture(autouse=True)
+def default_handlers():
+    """As in a terminal: a job started in the background (``cmd &``, nohup) inherits SIGINT ignored."""
+    previous = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.default_int_handler),
+                                                   (signal.SIGTERM, signal.SIG_DFL))}
+    yield
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
 def _kill_self(sig: int = signal.SIGTERM) -> None:
     os.kill(os.getpid(), sig)
     for _ in range(1000):  # the Python-level handler runs at the next bytecode boundary
